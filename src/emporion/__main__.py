@@ -1,0 +1,3 @@
+from emporion.cli.main import app
+
+app()

@@ -1,0 +1,41 @@
+"""The one place errors become responses: OpenAI's envelope, whatever went wrong."""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from emporion.api.openai.routes import json_response
+from emporion.errors import EmporionError, InvalidRequest, NotFound
+
+log = logging.getLogger("emporion.api")
+
+
+async def emporion_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, EmporionError)
+    return json_response(exc.envelope(), status=exc.status, headers=exc.headers())
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        error: EmporionError = NotFound(f"Unknown request URL: {request.method} {request.url.path}.", code="unknown_url")
+    elif exc.status_code == 405:
+        error = InvalidRequest(f"Method {request.method} is not allowed on {request.url.path}.", code="method_not_allowed")
+        return json_response(error.envelope(), status=405)
+    else:
+        error = InvalidRequest(str(exc.detail))
+        return json_response(error.envelope(), status=exc.status_code)
+    return json_response(error.envelope(), status=error.status)
+
+
+async def unexpected_error(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    error = EmporionError("The server had an error while processing your request. Sorry about that!")
+    return json_response(error.envelope(), status=500)
+
+
+handlers = {EmporionError: emporion_error, HTTPException: http_error, Exception: unexpected_error}

@@ -1,0 +1,89 @@
+"""Replies in OpenAI's wire format: completion objects, stream chunks, provenance headers."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from emporion.errors import EmporionError
+from emporion.providers.base import Chunk, Completion, Endpoint
+from emporion.routing.router import Route
+from emporion.api.openai.sse import DONE, event
+
+OBJECT = {"chat": "chat.completion", "completion": "text_completion"}
+CHUNK_OBJECT = {"chat": "chat.completion.chunk", "completion": "text_completion"}
+ID_PREFIX = {"chat": "chatcmpl-", "completion": "cmpl-"}
+
+
+def new_id(endpoint: Endpoint) -> str:
+    return ID_PREFIX[endpoint] + secrets.token_urlsafe(18)
+
+
+def provenance(route: Route, request_id: str) -> dict[str, str]:
+    model = route.model
+    return {
+        "x-request-id": request_id,
+        "x-emporion-model": model.id,
+        "x-emporion-provider": model.provider,
+        "x-emporion-upstream": route.upstream.name,
+        "x-emporion-release": model.release,
+        "x-emporion-license": model.license,
+    }
+
+
+def render_completion(endpoint: Endpoint, response_id: str, route: Route, completion: Completion) -> dict[str, Any]:
+    return {
+        "id": response_id,
+        "object": OBJECT[endpoint],
+        "created": int(time.time()),
+        "model": route.model.id,
+        "choices": [_choice(endpoint, index, choice) for index, choice in enumerate(completion.choices)],
+        "usage": completion.usage.to_openai(),
+        "system_fingerprint": None,
+    }
+
+
+def _choice(endpoint: Endpoint, index: int, choice: dict[str, Any]) -> dict[str, Any]:
+    if endpoint == "chat":
+        message = choice.get("message") or {}
+        rendered = {"role": "assistant", "content": message.get("content"), "refusal": message.get("refusal")}
+        if message.get("tool_calls"):
+            rendered["tool_calls"] = message["tool_calls"]
+        return {"index": index, "message": rendered, "logprobs": choice.get("logprobs"), "finish_reason": choice.get("finish_reason")}
+    return {"index": index, "text": choice.get("text", ""), "logprobs": choice.get("logprobs"), "finish_reason": choice.get("finish_reason")}
+
+
+async def render_stream(
+    endpoint: Endpoint, response_id: str, route: Route, chunks: AsyncIterator[Chunk], include_usage: bool
+) -> AsyncIterator[bytes]:
+    """OpenAI's framing: delta chunks, the finish_reason chunk, a usage chunk with empty choices
+    when ``stream_options.include_usage`` is set (and ``usage: null`` on the others), [DONE]."""
+    created = int(time.time())
+    head = {"id": response_id, "object": CHUNK_OBJECT[endpoint], "created": created, "model": route.model.id, "system_fingerprint": None}
+    extra = {"usage": None} if include_usage else {}
+    usage = None
+    try:
+        async for chunk in chunks:
+            if chunk.usage is not None:
+                usage = chunk.usage
+            if chunk.choices:
+                yield event({**head, "choices": [_delta(endpoint, choice) for choice in chunk.choices], **extra})
+    except EmporionError as exc:
+        # Output was already sent: the status line is gone, so the error travels as an event.
+        yield event(exc.envelope())
+        return
+    if include_usage and usage is not None:
+        yield event({**head, "choices": [], "usage": usage.to_openai()})
+    yield DONE
+
+
+def _delta(endpoint: Endpoint, choice: dict[str, Any]) -> dict[str, Any]:
+    index = choice.get("index", 0)
+    finish = choice.get("finish_reason")
+    logprobs = choice.get("logprobs")
+    if endpoint == "chat":
+        delta = {k: v for k, v in (choice.get("delta") or {}).items() if k in ("role", "content", "tool_calls", "refusal")}
+        return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+    return {"index": index, "text": choice.get("text", ""), "logprobs": logprobs, "finish_reason": finish}

@@ -1,0 +1,101 @@
+"""OpenAI's routes, kept thin: authenticate, parse, run the pipeline, render."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+
+import numpy as np
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from emporion import pipeline
+from emporion.api.body import parse_body
+from emporion.api.openai.render import new_id, provenance, render_completion, render_stream
+from emporion.api.openai.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from emporion.api.openai.sse import EventStream
+from emporion.auth.principal import Principal
+from emporion.pipeline import Deps
+
+
+def json_response(payload: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(payload), status_code=status, headers=headers, media_type="application/json")
+
+
+async def authenticate(request: Request) -> tuple[Deps, Principal]:
+    deps: Deps = request.app.state.deps
+    principal = await deps.auth.authenticate(request.headers.get("authorization"), request.headers.get("x-api-key"))
+    return deps, principal
+
+
+async def chat_completions(request: Request) -> Response:
+    return await _generate(request, ChatCompletionRequest)
+
+
+async def completions(request: Request) -> Response:
+    return await _generate(request, CompletionRequest)
+
+
+async def _generate(request: Request, schema: type[ChatCompletionRequest] | type[CompletionRequest]) -> Response:
+    deps, principal = await authenticate(request)
+    wire = await parse_body(request, schema, deps.settings.server.max_body_bytes)
+    endpoint = pipeline.endpoint_of(wire)
+    response_id = new_id(endpoint)
+    if wire.stream:
+        stream = await pipeline.generate_stream(deps, principal, wire)
+        events = render_stream(endpoint, response_id, stream.route, aiter(stream), wire.include_usage)
+        return EventStream(events, provenance(stream.route, response_id), on_close=stream.aclose)  # type: ignore[return-value]
+    generation = await pipeline.generate(deps, principal, wire)
+    body = render_completion(endpoint, response_id, generation.route, generation.completion)
+    return json_response(body, headers=provenance(generation.route, response_id))
+
+
+async def embeddings(request: Request) -> Response:
+    deps, principal = await authenticate(request)
+    wire = await parse_body(request, EmbeddingRequest, deps.settings.server.max_body_bytes)
+    model, embedded = await pipeline.embed(deps, principal, wire)
+    data = [
+        {"object": "embedding", "index": index, "embedding": _encode_vector(vector, wire.encoding_format)}
+        for index, vector in enumerate(embedded.vectors)
+    ]
+    body = {
+        "object": "list",
+        "data": data,
+        "model": model.id,
+        "usage": {"prompt_tokens": embedded.tokens, "total_tokens": embedded.tokens},
+    }
+    headers = {
+        "x-request-id": "req_" + secrets.token_urlsafe(12),
+        "x-emporion-model": model.id,
+        "x-emporion-provider": model.provider,
+        "x-emporion-release": model.release,
+        "x-emporion-license": model.license,
+    }
+    return json_response(body, headers=headers)
+
+
+def _encode_vector(vector: np.ndarray, encoding: str) -> list[float] | str:
+    if encoding == "base64":
+        return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+    return vector.tolist()
+
+
+async def list_models(request: Request) -> Response:
+    deps, _ = await authenticate(request)
+    return json_response({"object": "list", "data": [model.to_openai() for model in deps.catalog]})
+
+
+async def get_model(request: Request) -> Response:
+    deps, _ = await authenticate(request)
+    return json_response(deps.catalog.get(request.path_params["model_id"]).to_openai())
+
+
+routes = [
+    Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    Route("/v1/completions", completions, methods=["POST"]),
+    Route("/v1/embeddings", embeddings, methods=["POST"]),
+    Route("/v1/models", list_models, methods=["GET"]),
+    Route("/v1/models/{model_id:path}", get_model, methods=["GET"]),
+]

@@ -1,0 +1,115 @@
+"""OpenAI's request bodies, field for field. Unknown fields are kept and passed upstream."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from emporion.errors import InvalidRequest
+
+
+class Wire(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class TextPart(Wire):
+    type: Literal["text"]
+    text: str
+
+
+class ImagePart(Wire):
+    type: Literal["image_url"]
+    image_url: dict[str, Any]
+
+
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
+class ChatMessage(Wire):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_call_id: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+    @model_validator(mode="after")
+    def _content_where_required(self) -> ChatMessage:
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError(f"a {self.role} message needs content")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs tool_call_id")
+        return self
+
+
+class StreamOptions(Wire):
+    include_usage: bool = False
+
+
+Temperature = Annotated[float, Field(ge=0, le=2)]
+Penalty = Annotated[float, Field(ge=-2, le=2)]
+Stop = str | Annotated[list[str], Field(max_length=4)]
+PositiveInt = Annotated[int, Field(ge=1)]
+
+
+class Sampling(Wire):
+    model: Annotated[str, Field(min_length=1)]
+    max_tokens: PositiveInt | None = None
+    temperature: Temperature | None = None
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    stop: Stop | None = None
+    seed: int | None = None
+    n: PositiveInt | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+
+    @model_validator(mode="after")
+    def _one_choice(self) -> Sampling:
+        if self.n not in (None, 1):
+            raise InvalidRequest("Only n=1 is supported: send the request n times for more choices.", param="n")
+        if self.stream_options is not None and not self.stream:
+            raise InvalidRequest("The 'stream_options' parameter is only allowed when 'stream' is enabled.", param="stream_options")
+        return self
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def output_limit(self) -> int | None:
+        return self.max_tokens
+
+
+class ChatCompletionRequest(Sampling):
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_completion_tokens: PositiveInt | None = None
+
+    def output_limit(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+Prompt = str | Annotated[list[str], Field(min_length=1)]
+
+
+class CompletionRequest(Sampling):
+    prompt: Prompt
+    echo: bool | None = None
+    logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
+    suffix: str | None = None
+    best_of: Annotated[int, Field(ge=1, le=1)] | None = None
+
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+
+class EmbeddingRequest(Wire):
+    model: Annotated[str, Field(min_length=1)]
+    input: Annotated[str, Field(min_length=1)] | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: PositiveInt | None = None
+    user: str | None = None
+
+    def inputs(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)

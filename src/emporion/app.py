@@ -1,0 +1,165 @@
+"""build_app(settings): the ASGI app, its routes, and the lifespan that starts and stops everything."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from emporion.api.errors import handlers
+from emporion.api.openai.routes import json_response
+from emporion.api.openai.routes import routes as openai_routes
+from emporion.auth.principal import Authenticator
+from emporion.catalog.builtin import EMBEDDINGS_UPSTREAM, MINILM_MAX_TOKENS, build_catalog
+from emporion.engine.build import find_llama_server
+from emporion.engine.embeddings import Embedder
+from emporion.engine.gemma import ensure_gemma
+from emporion.engine.llama_server import LlamaServer
+from emporion.pipeline import Deps
+from emporion.providers.base import Adapter, Upstream
+from emporion.providers.registry import load_adapter
+from emporion.routing.router import Router
+from emporion.settings import Settings
+from emporion.store import repos
+from emporion.store.session import open_database
+
+log = logging.getLogger("emporion")
+
+
+class StartupError(RuntimeError):
+    """Emporion cannot start; the message says what to do."""
+
+
+def build_app(settings: Settings) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        deps = await start_deps(settings)
+        app.state.deps = deps
+        try:
+            yield
+        finally:
+            await stop_deps(deps)
+
+    routes = [*openai_routes, Route("/healthz", healthz), Route("/readyz", readyz)]
+    return Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)  # type: ignore[arg-type]
+
+
+async def start_deps(settings: Settings) -> Deps:
+    db = await open_database(settings.database_url)
+    gemma_file = await asyncio.to_thread(ensure_gemma, settings.models_dir)
+    async with db.session() as session:
+        added = await repos.list_local_models(session)
+    try:
+        catalog = build_catalog(settings, str(gemma_file), added)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+
+    upstreams = {
+        u.name: Upstream(
+            name=u.name,
+            adapter=u.adapter,
+            base_url=u.base_url,
+            api_key=os.environ.get(u.api_key_env) if u.api_key_env else None,
+            timeout_s=u.timeout_s,
+            connect_timeout_s=u.connect_timeout_s,
+            local=u.local,
+            developer_role=u.developer_role,
+        )
+        for u in settings.upstreams
+    }
+    engines = _engines(settings, catalog)
+    adapters: dict[str, Adapter] = {}
+    for name in {u.adapter for u in upstreams.values()} | {e.upstream.adapter for e in engines.values()}:
+        try:
+            adapters[name] = load_adapter(name)
+        except KeyError as exc:
+            raise StartupError(str(exc)) from None
+
+    embedder = None
+    if any(model.upstream == EMBEDDINGS_UPSTREAM for model in catalog):
+        embedder = Embedder(settings.embeddings, MINILM_MAX_TOKENS)
+
+    deps = Deps(
+        settings=settings,
+        db=db,
+        auth=Authenticator(db, settings.server.auth_cache_s),
+        catalog=catalog,
+        router=Router(upstreams, adapters, engines),
+        adapters=adapters,
+        engines=engines,
+        embedder=embedder,
+    )
+    try:
+        await asyncio.gather(*(_start(engine.model_id, engine.start()) for engine in engines.values()),
+                             *([_start("all-minilm-l6-v2 embeddings", embedder.start())] if embedder else []))
+    except BaseException:
+        await stop_deps(deps)
+        raise
+    return deps
+
+
+def _engines(settings: Settings, catalog) -> dict[str, LlamaServer]:
+    local = [model for model in catalog if model.gguf]
+    if not local:
+        return {}
+    binary = find_llama_server(settings.engine.llama_server)
+    if binary is None:
+        raise StartupError(
+            "llama-server was not found: build it once with `emporion engine build` "
+            "(or set [engine] llama_server in the config file)"
+        )
+    engines = {}
+    for model in local:
+        if not Path(model.gguf).is_file():
+            raise StartupError(f"model {model.id}: GGUF file {model.gguf} does not exist")
+        engine = LlamaServer(
+            model.id, Path(model.gguf), settings.engine, binary, settings.logs_dir / f"engine-{model.id}.log", model.chat_template
+        )
+        engines[model.upstream] = engine
+    return engines
+
+
+async def _start(what: str, starting) -> None:
+    began = time.monotonic()
+    log.info("loading %s …", what)
+    await starting
+    log.info("%s ready in %.1fs", what, time.monotonic() - began)
+
+
+async def stop_deps(deps: Deps) -> None:
+    await asyncio.gather(*(engine.stop() for engine in deps.engines.values()), return_exceptions=True)
+    if deps.embedder is not None:
+        await deps.embedder.stop()
+    for adapter in deps.adapters.values():
+        await adapter.aclose()
+    await deps.db.close()
+
+
+def _status(deps: Deps) -> tuple[bool, dict]:
+    engines = {engine.model_id: engine.status() for engine in deps.engines.values()}
+    components = dict(engines)
+    if deps.embedder is not None:
+        components["all-minilm-l6-v2"] = deps.embedder.status()
+    ready = all(component["state"] == "ready" for component in components.values())
+    return ready, components
+
+
+async def healthz(request: Request) -> Response:
+    """Liveness: the gateway answers; the state of each local model is reported alongside."""
+    ready, components = _status(request.app.state.deps)
+    return json_response({"status": "ok" if ready else "degraded", "models": components})
+
+
+async def readyz(request: Request) -> Response:
+    """Readiness: 200 only while every local model can serve."""
+    ready, components = _status(request.app.state.deps)
+    return json_response({"status": "ready" if ready else "not_ready", "models": components}, status=200 if ready else 503)

@@ -1,0 +1,114 @@
+"""The catalog as it is put together at start: built-in models, operator-added GGUF files, config."""
+
+from __future__ import annotations
+
+import time
+
+from emporion.catalog.models import LOCAL_PROVIDER, Catalog, Model
+from emporion.settings import ModelConfig, Pricing, Settings
+from emporion.store.tables import LocalModel
+
+GEMMA_ID = "gemma-3-270m"
+MINILM_ID = "all-minilm-l6-v2"
+EMBEDDINGS_UPSTREAM = "local:embeddings"
+MINILM_MAX_TOKENS = 256  # sentence-transformers' max_seq_length for this model
+
+
+def local_upstream(model_id: str) -> str:
+    return f"local:{model_id}"
+
+
+def builtin_models(settings: Settings, gemma_file: str) -> list[Model]:
+    return [
+        Model(
+            id=GEMMA_ID,
+            name="Google: Gemma 3 270M (Q4_K_M, local)",
+            kind="chat",
+            upstream=local_upstream(GEMMA_ID),
+            upstream_model=GEMMA_ID,
+            context_length=settings.engine.ctx_per_request,
+            pricing=Pricing(),
+            release="open-weights",
+            license="gemma",
+            provider=LOCAL_PROVIDER,
+            owned_by="google",
+            created=1755129600,  # 2025-08-14, Gemma 3 270M's release
+            description=(
+                "Gemma 3 270M, quantized to Q4_K_M, served on this machine by llama.cpp. A small base "
+                "model: fluent continuations and few-shot prompts work well on /v1/completions; chat "
+                "answers are short and often repeat the question. Licensed under the Gemma Terms of Use."
+            ),
+            gguf=gemma_file,
+            chat_template="gemma",
+        ),
+        Model(
+            id=MINILM_ID,
+            name="sentence-transformers: all-MiniLM-L6-v2 (local)",
+            kind="embedding",
+            upstream=EMBEDDINGS_UPSTREAM,
+            upstream_model=MINILM_ID,
+            context_length=MINILM_MAX_TOKENS,
+            pricing=Pricing(),
+            release="open-source",
+            license="apache-2.0",
+            provider=LOCAL_PROVIDER,
+            owned_by="sentence-transformers",
+            created=1630281600,  # 2021-08-30
+            description="384-dimensional sentence embeddings, computed on this machine's CPU.",
+            output_modalities=("embeddings",),
+        ),
+    ]
+
+
+def added_model(row: LocalModel) -> Model:
+    return Model(
+        id=row.id,
+        name=row.name,
+        kind="chat",
+        upstream=local_upstream(row.id),
+        upstream_model=row.id,
+        context_length=row.context_length,
+        pricing=Pricing(),
+        release=row.release,
+        license=row.license,
+        provider=LOCAL_PROVIDER,
+        owned_by="operator",
+        created=row.created_at,
+        description=f"{row.architecture} model from {row.path}, served on this machine by llama.cpp.",
+        gguf=row.path,
+    )
+
+
+def configured_model(model_id: str, config: ModelConfig, settings: Settings) -> Model:
+    """A model that only the config file defines: it names an upstream or a local GGUF file."""
+    if (config.upstream is None) == (config.gguf is None):
+        raise ValueError(f"model {model_id!r}: set exactly one of `upstream` or `gguf`")
+    local = config.gguf is not None
+    base = Model(
+        id=model_id,
+        name=model_id,
+        kind="chat",
+        upstream=local_upstream(model_id) if local else str(config.upstream),
+        upstream_model=model_id,
+        context_length=settings.engine.ctx_per_request if local else 4096,
+        pricing=Pricing(),
+        release="open-weights" if local else "closed",
+        license="unknown",
+        provider=LOCAL_PROVIDER if local else str(config.upstream),
+        owned_by="operator",
+        created=int(time.time()),
+    )
+    return base.with_config(config)
+
+
+def build_catalog(settings: Settings, gemma_file: str, added: list[LocalModel]) -> Catalog:
+    models = {model.id: model for model in builtin_models(settings, gemma_file)}
+    for row in added:
+        models[row.id] = added_model(row)
+    for model_id, config in settings.models.items():
+        known = models.get(model_id)
+        models[model_id] = known.with_config(config) if known else configured_model(model_id, config, settings)
+    for model in models.values():
+        if model.gguf and model.context_length > settings.engine.ctx_per_request:
+            models[model.id] = model.with_config(ModelConfig(context_length=settings.engine.ctx_per_request))
+    return Catalog(list(models.values()))

@@ -1,0 +1,270 @@
+"""The ``emporion`` command: serve, keys, models, engine."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.panel import Panel
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+from rich.table import Table
+
+from emporion.catalog.builtin import GEMMA_ID, MINILM_ID
+from emporion.engine.build import build_llama_server, find_llama_server
+from emporion.engine.gemma import ensure_gemma
+from emporion.engine.gguf_info import read_gguf_info
+from emporion.settings import ConfigError, Settings, load_settings
+from emporion.store import repos
+from emporion.store.session import Database, open_database
+from emporion.store.tables import LocalModel
+
+app = typer.Typer(help="Emporion: an OpenAI-compatible gateway and marketplace for AI models.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+models_app = typer.Typer(help="Models in the catalog.", no_args_is_help=True)
+engine_app = typer.Typer(help="The local llama.cpp engine.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(models_app, name="models")
+app.add_typer(engine_app, name="engine")
+
+err = Console(stderr=True)
+out = Console()
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", envvar="EMPORION_DATA_DIR", help="Where the database and model files live."),
+]
+ConfigFile = Annotated[
+    Path | None, typer.Option("--config", envvar="EMPORION_CONFIG", help="A TOML config file (default: DATA_DIR/config.toml).")
+]
+
+
+def _settings(data_dir: Path | None, config: Path | None) -> Settings:
+    try:
+        settings = load_settings(data_dir, config)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return settings
+
+
+async def _with_db(settings: Settings, work):
+    db = await open_database(settings.database_url)
+    try:
+        async with db.session() as session, session.begin():
+            return await work(session)
+    finally:
+        await db.close()
+
+
+@app.command()
+def serve(
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on (default 8080).")] = None,
+    access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
+) -> None:
+    """Start the gateway with the local models (no configuration needed)."""
+    import uvicorn
+
+    from emporion.app import StartupError, build_app
+
+    settings = _settings(data_dir, config)
+    server = settings.server.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v is not None})
+    settings = settings.model_copy(update={"server": server})
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=err, show_path=False)])
+
+    err.print(f"Emporion · data in [bold]{settings.data_dir}[/bold]")
+    asyncio.run(_first_start(settings))
+    _assemble_gemma(settings)
+    if find_llama_server(settings.engine.llama_server) is None:
+        err.print("[red]error:[/red] llama-server is not installed: run `emporion engine build` once (about 7 minutes).")
+        raise typer.Exit(1)
+    try:
+        uvicorn.run(
+            build_app(settings),
+            host=settings.server.host,
+            port=settings.server.port,
+            loop="uvloop",
+            http="httptools",
+            access_log=access_log,
+            log_level="info",
+            timeout_graceful_shutdown=10,
+        )
+    except StartupError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+
+
+async def _first_start(settings: Settings) -> None:
+    """On an empty database: a default organization and one API key, shown once."""
+    db: Database = await open_database(settings.database_url)
+    try:
+        async with db.session() as session, session.begin():
+            if await repos.count_organizations(session):
+                return
+            org = await repos.get_or_create_org(session, repos.DEFAULT_ORG)
+            new, _ = await repos.create_key(session, org, label="first key")
+    finally:
+        await db.close()
+    err.print(
+        Panel(
+            f"[bold]{new.plaintext}[/bold]\n\nThis is your API key for organization '{repos.DEFAULT_ORG}'. It is shown "
+            "only once and stored only as a hash: keep it now. Make more with `emporion keys create --org NAME`.",
+            title="Your API key",
+            border_style="green",
+        )
+    )
+
+
+def _assemble_gemma(settings: Settings) -> Path:
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), console=err, transient=True) as bar:
+        task = bar.add_task(f"assembling {GEMMA_ID} (Q4_K_M GGUF)", total=None)
+        path = ensure_gemma(settings.models_dir, lambda done, total: bar.update(task, completed=done, total=total))
+    return path
+
+
+@keys_app.command("create")
+def keys_create(
+    org: Annotated[str, typer.Option(help="The organization the key belongs to (created if new).")] = "default",
+    label: Annotated[str, typer.Option(help="A note to tell keys apart.")] = "",
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Make an API key. It is printed once, on standard output; only its hash is kept."""
+    settings = _settings(data_dir, config)
+
+    async def work(session):
+        organization = await repos.get_or_create_org(session, org)
+        new, row = await repos.create_key(session, organization, label=label)
+        return new, row
+
+    new, row = asyncio.run(_with_db(settings, work))
+    err.print(f"created key {row.prefix}… ({row.id}) for organization '{org}'; it is shown only this once:")
+    print(new.plaintext)
+
+
+@keys_app.command("list")
+def keys_list(data_dir: DataDir = None, config: ConfigFile = None) -> None:
+    """List keys (prefixes only: keys themselves are never stored)."""
+    settings = _settings(data_dir, config)
+    rows = asyncio.run(_with_db(settings, repos.list_keys))
+    table = Table("id", "key", "organization", "label", "created", "status")
+    for key, org in rows:
+        status = "revoked" if key.revoked_at else "active"
+        table.add_row(key.id, f"{key.prefix}…", org.name, key.label, _date(key.created_at), status)
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key: Annotated[str, typer.Argument(help="Key id or prefix.")], data_dir: DataDir = None, config: ConfigFile = None) -> None:
+    """Revoke a key; requests with it fail with 401 within seconds."""
+    settings = _settings(data_dir, config)
+    revoked = asyncio.run(_with_db(settings, lambda session: repos.revoke_key(session, key)))
+    if revoked is None:
+        err.print(f"[red]error:[/red] no single active key matches {key!r}")
+        raise typer.Exit(1)
+    err.print(f"revoked {revoked.prefix}… ({revoked.id})")
+
+
+@models_app.command("list")
+def models_list(data_dir: DataDir = None, config: ConfigFile = None) -> None:
+    """The catalog as `serve` would offer it."""
+    from emporion.catalog.builtin import build_catalog
+    from emporion.engine.gemma import gemma_path
+
+    settings = _settings(data_dir, config)
+    added = asyncio.run(_with_db(settings, repos.list_local_models))
+    try:
+        catalog = build_catalog(settings, str(gemma_path(settings.models_dir)), added)
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    table = Table("id", "kind", "context", "release", "license", "provider", "prompt $/tok", "completion $/tok")
+    for model in catalog:
+        pricing = model.to_openai()["pricing"]
+        table.add_row(model.id, model.kind, str(model.context_length), model.release, model.license, model.provider,
+                      pricing["prompt"], pricing["completion"])
+    out.print(table)
+
+
+@models_app.command("add")
+def models_add(
+    path: Annotated[Path, typer.Argument(help="A GGUF file.", exists=True, dir_okay=False, resolve_path=True)],
+    name: Annotated[str, typer.Option(help="The model id clients will use.")],
+    display_name: Annotated[str | None, typer.Option(help="A human-readable name.")] = None,
+    license: Annotated[str | None, typer.Option(help="License id (default: what the file says, else 'unknown').")] = None,
+    release: Annotated[str, typer.Option(help="closed, open-weights or open-source.")] = "open-weights",
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Serve another GGUF file with the local engine (used by `serve` from its next start)."""
+    if release not in ("closed", "open-weights", "open-source"):
+        err.print("[red]error:[/red] --release is one of closed, open-weights, open-source")
+        raise typer.Exit(2)
+    if name in (GEMMA_ID, MINILM_ID):
+        err.print(f"[red]error:[/red] {name} is a built-in model id")
+        raise typer.Exit(2)
+    settings = _settings(data_dir, config)
+    try:
+        info = read_gguf_info(path)
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    row = LocalModel(
+        id=name,
+        name=display_name or info.name or name,
+        path=str(path),
+        context_length=info.context_length,
+        has_chat_template=info.has_chat_template,
+        architecture=info.architecture,
+        license=license or info.license or "unknown",
+        release=release,
+        created_at=int(time.time()),
+    )
+
+    async def work(session):
+        if await repos.get_local_model(session, name) is not None:
+            return False
+        await repos.add_local_model(session, row)
+        return True
+
+    if not asyncio.run(_with_db(settings, work)):
+        err.print(f"[red]error:[/red] a model named {name!r} already exists")
+        raise typer.Exit(1)
+    template = "its own chat template" if info.has_chat_template else "no chat template (llama.cpp's default applies)"
+    err.print(f"added {name}: {info.architecture}, context {info.context_length}, {template}; restart `serve` to load it")
+
+
+@models_app.command("remove")
+def models_remove(name: str, data_dir: DataDir = None, config: ConfigFile = None) -> None:
+    """Remove a model added with `models add` (the file itself is left alone)."""
+    settings = _settings(data_dir, config)
+    if not asyncio.run(_with_db(settings, lambda session: repos.remove_local_model(session, name))):
+        err.print(f"[red]error:[/red] no added model named {name!r}")
+        raise typer.Exit(1)
+    err.print(f"removed {name}")
+
+
+@engine_app.command("build")
+def engine_build() -> None:
+    """Build llama.cpp's llama-server from source (once; about 7 minutes on 2 cores)."""
+    with err.status("building llama-server …"):
+        path = build_llama_server(log=lambda line: err.print(line))
+    err.print(f"llama-server ready: {path}")
+
+
+def _date(epoch: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(epoch))
+
+
+if __name__ == "__main__":
+    sys.exit(app())

@@ -1,0 +1,112 @@
+"""The one error tree of Emporion, and its rendering as OpenAI's error envelope.
+
+    EmporionError (500 server_error)
+    ├── InvalidRequest (400 invalid_request_error)
+    │   ├── ContextLengthExceeded (400, code context_length_exceeded)
+    │   └── PayloadTooLarge (413)
+    ├── AuthenticationFailed (401, code invalid_api_key)
+    ├── PermissionDenied (403)
+    ├── NotFound (404)
+    │   └── ModelNotFound (404, code model_not_found)
+    ├── RateLimited (429, Retry-After)
+    └── UpstreamError (502 by default; carries retryable and retry_after_s)
+        ├── UpstreamTimeout (504)
+        └── ServiceUnavailable (503, Retry-After)
+            └── EngineOverloaded (503, code engine_overloaded)
+
+Every error leaves the server as ``{"error": {"message", "type", "param", "code"}}`` with the
+status above; nothing else is ever shown to a client.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class EmporionError(Exception):
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "server_error"
+    code: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.instance_code = code
+        self.retry_after_s = retry_after_s
+
+    def envelope(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.instance_code if self.instance_code is not None else self.code,
+            }
+        }
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after_s is None:
+            return {}
+        return {"retry-after": str(max(1, round(self.retry_after_s)))}
+
+
+class InvalidRequest(EmporionError):
+    status, type = 400, "invalid_request_error"
+
+
+class ContextLengthExceeded(InvalidRequest):
+    code = "context_length_exceeded"
+
+
+class PayloadTooLarge(InvalidRequest):
+    status, code = 413, "request_too_large"
+
+
+class AuthenticationFailed(EmporionError):
+    status, type, code = 401, "invalid_request_error", "invalid_api_key"
+
+
+class PermissionDenied(EmporionError):
+    status, type = 403, "permission_denied"
+
+
+class NotFound(EmporionError):
+    status, type = 404, "invalid_request_error"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class RateLimited(EmporionError):
+    status, type, code = 429, "rate_limit_exceeded", "rate_limit_exceeded"
+
+
+class UpstreamError(EmporionError):
+    """The model's server failed. ``retryable`` tells routing whether another try may succeed."""
+
+    status, type, code = 502, "upstream_error", "upstream_error"
+
+    def __init__(self, message: str, *, retryable: bool = True, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retryable = retryable
+
+
+class UpstreamTimeout(UpstreamError):
+    status, code = 504, "upstream_timeout"
+
+
+class ServiceUnavailable(UpstreamError):
+    status, type, code = 503, "server_error", "service_unavailable"
+
+
+class EngineOverloaded(ServiceUnavailable):
+    code = "engine_overloaded"

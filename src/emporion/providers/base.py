@@ -1,0 +1,57 @@
+"""The provider contract: what an adapter takes, what it gives back, and where it sends it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Protocol
+
+from emporion.providers.usage import Usage
+
+Endpoint = Literal["chat", "completion"]
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """One host that serves models (data, not code)."""
+
+    name: str
+    adapter: str
+    base_url: str
+    api_key: str | None = None
+    timeout_s: float = 600.0
+    connect_timeout_s: float = 10.0
+    local: bool = False  # on the operator's own machine
+    developer_role: bool = True  # quirk: False where the upstream knows only system/user/assistant
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A validated request in OpenAI's wire format (the lingua franca), ``model`` set to the
+    name the upstream knows."""
+
+    endpoint: Endpoint
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    choices: list[dict[str, Any]]  # OpenAI choices: message (chat) or text (completion), finish_reason
+    usage: Usage
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    choices: list[dict[str, Any]]  # OpenAI chunk choices: delta (chat) or text (completion)
+    usage: Usage | None = None
+
+
+class Adapter(Protocol):
+    name: ClassVar[str]
+
+    async def complete(self, request: Request, upstream: Upstream) -> Completion: ...
+
+    def stream(self, request: Request, upstream: Upstream) -> AsyncIterator[Chunk]: ...
+
+    async def aclose(self) -> None: ...

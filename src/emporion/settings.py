@@ -1,0 +1,160 @@
+"""Settings: the built-in defaults, an optional TOML config file over them, validated strictly."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Literal
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+Release = Literal["closed", "open-weights", "open-source"]
+Modality = Literal["text", "image", "audio", "file", "embeddings"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(Strict):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    max_body_bytes: Annotated[int, Field(gt=0)] = 8 * 1024 * 1024
+    auth_cache_s: Annotated[float, Field(ge=0)] = 5.0
+
+
+class EngineSettings(Strict):
+    """The local llama.cpp engine. On 2 cores, one generation thread keeps decoding fast while
+    the gateway uses the other core; prompt processing (short bursts) gets both."""
+
+    llama_server: Path | None = None
+    threads: Annotated[int, Field(ge=1)] = 1
+    threads_batch: Annotated[int, Field(ge=1)] = 2
+    parallel: Annotated[int, Field(ge=1, le=64)] = 4
+    ctx_per_request: Annotated[int, Field(ge=256)] = 8192
+    queue_size: Annotated[int, Field(ge=0)] = 32
+    startup_timeout_s: Annotated[float, Field(gt=0)] = 180.0
+    restart_backoff_s: Annotated[float, Field(gt=0)] = 1.0
+
+
+class EmbeddingSettings(Strict):
+    threads: Annotated[int, Field(ge=1)] = 1
+    max_batch: Annotated[int, Field(ge=1)] = 64
+    max_inputs: Annotated[int, Field(ge=1)] = 2048
+
+
+class Pricing(Strict):
+    """USD per token, exact decimals (written as strings in TOML)."""
+
+    prompt: Decimal = Decimal(0)
+    completion: Decimal = Decimal(0)
+
+    @field_validator("prompt", "completion")
+    @classmethod
+    def _non_negative(cls, value: Decimal) -> Decimal:
+        if not value.is_finite() or value < 0:
+            raise ValueError("a price is a non-negative decimal number of USD per token")
+        return value
+
+
+class UpstreamConfig(Strict):
+    name: str
+    adapter: str = "openai_compat"
+    base_url: str
+    api_key_env: str | None = None
+    timeout_s: Annotated[float, Field(gt=0)] = 600.0
+    connect_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    local: bool = False
+    developer_role: bool = True
+
+
+class ModelConfig(Strict):
+    """A model in the config file. For a model already known (built-in or added with
+    ``emporion models add``) only the fields given are changed."""
+
+    name: str | None = None
+    kind: Literal["chat", "embedding"] | None = None
+    upstream: str | None = None
+    upstream_model: str | None = None
+    gguf: Path | None = None
+    chat_template: str | None = None
+    context_length: Annotated[int, Field(gt=0)] | None = None
+    release: Release | None = None
+    license: str | None = None
+    provider: str | None = None
+    owned_by: str | None = None
+    description: str | None = None
+    input_modalities: list[Modality] | None = None
+    output_modalities: list[Modality] | None = None
+    pricing: Pricing | None = None
+
+
+class Settings(Strict):
+    data_dir: Path
+    server: ServerSettings = ServerSettings()
+    engine: EngineSettings = EngineSettings()
+    embeddings: EmbeddingSettings = EmbeddingSettings()
+    upstreams: list[UpstreamConfig] = []
+    models: dict[str, ModelConfig] = {}
+
+    @property
+    def database_url(self) -> str:
+        return f"sqlite+aiosqlite:///{self.data_dir / 'emporion.db'}"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+
+class ConfigError(Exception):
+    """The config file cannot be read or does not validate; the message says where and why."""
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("EMPORION_DATA_DIR")
+    return Path(env) if env else Path(platformdirs.user_data_dir("emporion"))
+
+
+def load_settings(data_dir: Path | None = None, config: Path | None = None) -> Settings:
+    """Defaults, then the config file (``--config``, ``EMPORION_CONFIG`` or ``DATA_DIR/config.toml``)."""
+    data_dir = (data_dir or default_data_dir()).expanduser().resolve()
+    if config is None and os.environ.get("EMPORION_CONFIG"):
+        config = Path(os.environ["EMPORION_CONFIG"])
+    if config is None and (data_dir / "config.toml").is_file():
+        config = data_dir / "config.toml"
+    raw: dict = {}
+    if config is not None:
+        try:
+            raw = tomllib.loads(Path(config).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {config} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {config} is not valid TOML: {exc}") from None
+    if "data_dir" in raw:
+        raise ConfigError(f"{config}: data_dir is set with --data-dir or EMPORION_DATA_DIR, not in the file")
+    try:
+        settings = Settings(data_dir=data_dir, **raw)
+    except ValidationError as exc:
+        raise ConfigError(f"config file {config} is invalid:\n{_explain(exc)}") from None
+    names = [u.name for u in settings.upstreams]
+    if len(names) != len(set(names)):
+        raise ConfigError(f"config file {config}: two upstreams share a name")
+    for model_id, model in settings.models.items():
+        if model.upstream is not None and model.upstream not in names:
+            raise ConfigError(f"config file {config}: model {model_id!r} names unknown upstream {model.upstream!r}")
+    return settings
+
+
+def _explain(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(part) for part in err["loc"])
+        lines.append(f"  {where}: {err['msg']}")
+    return "\n".join(lines)

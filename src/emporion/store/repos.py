@@ -1,0 +1,103 @@
+"""Reads and writes of organizations, API keys and local models."""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from emporion.auth.keys import NewKey, generate_key
+from emporion.store.tables import ApiKey, LocalModel, Organization
+
+DEFAULT_ORG = "default"
+
+
+def _new_id(kind: str) -> str:
+    return f"{kind}_{secrets.token_hex(12)}"
+
+
+async def count_organizations(session: AsyncSession) -> int:
+    return await session.scalar(select(func.count()).select_from(Organization)) or 0
+
+
+async def get_or_create_org(session: AsyncSession, name: str) -> Organization:
+    org = await session.scalar(select(Organization).where(Organization.name == name))
+    if org is None:
+        org = Organization(id=_new_id("org"), name=name, created_at=int(time.time()))
+        session.add(org)
+        await session.flush()
+    return org
+
+
+async def create_key(session: AsyncSession, org: Organization, label: str = "") -> tuple[NewKey, ApiKey]:
+    new = generate_key()
+    row = ApiKey(
+        id=_new_id("key"),
+        org_id=org.id,
+        key_hash=new.key_hash,
+        prefix=new.prefix,
+        label=label,
+        created_at=int(time.time()),
+    )
+    session.add(row)
+    await session.flush()
+    return new, row
+
+
+async def find_active_key(session: AsyncSession, key_hash: str) -> tuple[ApiKey, Organization] | None:
+    row = (
+        await session.execute(
+            select(ApiKey, Organization)
+            .join(Organization, Organization.id == ApiKey.org_id)
+            .where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
+        )
+    ).first()
+    return None if row is None else (row[0], row[1])
+
+
+async def list_keys(session: AsyncSession) -> list[tuple[ApiKey, Organization]]:
+    rows = await session.execute(
+        select(ApiKey, Organization)
+        .join(Organization, Organization.id == ApiKey.org_id)
+        .order_by(ApiKey.created_at, ApiKey.id)
+    )
+    return [(key, org) for key, org in rows.all()]
+
+
+async def revoke_key(session: AsyncSession, key_id_or_prefix: str) -> ApiKey | None:
+    """Revokes by id, or by prefix when exactly one active key has it."""
+    matches = (
+        await session.scalars(
+            select(ApiKey).where(
+                (ApiKey.id == key_id_or_prefix) | (ApiKey.prefix == key_id_or_prefix),
+                ApiKey.revoked_at.is_(None),
+            )
+        )
+    ).all()
+    if len(matches) != 1:
+        return None
+    matches[0].revoked_at = int(time.time())
+    return matches[0]
+
+
+async def add_local_model(session: AsyncSession, model: LocalModel) -> None:
+    session.add(model)
+    await session.flush()
+
+
+async def get_local_model(session: AsyncSession, model_id: str) -> LocalModel | None:
+    return await session.get(LocalModel, model_id)
+
+
+async def list_local_models(session: AsyncSession) -> list[LocalModel]:
+    return list((await session.scalars(select(LocalModel).order_by(LocalModel.created_at))).all())
+
+
+async def remove_local_model(session: AsyncSession, model_id: str) -> bool:
+    model = await session.get(LocalModel, model_id)
+    if model is None:
+        return False
+    await session.delete(model)
+    return True
