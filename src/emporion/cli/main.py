@@ -34,7 +34,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(engine_app, name="engine")
 
 err = Console(stderr=True)
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 200)
 
 DataDir = Annotated[
     Path | None,

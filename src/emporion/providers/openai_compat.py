@@ -80,6 +80,7 @@ class OpenAICompatAdapter:
                     if "error" in data:
                         raise _upstream_error_body(upstream, 500, data)
                     yield Chunk(choices=data.get("choices") or [], usage=usage_from_openai(data.get("usage")))
+                raise UpstreamError(f"upstream {upstream.name} ended the stream before [DONE]")
 
     async def aclose(self) -> None:
         for client in self._clients.values():

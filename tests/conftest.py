@@ -1,0 +1,118 @@
+"""Fixtures: a fake OpenAI upstream, and the real Emporion server process started once per session
+(real llama-server engine with Gemma 3 270M, real MiniLM embeddings) on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.fakes.openai_upstream import FakeOpenAI
+from tests.fakes.server import ThreadedServer
+
+QUEUE_SIZE = 4
+PARALLEL = 4
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def emporion(*args: str, data_dir: Path, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "emporion", *args, "--data-dir", str(data_dir)],
+        capture_output=True, text=True, check=check, timeout=120, **kwargs,
+    )  # fmt: skip
+
+
+@dataclass
+class Gateway:
+    url: str
+    key: str
+    data_dir: Path
+    process: subprocess.Popen
+    log: Path
+
+    def client(self, **kwargs) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=self.key, max_retries=0, **kwargs)
+
+    def aclient(self, **kwargs) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=f"{self.url}/v1", api_key=self.key, max_retries=0, **kwargs)
+
+    def http(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"authorization": f"Bearer {self.key}"}, timeout=120)
+
+    def health(self) -> dict:
+        return httpx.get(f"{self.url}/healthz", timeout=10).json()
+
+
+@pytest.fixture(scope="session")
+def fake_openai():
+    fake = FakeOpenAI()
+    with ThreadedServer(fake.app) as server:
+        fake.url = server.url
+        yield fake
+
+
+@pytest.fixture(scope="session")
+def gateway(tmp_path_factory, fake_openai) -> Gateway:
+    data_dir = tmp_path_factory.mktemp("emporion-data")
+    (data_dir / "config.toml").write_text(
+        f"""
+[engine]
+parallel = {PARALLEL}
+queue_size = {QUEUE_SIZE}
+
+[[upstreams]]
+name = "fake"
+base_url = "{fake_openai.url}/v1"
+api_key_env = "FAKE_UPSTREAM_KEY"
+
+[models."fake-gpt"]
+upstream = "fake"
+upstream_model = "gpt-fake-upstream"
+name = "Fake: GPT"
+context_length = 128000
+license = "proprietary"
+pricing = {{ prompt = "0.00000015", completion = "0.0000006" }}
+"""
+    )
+    key = emporion("keys", "create", "--org", "tests", data_dir=data_dir).stdout.strip()
+    port = free_port()
+    log = data_dir / "serve.log"
+    env = {**os.environ, "FAKE_UPSTREAM_KEY": "sk-upstream-secret"}
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "emporion", "serve", "--data-dir", str(data_dir), "--port", str(port)],
+            stdout=out, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"emporion serve exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"emporion serve not ready:\n{log.read_text()[-4000:]}")
+        time.sleep(0.2)
+    yield Gateway(url=url, key=key, data_dir=data_dir, process=process, log=log)
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()

@@ -1,0 +1,104 @@
+"""The supervised llama-server engine: batching, bounded queue, disconnects, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import PARALLEL, QUEUE_SIZE
+
+GEMMA = "gemma-3-270m"
+
+
+def engine_status(gateway) -> dict:
+    return gateway.health()["models"][GEMMA]
+
+
+def slots_busy(gateway) -> int:
+    port = engine_status(gateway)["port"]
+    return sum(slot["is_processing"] for slot in httpx.get(f"http://127.0.0.1:{port}/slots", timeout=5).json())
+
+
+def wait_until(predicate, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.1)
+
+
+async def test_requests_beyond_slots_and_queue_get_503_with_retry_after(gateway):
+    client = gateway.aclient()
+    total = PARALLEL + QUEUE_SIZE + 4
+
+    async def one(i: int):
+        try:
+            return await client.completions.create(model=GEMMA, prompt=f"Story {i}:", max_tokens=40, temperature=0.8)
+        except openai.APIStatusError as exc:
+            return exc
+
+    results = await asyncio.gather(*(one(i) for i in range(total)))
+    rejected = [r for r in results if isinstance(r, openai.APIStatusError)]
+    served = [r for r in results if not isinstance(r, openai.APIStatusError)]
+    assert len(served) >= PARALLEL + QUEUE_SIZE
+    assert len(rejected) == total - len(served) > 0
+    for exc in rejected:
+        assert exc.status_code == 503 and exc.code == "engine_overloaded"
+        assert int(exc.response.headers["retry-after"]) >= 1
+    # the health check answered all along, and nothing is left running
+    wait_until(lambda: engine_status(gateway)["running"] == 0 and engine_status(gateway)["queued"] == 0)
+
+
+def test_health_answers_while_engine_is_busy(gateway):
+    async def scenario():
+        client = gateway.aclient()
+        work = asyncio.gather(
+            *(client.completions.create(model=GEMMA, prompt="Tell a long story:", max_tokens=60) for _ in range(PARALLEL))
+        )
+        await asyncio.sleep(0.5)
+        async with httpx.AsyncClient() as http:
+            began = time.monotonic()
+            health = (await http.get(f"{gateway.url}/healthz")).json()
+            latency = time.monotonic() - began
+        await work
+        return health, latency
+
+    health, latency = asyncio.run(scenario())
+    assert health["models"][GEMMA]["state"] == "ready"
+    assert latency < 1.0  # the event loop never waits on generation
+
+
+def test_client_disconnect_mid_stream_stops_generation(gateway):
+    stream = gateway.client().completions.create(model=GEMMA, prompt="Once upon a time", max_tokens=2000, stream=True)
+    received = 0
+    for chunk in stream:
+        received += 1
+        if received == 3:
+            break
+    stream.close()
+    wait_until(lambda: slots_busy(gateway) == 0, timeout_s=10)
+    assert engine_status(gateway)["running"] == 0
+
+
+def test_engine_restarts_after_it_dies(gateway):
+    before = engine_status(gateway)
+    os.kill(before["pid"], signal.SIGKILL)
+    wait_until(lambda: engine_status(gateway)["restarts"] == before["restarts"] + 1, timeout_s=120)
+    after = engine_status(gateway)
+    assert after["state"] == "ready" and after["pid"] != before["pid"]
+    completion = gateway.client().completions.create(model=GEMMA, prompt="Hello", max_tokens=3)
+    assert completion.usage.completion_tokens <= 3
+
+
+def test_request_while_engine_restarts_is_503_not_500(gateway):
+    os.kill(engine_status(gateway)["pid"], signal.SIGKILL)
+    with pytest.raises(openai.APIStatusError) as info:
+        gateway.client().completions.create(model=GEMMA, prompt="Hello", max_tokens=3)
+    assert info.value.status_code == 503
+    wait_until(lambda: engine_status(gateway)["state"] == "ready", timeout_s=120)

@@ -1,0 +1,146 @@
+"""The OpenAI API as the official SDK sees it, served by the real local models."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+
+import numpy as np
+import openai
+import pytest
+
+GEMMA = "gemma-3-270m"
+MINILM = "all-minilm-l6-v2"
+
+
+def test_models_list_has_marketplace_fields(gateway):
+    models = {m.id: m for m in gateway.client().models.list().data}
+    assert {GEMMA, MINILM, "fake-gpt"} <= set(models)
+    gemma = models[GEMMA].model_dump()
+    assert gemma["object"] == "model" and gemma["owned_by"] == "google" and gemma["created"] > 0
+    assert gemma["release"] == "open-weights" and gemma["license"] == "gemma"
+    assert gemma["context_length"] == 8192
+    assert gemma["pricing"] == {"prompt": "0", "completion": "0"}
+    assert gemma["architecture"] == {"input_modalities": ["text"], "output_modalities": ["text"]}
+    assert models["fake-gpt"].model_dump()["pricing"] == {"prompt": "0.00000015", "completion": "0.0000006"}
+    assert models[MINILM].model_dump()["release"] == "open-source"
+
+
+def test_model_retrieve_and_unknown(gateway):
+    assert gateway.client().models.retrieve(GEMMA).id == GEMMA
+    with pytest.raises(openai.NotFoundError) as info:
+        gateway.client().models.retrieve("no-such-model")
+    assert info.value.code == "model_not_found"
+
+
+def test_chat_completion_with_gemma_has_text_and_usage(gateway):
+    response = gateway.client().with_raw_response.chat.completions.create(
+        model=GEMMA,
+        messages=[{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What is the capital of France?"}],
+        max_tokens=12,
+        temperature=0,
+        seed=7,
+    )
+    completion = response.parse()
+    assert completion.object == "chat.completion" and completion.id.startswith("chatcmpl-")
+    assert completion.model == GEMMA
+    choice = completion.choices[0]
+    assert choice.message.role == "assistant" and choice.message.content
+    assert choice.finish_reason in ("stop", "length")
+    usage = completion.usage
+    assert usage.prompt_tokens > 5 and 0 < usage.completion_tokens <= 12
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    headers = response.headers
+    assert headers["x-emporion-model"] == GEMMA
+    assert headers["x-emporion-provider"] == "emporion-local"
+    assert headers["x-emporion-release"] == "open-weights"
+    assert headers["x-emporion-license"] == "gemma"
+
+
+def test_max_completion_tokens_limits_output(gateway):
+    completion = gateway.client().chat.completions.create(
+        model=GEMMA, messages=[{"role": "user", "content": "Count from one to one hundred."}], max_completion_tokens=3
+    )
+    assert completion.usage.completion_tokens == 3 and completion.choices[0].finish_reason == "length"
+
+
+def test_seeded_sampling_is_repeatable(gateway):
+    def ask():
+        return gateway.client().completions.create(
+            model=GEMMA, prompt="Once upon a time", max_tokens=8, temperature=0.9, top_p=0.9, seed=1234
+        ).choices[0].text
+
+    assert ask() == ask()
+
+
+def test_stop_sequence_ends_generation(gateway):
+    completion = gateway.client().completions.create(model=GEMMA, prompt="1, 2, 3, 4,", max_tokens=30, temperature=0, stop=[" 7"])
+    assert " 7" not in completion.choices[0].text and completion.choices[0].finish_reason == "stop"
+
+
+def test_chat_stream_frames_and_usage(gateway):
+    stream = gateway.client().chat.completions.create(
+        model=GEMMA,
+        messages=[{"role": "user", "content": "Write one sentence about the sea."}],
+        max_tokens=10,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert all(c.object == "chat.completion.chunk" and c.model == GEMMA for c in chunks)
+    assert len({c.id for c in chunks}) == 1
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes in (["length"], ["stop"])
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens <= 10
+    assert all(c.usage is None for c in chunks[:-1])
+
+
+def test_completion_non_streamed_and_streamed(gateway):
+    client = gateway.client()
+    completion = client.completions.create(model=GEMMA, prompt="The quick brown fox", max_tokens=6, temperature=0)
+    assert completion.object == "text_completion" and completion.choices[0].text
+    assert completion.usage.completion_tokens <= 6
+    streamed = list(client.completions.create(model=GEMMA, prompt="The quick brown fox", max_tokens=6, temperature=0, stream=True))
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == completion.choices[0].text
+
+
+async def test_async_client_concurrent_requests(gateway):
+    client = gateway.aclient()
+    results = await asyncio.gather(
+        *(client.completions.create(model=GEMMA, prompt=f"Item {i}:", max_tokens=5, temperature=0) for i in range(4))
+    )
+    assert all(r.choices[0].text is not None and r.usage.completion_tokens <= 5 for r in results)
+    stream = await client.chat.completions.create(
+        model=GEMMA, messages=[{"role": "user", "content": "Hi"}], max_tokens=4, stream=True
+    )
+    pieces = [chunk async for chunk in stream]
+    assert pieces and pieces[-1].choices[0].finish_reason in ("length", "stop")
+
+
+def test_embeddings_float_and_base64(gateway):
+    client = gateway.client()
+    response = client.embeddings.create(model=MINILM, input=["a cat sat on the mat", "a kitten rested on the rug", "stock markets fell"])
+    vectors = [np.array(item.embedding) for item in response.data]
+    assert [item.index for item in response.data] == [0, 1, 2]
+    assert all(v.shape == (384,) for v in vectors)
+    cos = lambda a, b: float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))  # noqa: E731
+    assert cos(vectors[0], vectors[1]) > cos(vectors[0], vectors[2]) + 0.2
+    assert response.usage.prompt_tokens > 10 and response.usage.total_tokens == response.usage.prompt_tokens
+    raw = gateway.http().post("/v1/embeddings", json={"model": MINILM, "input": "a cat sat on the mat", "encoding_format": "base64"})
+    decoded = np.frombuffer(base64.b64decode(raw.json()["data"][0]["embedding"]), dtype="<f4")
+    assert np.allclose(decoded, vectors[0], atol=1e-5)
+
+
+def test_embedding_input_too_long(gateway):
+    with pytest.raises(openai.BadRequestError) as info:
+        gateway.client().embeddings.create(model=MINILM, input="word " * 400)
+    assert info.value.code == "context_length_exceeded"
+
+
+def test_wrong_endpoint_for_model_kind(gateway):
+    with pytest.raises(openai.BadRequestError):
+        gateway.client().embeddings.create(model=GEMMA, input="hello")
+    with pytest.raises(openai.BadRequestError):
+        gateway.client().chat.completions.create(model=MINILM, messages=[{"role": "user", "content": "hi"}])

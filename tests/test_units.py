@@ -1,0 +1,168 @@
+"""Settings, keys, usage, catalog and admission, without a server."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import subprocess
+import sys
+from decimal import Decimal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from emporion.auth.keys import generate_key, hash_key, redact
+from emporion.catalog.builtin import build_catalog
+from emporion.engine.admission import Admission
+from emporion.errors import EngineOverloaded, ModelNotFound
+from emporion.providers.usage import Usage, usage_from_openai
+from emporion.settings import ConfigError, load_settings
+from tests.conftest import emporion
+
+
+def test_config_typo_fails_with_a_clear_message(tmp_path):
+    (tmp_path / "config.toml").write_text("[engine]\nthreds = 2\n")
+    with pytest.raises(ConfigError, match=r"engine\.threds: Extra inputs are not permitted"):
+        load_settings(tmp_path)
+
+
+def test_config_bad_toml_and_unknown_upstream(tmp_path):
+    (tmp_path / "config.toml").write_text("[engine\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(tmp_path)
+    (tmp_path / "config.toml").write_text('[models."x"]\nupstream = "nowhere"\n')
+    with pytest.raises(ConfigError, match="unknown upstream 'nowhere'"):
+        load_settings(tmp_path)
+
+
+def test_config_negative_price_rejected(tmp_path):
+    (tmp_path / "config.toml").write_text('[models."gemma-3-270m"]\npricing = { prompt = "-1" }\n')
+    with pytest.raises(ConfigError, match="non-negative"):
+        load_settings(tmp_path)
+
+
+def test_cli_reports_config_errors_without_traceback(tmp_path):
+    (tmp_path / "config.toml").write_text("[server]\nprot = 1\n")
+    result = emporion("models", "list", data_dir=tmp_path, check=False)
+    assert result.returncode == 2
+    assert "server.prot" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_config_overrides_builtin_model_price_exactly(tmp_path):
+    (tmp_path / "config.toml").write_text('[models."gemma-3-270m"]\npricing = { prompt = "0.0000001", completion = "2E-7" }\n')
+    catalog = build_catalog(load_settings(tmp_path), "/x.gguf", [])
+    gemma = catalog.get("gemma-3-270m")
+    assert gemma.pricing.prompt == Decimal("0.0000001")
+    assert gemma.to_openai()["pricing"] == {"prompt": "0.0000001", "completion": "0.0000002"}
+    with pytest.raises(ModelNotFound):
+        catalog.get("nope")
+
+
+def test_keys_are_random_prefixed_and_hashed():
+    a, b = generate_key(), generate_key()
+    assert a.plaintext != b.plaintext and a.plaintext.startswith("emp-") and len(a.plaintext) == 47
+    assert a.prefix == a.plaintext[:8] and a.key_hash == hash_key(a.plaintext) and len(a.key_hash) == 64
+    assert a.plaintext[10:-4] not in redact(a.plaintext)
+
+
+def test_keys_stored_only_as_hashes(tmp_path):
+    key = emporion("keys", "create", "--org", "acme", "--label", "ci", data_dir=tmp_path).stdout.strip()
+    database = (tmp_path / "emporion.db").read_bytes() + b"".join(p.read_bytes() for p in tmp_path.glob("emporion.db-*"))
+    assert key.encode() not in database
+    rows = sqlite3.connect(tmp_path / "emporion.db").execute("select key_hash, prefix from api_keys").fetchall()
+    assert rows == [(hash_key(key), key[:8])]
+    listing = emporion("keys", "list", data_dir=tmp_path).stdout
+    assert key[:8] in listing and key not in listing
+    emporion("keys", "revoke", key[:8], data_dir=tmp_path)
+    assert "revoked" in emporion("keys", "list", data_dir=tmp_path).stdout
+
+
+def test_first_start_creates_default_org_and_shows_key_once(tmp_path, capsys):
+    from emporion.cli.main import _first_start
+
+    settings = load_settings(tmp_path)
+    asyncio.run(_first_start(settings))
+    first = capsys.readouterr().err
+    assert "emp-" in first and "shown" in first
+    asyncio.run(_first_start(settings))
+    assert "emp-" not in capsys.readouterr().err
+    rows = sqlite3.connect(tmp_path / "emporion.db").execute("select name from organizations").fetchall()
+    assert rows == [("default",)]
+
+
+def test_models_add_reads_gguf_metadata(tmp_path):
+    from emporion.engine.gemma import ensure_gemma
+
+    gguf = ensure_gemma(tmp_path / "files")
+    result = emporion("models", "add", str(gguf), "--name", "my-gemma", data_dir=tmp_path)
+    assert "gemma3" in result.stderr and "context 32768" in result.stderr and "no chat template" in result.stderr
+    listing = emporion("models", "list", data_dir=tmp_path).stdout
+    assert "my-gemma" in listing
+    again = emporion("models", "add", str(gguf), "--name", "my-gemma", data_dir=tmp_path, check=False)
+    assert again.returncode == 1 and "already exists" in again.stderr
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a gguf file")
+    assert emporion("models", "add", str(bad), "--name", "bad", data_dir=tmp_path, check=False).returncode == 2
+
+
+@given(st.integers(0, 10**9), st.integers(0, 10**9), st.integers(0, 10**9))
+def test_usage_from_openai_never_loses_tokens(prompt, cached, completion):
+    usage = usage_from_openai(
+        {"prompt_tokens": prompt, "completion_tokens": completion, "prompt_tokens_details": {"cached_tokens": cached}}
+    )
+    assert usage.prompt_tokens == prompt and usage.output_tokens == completion
+    assert usage.cached_input_tokens == min(prompt, cached) and usage.input_tokens >= 0
+    assert usage.to_openai()["total_tokens"] == prompt + completion
+
+
+def test_usage_from_openai_ignores_garbage():
+    assert usage_from_openai(None) is None
+    assert usage_from_openai({"prompt_tokens": "9", "completion_tokens": -3}) == Usage()
+
+
+async def test_admission_bounds_running_and_queued():
+    admission = Admission(running=2, queued=1)
+    release = asyncio.Event()
+    entered = []
+
+    async def hold(i):
+        async with admission.admit():
+            entered.append(i)
+            await release.wait()
+
+    tasks = [asyncio.create_task(hold(i)) for i in range(3)]
+    await asyncio.sleep(0.01)
+    assert admission.running == 2 and admission.waiting == 1 and entered == [0, 1]
+    with pytest.raises(EngineOverloaded) as info:
+        async with admission.admit():
+            pass
+    assert info.value.status == 503 and info.value.headers() == {"retry-after": "1"}
+    release.set()
+    await asyncio.gather(*tasks)
+    assert entered == [0, 1, 2] and admission.running == 0 and admission.waiting == 0
+
+
+async def test_admission_cancelled_waiter_frees_its_place():
+    admission = Admission(running=1, queued=1)
+    gate = asyncio.Event()
+
+    async def hold():
+        async with admission.admit():
+            await gate.wait()
+
+    holder = asyncio.create_task(hold())
+    await asyncio.sleep(0)
+    waiter = asyncio.create_task(hold())
+    await asyncio.sleep(0.01)
+    waiter.cancel()
+    await asyncio.gather(waiter, return_exceptions=True)
+    assert admission.waiting == 0
+    gate.set()
+    await holder
+    assert admission.running == 0
+
+
+def test_cli_help_runs():
+    result = subprocess.run([sys.executable, "-m", "emporion", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "serve" in result.stdout
