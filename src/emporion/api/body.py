@@ -59,3 +59,7 @@ def _is_union_tag(part: object) -> bool:
     return isinstance(part, str) and (
         part in {"str", "int", "float", "bool"} or "[" in part or part.startswith("function-")
     )
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"The request body is larger than the limit of {limit} bytes.")

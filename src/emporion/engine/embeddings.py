@@ -46,7 +46,8 @@ class Embedder:
     async def start(self) -> None:
         self.state = "starting"
         self._model = await asyncio.get_running_loop().run_in_executor(self._executor, self._load)
-        self.dimensions = int(self._model.get_sentence_embedding_dimension())
+        dimension = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
+        self.dimensions = int(dimension())
         self._worker = asyncio.create_task(self._work(), name="embeddings-worker")
         self.state = "ready"
 
