@@ -1,0 +1,34 @@
+# Two commands on a fresh machine:  `make serve`  and  `make test`.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+
+.PHONY: install serve test bench bench-quick
+
+# torch first: 2.13.0 is the CPU build (an unpinned torch would pull gigabytes of CUDA wheels).
+$(BIN)/emporion: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+# llama.cpp's llama-server, built once from the source inside the llama-cpp-python sdist.
+$(BIN)/llama-server: | $(BIN)/emporion
+	$(BIN)/emporion engine build
+
+install: $(BIN)/emporion $(BIN)/llama-server
+
+serve: install
+	$(BIN)/emporion serve
+
+test: install
+	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/python -m bench.engine
+
+bench-quick: install
+	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/python -m bench.engine --quick
