@@ -144,3 +144,25 @@ def test_wrong_endpoint_for_model_kind(gateway):
         gateway.client().embeddings.create(model=GEMMA, input="hello")
     with pytest.raises(openai.BadRequestError):
         gateway.client().chat.completions.create(model=MINILM, messages=[{"role": "user", "content": "hi"}])
+
+
+def test_completion_with_several_prompts_counts_every_prompt(gateway):
+    client = gateway.client()
+    single = [client.completions.create(model=GEMMA, prompt=p, max_tokens=4, temperature=0) for p in ("The sky is", "Paris is")]
+    both = client.completions.create(model=GEMMA, prompt=["The sky is", "Paris is"], max_tokens=4, temperature=0)
+    assert [c.index for c in both.choices] == [0, 1]
+    assert [c.text for c in both.choices] == [s.choices[0].text for s in single]
+    assert both.usage.completion_tokens == sum(s.usage.completion_tokens for s in single)
+    assert both.usage.prompt_tokens == sum(s.usage.prompt_tokens for s in single)
+    chunks = list(
+        client.completions.create(
+            model=GEMMA, prompt=["The sky is", "Paris is"], max_tokens=4, temperature=0, stream=True,
+            stream_options={"include_usage": True},
+        )
+    )  # fmt: skip
+    texts = {0: "", 1: ""}
+    for chunk in chunks:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.text
+    assert [texts[0], texts[1]] == [c.text for c in both.choices]
+    assert chunks[-1].usage.completion_tokens == both.usage.completion_tokens

@@ -166,3 +166,42 @@ async def test_admission_cancelled_waiter_frees_its_place():
 def test_cli_help_runs():
     result = subprocess.run([sys.executable, "-m", "emporion", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "serve" in result.stdout
+
+
+def write_gguf(path, metadata: dict) -> None:
+    """A GGUF header with string and uint32 values, and one string array (as a vocabulary is)."""
+    import struct
+
+    def string(text: str) -> bytes:
+        data = text.encode()
+        return struct.pack("<Q", len(data)) + data
+
+    body = b""
+    for key, value in metadata.items():
+        if isinstance(value, str):
+            body += string(key) + struct.pack("<I", 8) + string(value)
+        elif isinstance(value, list):
+            body += string(key) + struct.pack("<IIQ", 9, 8, len(value)) + b"".join(string(v) for v in value)
+        else:
+            body += string(key) + struct.pack("<II", 4, value)
+    path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, len(metadata)) + body)
+
+
+def test_gguf_header_with_chat_template(tmp_path):
+    from emporion.engine.gguf_info import read_gguf_info
+
+    path = tmp_path / "tiny.gguf"
+    write_gguf(path, {
+        "general.architecture": "llama", "tokenizer.ggml.tokens": ["<s>", "hello", "world"],
+        "llama.context_length": 2048, "general.name": "Tiny", "tokenizer.chat_template": "{{ messages }}",
+    })  # fmt: skip
+    info = read_gguf_info(path)
+    assert (info.architecture, info.name, info.context_length, info.has_chat_template, info.license) == (
+        "llama", "Tiny", 2048, True, None,
+    )  # fmt: skip
+    write_gguf(path, {"general.architecture": "llama"})
+    with pytest.raises(ValueError, match="context length"):
+        read_gguf_info(path)
+    path.write_bytes(b"GGUF\x03\x00")
+    with pytest.raises(ValueError, match="not a readable GGUF"):
+        read_gguf_info(path)

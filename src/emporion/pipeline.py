@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from emporion.engine.embeddings import Embedded, Embedder
 from emporion.engine.llama_server import LlamaServer
 from emporion.errors import ContextLengthExceeded, InvalidRequest, ServiceUnavailable
 from emporion.providers.base import Adapter, Chunk, Completion, Endpoint, Request
+from emporion.providers.usage import Usage
 from emporion.routing.router import Route, Router
 from emporion.settings import Settings
 from emporion.store.session import Database
@@ -43,18 +45,13 @@ class Stream:
     """A started stream: its first chunk is already in hand (so failures before any output are
     still plain HTTP errors), and ``aclose`` frees the engine slot and the upstream connection."""
 
-    def __init__(self, route: Route, first: Chunk | None, rest: AsyncIterator[Chunk], resources: contextlib.AsyncExitStack) -> None:
+    def __init__(self, route: Route, chunks: AsyncIterator[Chunk], resources: contextlib.AsyncExitStack) -> None:
         self.route = route
-        self._first = first
-        self._rest = rest
+        self._chunks = chunks
         self._resources = resources
 
-    async def __aiter__(self) -> AsyncIterator[Chunk]:
-        if self._first is not None:
-            first, self._first = self._first, None
-            yield first
-        async for chunk in self._rest:
-            yield chunk
+    def __aiter__(self) -> AsyncIterator[Chunk]:
+        return self._chunks
 
     async def aclose(self) -> None:
         await self._resources.aclose()
@@ -65,13 +62,51 @@ def endpoint_of(wire: Sampling) -> Endpoint:
 
 
 async def generate(deps: Deps, principal: Principal, wire: ChatCompletionRequest | CompletionRequest) -> Generation:
+    parts = _split_prompts(wire)
+    if len(parts) == 1:
+        return await _generate_one(deps, wire)
+    results = await asyncio.gather(*(_generate_one(deps, part) for part in parts), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    choices = [{**result.completion.choices[0], "index": index} for index, result in enumerate(results)]
+    usage = sum((result.completion.usage for result in results), Usage())
+    return Generation(results[0].route, Completion(choices=choices, usage=usage))
+
+
+async def generate_stream(deps: Deps, principal: Principal, wire: ChatCompletionRequest | CompletionRequest) -> Stream:
+    parts = _split_prompts(wire)
+    if len(parts) == 1:
+        return await _stream_one(deps, wire)
+    resources = contextlib.AsyncExitStack()
+    streams: list[Stream] = []
+    try:
+        for part in parts:
+            stream = await _stream_one(deps, part)
+            resources.push_async_callback(stream.aclose)
+            streams.append(stream)
+    except BaseException:
+        await resources.aclose()
+        raise
+    return Stream(streams[0].route, _merged(streams), resources)
+
+
+def _split_prompts(wire: ChatCompletionRequest | CompletionRequest) -> list[ChatCompletionRequest | CompletionRequest]:
+    """A list of prompts is one upstream request per prompt: each gets its own engine slot and
+    exact usage, which upstreams do not all report for batched prompts."""
+    if isinstance(wire, CompletionRequest) and isinstance(wire.prompt, list) and len(wire.prompt) > 1:
+        return [wire.model_copy(update={"prompt": prompt}) for prompt in wire.prompt]
+    return [wire]
+
+
+async def _generate_one(deps: Deps, wire: ChatCompletionRequest | CompletionRequest) -> Generation:
     route, request = _prepare(deps, wire)
     async with _admitted(route):
         completion = await route.adapter.complete(request, route.upstream)
     return Generation(route, completion)
 
 
-async def generate_stream(deps: Deps, principal: Principal, wire: ChatCompletionRequest | CompletionRequest) -> Stream:
+async def _stream_one(deps: Deps, wire: ChatCompletionRequest | CompletionRequest) -> Stream:
     route, request = _prepare(deps, wire)
     resources = contextlib.AsyncExitStack()
     try:
@@ -82,7 +117,48 @@ async def generate_stream(deps: Deps, principal: Principal, wire: ChatCompletion
     except BaseException:
         await resources.aclose()
         raise
-    return Stream(route, first, chunks, resources)
+    return Stream(route, _prepend(first, chunks), resources)
+
+
+async def _prepend(first: Chunk | None, rest: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+    if first is not None:
+        yield first
+    async for chunk in rest:
+        yield chunk
+
+
+async def _merged(streams: list[Stream]) -> AsyncIterator[Chunk]:
+    """Chunks of several streams as they come, each choice indexed by its prompt; one usage at the end."""
+    queue: asyncio.Queue[tuple[int, Chunk | None, BaseException | None]] = asyncio.Queue()
+
+    async def pump(index: int, stream: Stream) -> None:
+        try:
+            async for chunk in stream:
+                await queue.put((index, chunk, None))
+        except Exception as exc:
+            await queue.put((index, None, exc))
+            return
+        await queue.put((index, None, None))
+
+    tasks = [asyncio.create_task(pump(index, stream)) for index, stream in enumerate(streams)]
+    usage, open_streams = Usage(), len(tasks)
+    try:
+        while open_streams:
+            index, chunk, error = await queue.get()
+            if error is not None:
+                raise error
+            if chunk is None:
+                open_streams -= 1
+                continue
+            if chunk.usage is not None:
+                usage = usage + chunk.usage
+            if chunk.choices:
+                yield Chunk(choices=[{**choice, "index": index} for choice in chunk.choices])
+        yield Chunk(choices=[], usage=usage)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def embed(deps: Deps, principal: Principal, wire: EmbeddingRequest) -> tuple[Model, Embedded]:

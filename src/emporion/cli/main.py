@@ -81,6 +81,8 @@ def serve(
     server = settings.server.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v is not None})
     settings = settings.model_copy(update={"server": server})
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=err, show_path=False)])
+    for noisy in ("httpx", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
     err.print(f"Emporion · data in [bold]{settings.data_dir}[/bold]")
     asyncio.run(_first_start(settings))
