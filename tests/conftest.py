@@ -15,11 +15,13 @@ import httpx
 import openai
 import pytest
 
+from emporion.engine.gemma import ensure_gemma
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.fakes.server import ThreadedServer
 
 QUEUE_SIZE = 4
 PARALLEL = 4
+ADDED_MODEL = "gemma-added"
 
 
 def free_port() -> int:
@@ -88,6 +90,9 @@ pricing = {{ prompt = "0.00000015", completion = "0.0000006" }}
 """
     )
     key = emporion("keys", "create", "--org", "tests", data_dir=data_dir).stdout.strip()
+    # An operator-added GGUF (the Gemma file again, served with llama.cpp's default chat template).
+    gguf = ensure_gemma(tmp_path_factory.mktemp("gguf"))
+    emporion("models", "add", str(gguf), "--name", ADDED_MODEL, "--license", "gemma", data_dir=data_dir)
     port = free_port()
     log = data_dir / "serve.log"
     env = {**os.environ, "FAKE_UPSTREAM_KEY": "sk-upstream-secret"}

@@ -102,3 +102,18 @@ def test_request_while_engine_restarts_is_503_not_500(gateway):
         gateway.client().completions.create(model=GEMMA, prompt="Hello", max_tokens=3)
     assert info.value.status_code == 503
     wait_until(lambda: engine_status(gateway)["state"] == "ready", timeout_s=120)
+
+
+def test_operator_added_gguf_is_served_by_its_own_engine(gateway):
+    from tests.conftest import ADDED_MODEL
+
+    health = gateway.health()["models"]
+    assert health[ADDED_MODEL]["state"] == "ready" and health[ADDED_MODEL]["port"] != health[GEMMA]["port"]
+    model = gateway.client().models.retrieve(ADDED_MODEL).model_dump()
+    assert model["license"] == "gemma" and model["release"] == "open-weights" and model["owned_by"] == "operator"
+    assert model["context_length"] == 8192  # the file says 32768; each engine slot holds 8192
+    response = gateway.client().with_raw_response.chat.completions.create(
+        model=ADDED_MODEL, messages=[{"role": "user", "content": "Hello"}], max_tokens=4
+    )
+    assert response.parse().usage.completion_tokens <= 4
+    assert response.headers["x-emporion-upstream"] == f"local:{ADDED_MODEL}"
