@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import socket
 import statistics
 import subprocess
@@ -103,7 +102,7 @@ def main() -> None:
          "--ctx-size", str(engine.ctx_per_request * engine.parallel), "--parallel", str(engine.parallel), "--no-kv-unified",
          "--threads", str(args.threads), "--threads-batch", str(args.threads_batch), "--no-webui",
          "--chat-template", "gemma", "--no-jinja"],
-        stdout=logs, stderr=subprocess.STDOUT, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"},
+        stdout=logs, stderr=subprocess.STDOUT,
     )  # fmt: skip
     gateway = subprocess.Popen(
         [sys.executable, "-m", "emporion", "serve", "--data-dir", str(data_dir), "--port", str(gateway_port)],
@@ -117,10 +116,11 @@ def main() -> None:
             "Emporion": (f"http://127.0.0.1:{gateway_port}", key),
         }
         results: dict[tuple[str, int], list[float]] = {}
-        for _ in range(rounds):
+        for round_ in range(rounds):
             for concurrency in (1, 4):
-                for name, (url, token) in targets.items():  # interleaved: the same noise for both
-                    rate = asyncio.run(run_load(url, token, concurrency, requests=2 * concurrency, tokens=tokens))
+                order = list(targets.items())[:: 1 if round_ % 2 == 0 else -1]
+                for name, (url, token) in order:  # interleaved, alternating who goes first: the same noise for both
+                    rate = asyncio.run(run_load(url, token, concurrency, requests=3 * concurrency, tokens=tokens))
                     results.setdefault((name, concurrency), []).append(rate)
     finally:
         for process in (gateway, direct):

@@ -20,6 +20,7 @@ from emporion.api.openai.routes import json_response
 from emporion.api.openai.routes import routes as openai_routes
 from emporion.auth.principal import Authenticator
 from emporion.catalog.builtin import EMBEDDINGS_UPSTREAM, MINILM_MAX_TOKENS, build_catalog
+from emporion.catalog.models import Catalog
 from emporion.engine.build import find_llama_server
 from emporion.engine.embeddings import Embedder
 from emporion.engine.gemma import ensure_gemma
@@ -107,7 +108,7 @@ async def start_deps(settings: Settings) -> Deps:
     return deps
 
 
-def _engines(settings: Settings, catalog) -> dict[str, LlamaServer]:
+def _engines(settings: Settings, catalog: Catalog) -> dict[str, LlamaServer]:
     local = [model for model in catalog if model.gguf]
     if not local:
         return {}

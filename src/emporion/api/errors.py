@@ -20,16 +20,15 @@ async def emporion_error(request: Request, exc: Exception) -> Response:
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404 (no such route) and 405 (wrong method), in the same envelope."""
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
         error: EmporionError = NotFound(f"Unknown request URL: {request.method} {request.url.path}.", code="unknown_url")
     elif exc.status_code == 405:
         error = InvalidRequest(f"Method {request.method} is not allowed on {request.url.path}.", code="method_not_allowed")
-        return json_response(error.envelope(), status=405)
     else:
         error = InvalidRequest(str(exc.detail))
-        return json_response(error.envelope(), status=exc.status_code)
-    return json_response(error.envelope(), status=error.status)
+    return json_response(error.envelope(), status=exc.status_code)
 
 
 async def unexpected_error(request: Request, exc: Exception) -> Response:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import shutil
 import socket
 import time
@@ -126,7 +125,6 @@ class LlamaServer:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=asyncio.subprocess.STDOUT,
-                env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"},
             )
         await self._wait_healthy(self._process)
 
