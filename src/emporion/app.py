@@ -56,7 +56,7 @@ def build_app(settings: Settings) -> Starlette:
 
 async def start_deps(settings: Settings) -> Deps:
     db = await open_database(settings.database_url)
-    gemma_file = await asyncio.to_thread(ensure_gemma, settings.models_dir)
+    gemma_file = await asyncio.to_thread(ensure_gemma, settings.models_dir) if settings.engine.enabled else ""
     async with db.session() as session:
         added = await repos.list_local_models(session)
     try:

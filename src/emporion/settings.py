@@ -30,6 +30,7 @@ class EngineSettings(Strict):
     """The local llama.cpp engine. On 2 cores, one generation thread keeps decoding fast while
     the gateway uses the other core; prompt processing (short bursts) gets both."""
 
+    enabled: bool = True  # false: no local GGUF models (a gateway for remote upstreams only)
     llama_server: Path | None = None
     threads: Annotated[int, Field(ge=1)] = 1
     threads_batch: Annotated[int, Field(ge=1)] = 2
@@ -41,6 +42,7 @@ class EngineSettings(Strict):
 
 
 class EmbeddingSettings(Strict):
+    enabled: bool = True  # false: no local embedding model (and no torch in the process)
     threads: Annotated[int, Field(ge=1)] = 1
     max_batch: Annotated[int, Field(ge=1)] = 64
     max_inputs: Annotated[int, Field(ge=1)] = 2048

@@ -105,6 +105,10 @@ def build_catalog(settings: Settings, gemma_file: str, added: list[LocalModel]) 
     models = {model.id: model for model in builtin_models(settings, gemma_file)}
     for row in added:
         models[row.id] = added_model(row)
+    if not settings.engine.enabled:
+        models = {key: model for key, model in models.items() if not model.gguf}
+    if not settings.embeddings.enabled:
+        models.pop(MINILM_ID)
     for model_id, config in settings.models.items():
         known = models.get(model_id)
         models[model_id] = known.with_config(config) if known else configured_model(model_id, config, settings)

@@ -86,10 +86,11 @@ def serve(
 
     err.print(f"Emporion · data in [bold]{settings.data_dir}[/bold]")
     asyncio.run(_first_start(settings))
-    _assemble_gemma(settings)
-    if find_llama_server(settings.engine.llama_server) is None:
-        err.print("[red]error:[/red] llama-server is not installed: run `emporion engine build` once (about 7 minutes).")
-        raise typer.Exit(1)
+    if settings.engine.enabled:
+        _assemble_gemma(settings)
+        if find_llama_server(settings.engine.llama_server) is None:
+            err.print("[red]error:[/red] llama-server is not installed: run `emporion engine build` once (about 7 minutes).")
+            raise typer.Exit(1)
     try:
         uvicorn.run(
             build_app(settings),

@@ -6,11 +6,12 @@ parsing, usage normalization and the mapping of upstream failures onto Emporion'
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any, ClassVar
 
-import httpx
+import aiohttp
 import orjson
 
 from emporion.errors import (
@@ -25,35 +26,40 @@ from emporion.providers.base import Chunk, Completion, Request, Upstream
 from emporion.providers.usage import usage_from_openai
 
 PATHS = {"chat": "/chat/completions", "completion": "/completions"}
+JSON = {"content-type": "application/json"}
 
 
 class OpenAICompatAdapter:
     name: ClassVar[str] = "openai_compat"
 
     def __init__(self) -> None:
-        self._clients: dict[str, httpx.AsyncClient] = {}
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
 
-    def _client(self, upstream: Upstream) -> httpx.AsyncClient:
-        client = self._clients.get(upstream.name)
-        if client is None:
+    def _session(self, upstream: Upstream) -> aiohttp.ClientSession:
+        session = self._sessions.get(upstream.name)
+        if session is None or session.closed:
             headers = {"authorization": f"Bearer {upstream.api_key}"} if upstream.api_key else {}
-            client = httpx.AsyncClient(
-                base_url=upstream.base_url.rstrip("/"),
+            session = aiohttp.ClientSession(
                 headers=headers,
-                timeout=httpx.Timeout(upstream.timeout_s, connect=upstream.connect_timeout_s),
-                limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
+                connector=aiohttp.TCPConnector(limit=1000, keepalive_timeout=30),
+                read_bufsize=1 << 20,  # SSE lines with large tool-call arguments
+                auto_decompress=True,
             )
-            self._clients[upstream.name] = client
-        return client
+            self._sessions[upstream.name] = session
+        return session
 
     async def complete(self, request: Request, upstream: Upstream) -> Completion:
         body = {**request.body, "stream": False}
         body.pop("stream_options", None)
+        timeout = aiohttp.ClientTimeout(total=upstream.timeout_s, connect=upstream.connect_timeout_s)
         with _mapped_transport_errors(upstream):
-            response = await self._client(upstream).post(PATHS[request.endpoint], content=orjson.dumps(body), headers=_JSON)
-            if response.status_code >= 400:
-                raise _upstream_status_error(upstream, response.status_code, response.content, response.headers)
-        data = _parse_json(upstream, response.content)
+            async with self._session(upstream).post(
+                _url(upstream, request), data=orjson.dumps(body), headers=JSON, timeout=timeout
+            ) as response:
+                raw = await response.read()
+                if response.status >= 400:
+                    raise _upstream_status_error(upstream, response.status, raw, response.headers)
+        data = _parse_json(upstream, raw)
         choices = data.get("choices")
         if not isinstance(choices, list):
             raise UpstreamError(f"upstream {upstream.name} answered without choices")
@@ -64,45 +70,52 @@ class OpenAICompatAdapter:
 
     async def stream(self, request: Request, upstream: Upstream) -> AsyncIterator[Chunk]:
         body = {**request.body, "stream": True, "stream_options": {"include_usage": True}}
+        # No total limit on a stream; the limit is on the silence between two reads.
+        timeout = aiohttp.ClientTimeout(total=None, connect=upstream.connect_timeout_s, sock_read=upstream.timeout_s)
         with _mapped_transport_errors(upstream):
-            async with self._client(upstream).stream(
-                "POST", PATHS[request.endpoint], content=orjson.dumps(body), headers=_JSON
+            async with self._session(upstream).post(
+                _url(upstream, request), data=orjson.dumps(body), headers=JSON, timeout=timeout
             ) as response:
-                if response.status_code >= 400:
-                    raise _upstream_status_error(upstream, response.status_code, await response.aread(), response.headers)
-                async for line in response.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    payload = line[5:].strip()
-                    if payload == "[DONE]":
-                        return
-                    data = _parse_json(upstream, payload.encode())
-                    if "error" in data:
-                        raise _upstream_error_body(upstream, 500, data)
-                    yield Chunk(choices=data.get("choices") or [], usage=usage_from_openai(data.get("usage")))
+                if response.status >= 400:
+                    raise _upstream_status_error(upstream, response.status, await response.read(), response.headers)
+                try:
+                    async for line in response.content:
+                        if not line.startswith(b"data:"):
+                            continue
+                        payload = line[5:].strip()
+                        if payload == b"[DONE]":
+                            return
+                        data = _parse_json(upstream, payload)
+                        if "error" in data:
+                            raise _upstream_error_body(upstream, 500, data)
+                        yield Chunk(choices=data.get("choices") or [], usage=usage_from_openai(data.get("usage")))
+                finally:
+                    if not response.content.at_eof():
+                        response.close()  # drop the connection: the upstream sees the client leave and stops
                 raise UpstreamError(f"upstream {upstream.name} ended the stream before [DONE]")
 
     async def aclose(self) -> None:
-        for client in self._clients.values():
-            await client.aclose()
-        self._clients.clear()
+        for session in self._sessions.values():
+            await session.close()
+        self._sessions.clear()
 
 
-_JSON = {"content-type": "application/json"}
+def _url(upstream: Upstream, request: Request) -> str:
+    return upstream.base_url.rstrip("/") + PATHS[request.endpoint]
 
 
 @contextlib.contextmanager
 def _mapped_transport_errors(upstream: Upstream) -> Iterator[None]:
-    """httpx's exceptions stop here; everything above sees Emporion's errors only."""
+    """aiohttp's exceptions stop here; everything above sees Emporion's errors only."""
     try:
         yield
     except EmporionError:
         raise
-    except httpx.TimeoutException as exc:
-        raise UpstreamTimeout(f"upstream {upstream.name} timed out ({type(exc).__name__})") from exc
-    except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+    except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        raise UpstreamTimeout(f"upstream {upstream.name} timed out") from exc
+    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
         raise ServiceUnavailable(f"upstream {upstream.name} is unreachable ({type(exc).__name__})", retry_after_s=1) from exc
-    except httpx.HTTPError as exc:
+    except aiohttp.ClientError as exc:
         raise UpstreamError(f"upstream {upstream.name} failed ({type(exc).__name__})") from exc
 
 
@@ -116,7 +129,7 @@ def _parse_json(upstream: Upstream, raw: bytes) -> dict[str, Any]:
     return data
 
 
-def _upstream_status_error(upstream: Upstream, status: int, raw: bytes, headers: httpx.Headers) -> EmporionError:
+def _upstream_status_error(upstream: Upstream, status: int, raw: bytes, headers: Mapping[str, str]) -> EmporionError:
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
