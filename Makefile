@@ -26,9 +26,11 @@ test: install
 	$(BIN)/python -m pytest
 
 bench: install
-	$(BIN)/pip install --quiet -e '.[test]'
-	$(BIN)/python -m bench.engine
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/python -m bench.run
 
 bench-quick: install
-	$(BIN)/pip install --quiet -e '.[test]'
-	$(BIN)/python -m bench.engine --quick
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/python -m bench.run --quick

@@ -80,9 +80,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--threads", type=int, default=EngineSettings().threads)
     parser.add_argument("--threads-batch", type=int, default=EngineSettings().threads_batch)
+    parser.add_argument("--tokens", type=int, default=None, help="tokens per request (default 96, quick 48)")
     args = parser.parse_args()
     rounds = args.rounds or (1 if args.quick else 3)
-    tokens = 48 if args.quick else 96
+    tokens = args.tokens or (48 if args.quick else 96)
 
     binary = find_llama_server()
     if binary is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ class Authenticator:
         self.db = db
         self.cache_s = cache_s
         self._cache: dict[str, tuple[Principal | None, float]] = {}
+        self._pending: dict[str, asyncio.Future[Principal | None]] = {}
 
     async def authenticate(self, authorization: str | None, x_api_key: str | None = None) -> Principal:
         token = _bearer_token(authorization) or (x_api_key or "").strip()
@@ -37,18 +39,31 @@ class Authenticator:
                 code="missing_api_key",
             )
         key_hash = hash_key(token)
-        now = time.monotonic()
         cached = self._cache.get(key_hash)
-        if cached is not None and cached[1] > now:
+        if cached is not None and cached[1] > time.monotonic():
             principal = cached[0]
         else:
-            principal = await self._lookup(key_hash)
-            if len(self._cache) >= CACHE_MAX_ENTRIES:
-                self._cache.clear()
-            self._cache[key_hash] = (principal, now + self.cache_s)
+            principal = await self._lookup_once(key_hash)
         if principal is None:
             raise AuthenticationFailed(f"Incorrect API key provided: {redact(token)}.")
         return principal
+
+    async def _lookup_once(self, key_hash: str) -> Principal | None:
+        """One database lookup per key at a time: when a cached entry expires under load, the
+        requests that arrive meanwhile wait for that lookup instead of each making their own."""
+        pending = self._pending.get(key_hash)
+        if pending is None:
+            pending = asyncio.ensure_future(self._lookup(key_hash))
+            self._pending[key_hash] = pending
+            try:
+                principal = await asyncio.shield(pending)
+            finally:
+                del self._pending[key_hash]
+            if len(self._cache) >= CACHE_MAX_ENTRIES:
+                self._cache.clear()
+            self._cache[key_hash] = (principal, time.monotonic() + self.cache_s)
+            return principal
+        return await asyncio.shield(pending)
 
     async def _lookup(self, key_hash: str) -> Principal | None:
         async with self.db.session() as session:
