@@ -11,12 +11,13 @@ Scenarios, interleaved target by target at each load level:
   stream    streamed chat completions (20 chunks, 2 ms apart), with an aiohttp client:
             time to first chunk and total time
   soak      Emporion's RSS over a long run of requests (leak check)
-Then the local engine against bare llama-server (bench/engine.py).
+Then the local engine against bare llama-server (bench/engine.py), and local embeddings against
+the bare model (bench/embeddings.py).
 
-    python -m bench.run            # full: 3 rounds of 10 s, 100,000-request soak, engine (~15 min)
+    python -m bench.run            # full: 3 rounds of 10 s, a 10-minute soak, engine, embeddings (~25 min)
     python -m bench.run --quick    # 1 round of 3 s, 10,000-request soak, short engine run (< 3 min)
 
-Writes bench/results/gateway.md, bench/results/latency.png and bench/results/engine.md.
+Writes bench/results/gateway.md, latency.png, engine.md and embeddings.md.
 """
 
 from __future__ import annotations
@@ -207,11 +208,13 @@ def measure_stream(process: Process, url: str, key: str, level: int, duration_s:
     )
 
 
-def soak(emporion: Process, key: str, requests: int, tmp: Path, samples: list[tuple[int, float]]) -> None:
-    """Requests in slices of a few seconds at concurrency 16, sampling RSS after each slice."""
+def soak(emporion: Process, key: str, requests: int, minutes: float, tmp: Path, samples: list[tuple[int, float]]) -> None:
+    """Requests in 2-second slices at concurrency 16 until both ``requests`` were sent and
+    ``minutes`` have passed, sampling RSS after each slice."""
     sent = 0
     samples.append((0, emporion.rss_mb()))
-    while sent < requests:
+    deadline = time.monotonic() + minutes * 60
+    while sent < requests or time.monotonic() < deadline:
         out = run_wrk(emporion.url, key, 16, 2, tmp)
         sent += out["requests"]
         samples.append((sent, emporion.rss_mb()))
@@ -220,12 +223,14 @@ def soak(emporion: Process, key: str, requests: int, tmp: Path, samples: list[tu
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one short round (< 3 minutes in all)")
-    parser.add_argument("--no-engine", action="store_true", help="skip the local engine comparison")
+    parser.add_argument("--no-engine", action="store_true", help="skip the local engine and embeddings comparisons")
+    parser.add_argument("--soak-minutes", type=float, default=10.0, help="length of the leak soak (full mode)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install wrk")
     rounds, duration_s = (1, 3) if args.quick else (3, 10)
     soak_requests = 10_000 if args.quick else 100_000
+    soak_minutes = 0 if args.quick else args.soak_minutes
 
     tmp = Path(tempfile.mkdtemp(prefix="emporion-bench-"))
     log = tmp / "bench.log"
@@ -261,7 +266,7 @@ def main() -> None:
                     m = measure_stream(owners[name], owners[name].url, key, level, duration_s)
                     results.stream.setdefault((name, level), []).append(m)
                     print(f"stream {name:9} c={level:<3} {m.rps:8.0f} req/s  ttft p50 {m.ttft_p50_ms:6.2f} ms", flush=True)
-        soak(emporion, key, soak_requests, tmp, results.soak)
+        soak(emporion, key, soak_requests, soak_minutes, tmp, results.soak)
         results.peak_rss_mb = {name: process.peak_rss_mb() for name, process in owners.items()}
     finally:
         for process in processes:
@@ -275,6 +280,7 @@ def main() -> None:
     if not args.no_engine:
         engine_args = ["--rounds", "1", "--tokens", "32"] if args.quick else []
         subprocess.run([sys.executable, "-m", "bench.engine", *engine_args], check=True)
+        subprocess.run([sys.executable, "-m", "bench.embeddings", *(["--quick"] if args.quick else [])], check=True)
 
 
 def median_measure(values: list[Measure]) -> Measure:
@@ -373,7 +379,7 @@ def plot(results: Results, path: Path) -> None:
         axes[0].plot(LEVELS, p99, marker="x", linestyle="--", label=f"{name} p99")
         axes[1].plot(LEVELS, rps, marker="o", label=name)
     axes[0].set(xscale="log", yscale="log", xlabel="concurrency", ylabel="latency (ms)", title="Chat completion latency")
-    axes[1].set(xscale="log", xlabel="concurrency", ylabel="requests/s", title="Throughput")
+    axes[1].set(xscale="log", yscale="log", xlabel="concurrency", ylabel="requests/s", title="Throughput")
     for axis in axes:
         axis.set_xticks(LEVELS, [str(level) for level in LEVELS])
         axis.legend(fontsize=7)
