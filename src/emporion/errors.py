@@ -10,6 +10,7 @@
     │   └── ModelNotFound (404, code model_not_found)
     ├── RateLimited (429, Retry-After)
     └── UpstreamError (502 by default; carries retryable and retry_after_s)
+        ├── UpstreamRateLimited (429, Retry-After)
         ├── UpstreamTimeout (504)
         └── ServiceUnavailable (503, Retry-After)
             └── EngineOverloaded (503, code engine_overloaded)
@@ -98,6 +99,10 @@ class UpstreamError(EmporionError):
     def __init__(self, message: str, *, retryable: bool = True, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
         self.retryable = retryable
+
+
+class UpstreamRateLimited(UpstreamError):
+    status, type, code = 429, "rate_limit_exceeded", "upstream_rate_limited"
 
 
 class UpstreamTimeout(UpstreamError):

@@ -1,0 +1,138 @@
+"""HTTP to upstreams, shared by every adapter: one pooled aiohttp session per upstream, server-sent
+events read line by line, and transport failures mapped onto Emporion's errors in one place."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from emporion.errors import EmporionError, ServiceUnavailable, UpstreamError, UpstreamTimeout
+from emporion.providers.base import Upstream
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One server-sent event: its ``event:`` name (empty when absent) and ``data:`` payload."""
+
+    name: str
+    data: bytes
+
+
+class Transport:
+    def __init__(self) -> None:
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
+
+    def session(self, upstream: Upstream, headers: Mapping[str, str]) -> aiohttp.ClientSession:
+        session = self._sessions.get(upstream.name)
+        if session is None or session.closed:
+            session = aiohttp.ClientSession(
+                headers=dict(headers),
+                connector=aiohttp.TCPConnector(limit=1000, keepalive_timeout=30),
+                read_bufsize=1 << 20,  # SSE lines with large tool-call arguments
+            )
+            self._sessions[upstream.name] = session
+        return session
+
+    async def aclose(self) -> None:
+        for session in self._sessions.values():
+            await session.close()
+        self._sessions.clear()
+
+
+def request_timeout(upstream: Upstream) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=upstream.timeout_s, connect=upstream.connect_timeout_s)
+
+
+def stream_timeout(upstream: Upstream) -> aiohttp.ClientTimeout:
+    """No total limit on a stream; the limit is on the silence between two reads."""
+    return aiohttp.ClientTimeout(total=None, connect=upstream.connect_timeout_s, sock_read=upstream.timeout_s)
+
+
+async def read_events(response: aiohttp.ClientResponse) -> AsyncIterator[Event]:
+    """The events of an SSE body. If the consumer stops early, the connection is dropped rather
+    than returned to the pool, so the upstream sees the client leave and stops generating."""
+    name, data = "", []
+    try:
+        async for raw in response.content:
+            line = raw.rstrip(b"\r\n")
+            if not line:
+                if data:
+                    yield Event(name, b"\n".join(data))
+                name, data = "", []
+            elif line.startswith(b"data:"):
+                data.append(line[5:].lstrip(b" "))
+            elif line.startswith(b"event:"):
+                name = line[6:].strip().decode("utf-8", "replace")
+        if data:
+            yield Event(name, b"\n".join(data))
+    finally:
+        if not response.content.at_eof():
+            response.close()
+
+
+def parse_json(upstream: Upstream, raw: bytes) -> dict[str, Any]:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise UpstreamError(f"upstream {upstream.name} sent malformed JSON") from None
+    if not isinstance(data, dict):
+        raise UpstreamError(f"upstream {upstream.name} sent JSON that is not an object")
+    return data
+
+
+def error_json(raw: bytes) -> dict[str, Any]:
+    """An error body as a dict, or {} when it is not JSON (an HTML error page, say)."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def retry_after_s(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("retry-after")
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
+
+
+@contextlib.contextmanager
+def mapped_transport_errors(upstream: Upstream) -> Iterator[None]:
+    """aiohttp's exceptions stop here; everything above sees Emporion's errors only."""
+    try:
+        yield
+    except EmporionError:
+        raise
+    except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        raise UpstreamTimeout(f"upstream {upstream.name} timed out") from exc
+    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+        raise ServiceUnavailable(f"upstream {upstream.name} is unreachable ({type(exc).__name__})", retry_after_s=1) from exc
+    except aiohttp.ClientError as exc:
+        raise UpstreamError(f"upstream {upstream.name} failed ({type(exc).__name__})") from exc
+
+
+def status_error(upstream: Upstream, status: int, message: str, headers: Mapping[str, str], param: str | None = None) -> EmporionError:
+    """An upstream's HTTP error status as Emporion's error, with whether another try may succeed."""
+    from emporion.errors import InvalidRequest, UpstreamRateLimited
+
+    retry_after = retry_after_s(headers)
+    if status in (400, 413, 422):
+        return InvalidRequest(f"{upstream.name}: {message}", param=param)
+    if status == 429:
+        return UpstreamRateLimited(f"upstream {upstream.name} is rate limiting: {message}", retry_after_s=retry_after or 1)
+    if status in (401, 403):
+        return UpstreamError(f"upstream {upstream.name} refused Emporion's credentials ({status})", retryable=False)
+    if status == 404:
+        return UpstreamError(f"upstream {upstream.name} does not know this model or route: {message}", retryable=False)
+    if status == 408:
+        return UpstreamTimeout(f"upstream {upstream.name} timed out: {message}")
+    if status in (503, 529):
+        return ServiceUnavailable(f"upstream {upstream.name} is overloaded or unavailable: {message}", retry_after_s=retry_after)
+    return UpstreamError(f"upstream {upstream.name} failed with HTTP {status}: {message}", retryable=status >= 500, retry_after_s=retry_after)
