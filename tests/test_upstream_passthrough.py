@@ -48,23 +48,41 @@ def test_stream_without_include_usage_has_no_usage_chunk(gateway, fake_openai):
 
 
 @pytest.mark.parametrize(
-    "script, status, error_class",
+    "script, status, error_class, attempts",
     [
-        (Script(status=500), 502, openai.InternalServerError),
-        (Script(status=503), 503, openai.InternalServerError),
-        (Script(status=429, headers={"retry-after": "7"}), 502, openai.InternalServerError),
-        (Script(status=401), 502, openai.InternalServerError),
-        (Script(raw_body=b"{not json"), 502, openai.InternalServerError),
+        (Script(status=500), 502, openai.InternalServerError, 2),
+        (Script(status=503), 503, openai.InternalServerError, 2),
+        (Script(status=429, headers={"retry-after": "7"}), 429, openai.RateLimitError, 1),
+        (Script(status=401), 502, openai.InternalServerError, 1),
+        (Script(raw_body=b"{not json", status=200), 502, openai.InternalServerError, 2),
         (Script(status=400, error={"error": {"message": "bad thing", "type": "invalid_request_error", "param": "tools", "code": None}}),
-         400, openai.BadRequestError),
+         400, openai.BadRequestError, 1),
     ],
 )  # fmt: skip
-def test_upstream_failures_map_to_clear_errors(gateway, fake_openai, script, status, error_class):
-    fake_openai.enqueue(script)
+def test_upstream_failures_map_to_clear_errors(gateway, fake_openai, script, status, error_class, attempts):
+    """Retryable failures are retried once on the model's only deployment, then reported; a
+    Retry-After longer than the backoff cap is passed to the client rather than waited out."""
+    fake_openai.enqueue(*[script] * 3)
+    before = fake_openai.count()
     with pytest.raises(error_class) as info:
         gateway.client().chat.completions.create(model="fake-gpt", messages=[{"role": "user", "content": "x"}])
     assert info.value.status_code == status
+    assert fake_openai.count() - before == attempts
     assert "sk-upstream-secret" not in str(info.value.body)
+    if status == 429:
+        assert info.value.response.headers["retry-after"] == "7"
+    fake_openai.scripts.clear()
+    # one success resets the deployment's count of consecutive failures (its circuit breaker)
+    gateway.client().chat.completions.create(model="fake-gpt", messages=[{"role": "user", "content": "x"}])
+
+
+def test_one_failure_is_retried_transparently(gateway, fake_openai):
+    fake_openai.enqueue(Script(status=502), Script(text="second time lucky"))
+    response = gateway.client().with_raw_response.chat.completions.create(
+        model="fake-gpt", messages=[{"role": "user", "content": "x"}]
+    )
+    assert response.parse().choices[0].message.content == "second time lucky"
+    assert response.headers["x-emporion-attempts"] == "2"
 
 
 def test_stream_cut_by_upstream_ends_with_error_event(gateway, fake_openai):

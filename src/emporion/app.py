@@ -9,6 +9,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -21,13 +22,13 @@ from emporion.api.openai.routes import json_response
 from emporion.api.openai.routes import routes as openai_routes
 from emporion.auth.principal import Authenticator
 from emporion.catalog.builtin import EMBEDDINGS_UPSTREAM, MINILM_MAX_TOKENS, build_catalog
-from emporion.catalog.models import Catalog
+from emporion.catalog.models import Catalog, Model
 from emporion.engine.build import find_llama_server
 from emporion.engine.embeddings import Embedder
 from emporion.engine.gemma import ensure_gemma
 from emporion.engine.llama_server import LlamaServer
 from emporion.pipeline import Deps
-from emporion.providers.base import Adapter, Upstream
+from emporion.providers.base import PARAMETERS, Adapter, Upstream
 from emporion.providers.registry import load_adapter
 from emporion.routing.router import Router
 from emporion.settings import Settings
@@ -75,6 +76,12 @@ async def start_deps(settings: Settings) -> Deps:
     except ValueError as exc:
         raise StartupError(str(exc)) from None
 
+    adapters: dict[str, Adapter] = {}
+    for name in {u.adapter for u in settings.upstreams} | {"openai_compat"}:
+        try:
+            adapters[name] = load_adapter(name)
+        except KeyError as exc:
+            raise StartupError(str(exc)) from None
     upstreams = {
         u.name: Upstream(
             name=u.name,
@@ -84,17 +91,16 @@ async def start_deps(settings: Settings) -> Deps:
             timeout_s=u.timeout_s,
             connect_timeout_s=u.connect_timeout_s,
             local=u.local,
+            data_collection=u.data_collection,
             developer_role=u.developer_role,
+            unsupported_parameters=adapters[u.adapter].unsupported_parameters,
         )
         for u in settings.upstreams
     }
     engines = _engines(settings, catalog)
-    adapters: dict[str, Adapter] = {}
-    for name in {u.adapter for u in upstreams.values()} | {e.upstream.adapter for e in engines.values()}:
-        try:
-            adapters[name] = load_adapter(name)
-        except KeyError as exc:
-            raise StartupError(str(exc)) from None
+    router = Router(settings.routing, catalog, upstreams, adapters, engines)
+    catalog = Catalog([_with_supported_parameters(model, router) for model in catalog])
+    router.catalog = catalog
 
     embedder = None
     if any(model.upstream == EMBEDDINGS_UPSTREAM for model in catalog):
@@ -105,7 +111,7 @@ async def start_deps(settings: Settings) -> Deps:
         db=db,
         auth=Authenticator(db, settings.server.auth_cache_s),
         catalog=catalog,
-        router=Router(upstreams, adapters, engines),
+        router=router,
         adapters=adapters,
         engines=engines,
         embedder=embedder,
@@ -117,6 +123,18 @@ async def start_deps(settings: Settings) -> Deps:
         await stop_deps(deps)
         raise
     return deps
+
+
+def _with_supported_parameters(model: Model, router: Router) -> Model:
+    """What every deployment of the model can honour (OpenRouter's ``supported_parameters``)."""
+    unsupported: set[str] = set()
+    for deployment in model.deployments:
+        upstream = router.upstreams.get(deployment.upstream)
+        if upstream is not None:
+            unsupported |= upstream.unsupported_parameters
+    if model.kind != "chat":
+        return model
+    return replace(model, supported_parameters=tuple(p for p in PARAMETERS if p not in unsupported))
 
 
 def _engines(settings: Settings, catalog: Catalog) -> dict[str, LlamaServer]:

@@ -10,14 +10,15 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from emporion.api.openai.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Sampling
+from emporion.api.openai.schemas import ROUTING_FIELDS, ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Sampling
 from emporion.auth.principal import Authenticator, Principal
 from emporion.catalog.models import Catalog, Model
 from emporion.engine.embeddings import Embedded, Embedder
 from emporion.engine.llama_server import LlamaServer
 from emporion.errors import ContextLengthExceeded, InvalidRequest, ServiceUnavailable
-from emporion.providers.base import Adapter, Chunk, Completion, Endpoint, Request
+from emporion.providers.base import PARAMETERS, Adapter, Chunk, Completion, Endpoint, Request
 from emporion.providers.usage import Usage
+from emporion.routing.candidates import Candidate, Preferences
 from emporion.routing.router import Route, Router
 from emporion.settings import Settings
 from emporion.store.session import Database
@@ -64,8 +65,8 @@ def endpoint_of(wire: Sampling) -> Endpoint:
 async def generate(deps: Deps, principal: Principal, wire: ChatCompletionRequest | CompletionRequest) -> Generation:
     parts = _split_prompts(wire)
     if len(parts) == 1:
-        return await _generate_one(deps, wire)
-    results = await asyncio.gather(*(_generate_one(deps, part) for part in parts), return_exceptions=True)
+        return await _generate_one(deps, principal, wire)
+    results = await asyncio.gather(*(_generate_one(deps, principal, part) for part in parts), return_exceptions=True)
     for result in results:
         if isinstance(result, BaseException):
             raise result
@@ -77,12 +78,12 @@ async def generate(deps: Deps, principal: Principal, wire: ChatCompletionRequest
 async def generate_stream(deps: Deps, principal: Principal, wire: ChatCompletionRequest | CompletionRequest) -> Stream:
     parts = _split_prompts(wire)
     if len(parts) == 1:
-        return await _stream_one(deps, wire)
+        return await _stream_one(deps, principal, wire)
     resources = contextlib.AsyncExitStack()
     streams: list[Stream] = []
     try:
         for part in parts:
-            stream = await _stream_one(deps, part)
+            stream = await _stream_one(deps, principal, part)
             resources.push_async_callback(stream.aclose)
             streams.append(stream)
     except BaseException:
@@ -99,32 +100,65 @@ def _split_prompts(wire: ChatCompletionRequest | CompletionRequest) -> list[Chat
     return [wire]
 
 
-async def _generate_one(deps: Deps, wire: ChatCompletionRequest | CompletionRequest) -> Generation:
-    route, request = _prepare(deps, wire)
-    async with _admitted(route):
-        completion = await route.adapter.complete(request, route.upstream)
-    return Generation(route, completion)
+async def _generate_one(deps: Deps, principal: Principal, wire: ChatCompletionRequest | CompletionRequest) -> Generation:
+    plan = _plan(deps, principal, wire)
+    attempted, completion = await deps.router.executor.complete(plan.candidates, plan.request_for)
+    return Generation(Route(attempted.candidate.model, attempted.candidate, attempted.attempts), completion)
 
 
-async def _stream_one(deps: Deps, wire: ChatCompletionRequest | CompletionRequest) -> Stream:
-    route, request = _prepare(deps, wire)
+async def _stream_one(deps: Deps, principal: Principal, wire: ChatCompletionRequest | CompletionRequest) -> Stream:
+    plan = _plan(deps, principal, wire)
     resources = contextlib.AsyncExitStack()
     try:
-        await resources.enter_async_context(_admitted(route))
-        chunks = route.adapter.stream(request, route.upstream)
-        resources.push_async_callback(chunks.aclose)  # type: ignore[attr-defined]
-        first = await anext(chunks, None)
+        attempted, chunks = await deps.router.executor.stream(plan.candidates, plan.request_for, resources)
     except BaseException:
         await resources.aclose()
         raise
-    return Stream(route, _prepend(first, chunks), resources)
+    return Stream(Route(attempted.candidate.model, attempted.candidate, attempted.attempts), chunks, resources)
 
 
-async def _prepend(first: Chunk | None, rest: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
-    if first is not None:
-        yield first
-    async for chunk in rest:
-        yield chunk
+@dataclass(frozen=True, slots=True)
+class Plan:
+    model: Model
+    candidates: list[Candidate]
+    endpoint: Endpoint
+    body: dict
+
+    def request_for(self, candidate: Candidate) -> Request:
+        """The request as this deployment receives it: its model name, its quirks."""
+        body = {**self.body, "model": candidate.deployment.model}
+        if not candidate.upstream.developer_role and "messages" in body:
+            body["messages"] = [
+                {**message, "role": "system"} if message["role"] == "developer" else message for message in body["messages"]
+            ]
+        return Request(endpoint=self.endpoint, body=body)
+
+
+def _plan(deps: Deps, principal: Principal, wire: ChatCompletionRequest | CompletionRequest) -> Plan:
+    name, suffix = _split_suffix(deps.catalog, wire.model)
+    model = deps.catalog.require(name, "chat")
+    limit = wire.output_limit()
+    if limit is not None and limit >= model.context_length:
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {model.context_length} tokens, but you requested "
+            f"{limit} output tokens. Please reduce max_tokens.",
+            param="max_completion_tokens" if getattr(wire, "max_completion_tokens", None) else "max_tokens",
+        )
+    fallbacks = [deps.catalog.require(m, "chat") for m in wire.models or [] if m != name]
+    body = wire.model_dump(exclude_none=True, exclude=set(ROUTING_FIELDS))
+    used = {key for key in PARAMETERS if key in body}
+    prefs = Preferences.from_wire(wire.provider, suffix)
+    policy = deps.settings.policies.get(principal.org_name)
+    candidates = deps.router.candidates([model, *fallbacks], prefs, policy, used, wire.user)
+    return Plan(model=model, candidates=candidates, endpoint=endpoint_of(wire), body=body)
+
+
+def _split_suffix(catalog: Catalog, name: str) -> tuple[str, str | None]:
+    """``model:floor`` (cheapest first) and ``model:nitro`` (fastest first), as on OpenRouter."""
+    base, _, suffix = name.rpartition(":")
+    if suffix in ("floor", "nitro") and base and catalog.has(base):
+        return base, suffix
+    return name, None
 
 
 async def _merged(streams: list[Stream]) -> AsyncIterator[Chunk]:
@@ -176,31 +210,3 @@ async def embed(deps: Deps, principal: Principal, wire: EmbeddingRequest) -> tup
             f"Too many inputs: at most {deps.settings.embeddings.max_inputs} per request.", param="input"
         )
     return model, await embedder.embed(inputs)
-
-
-def _prepare(deps: Deps, wire: ChatCompletionRequest | CompletionRequest) -> tuple[Route, Request]:
-    model = deps.catalog.require(wire.model, "chat")
-    limit = wire.output_limit()
-    if limit is not None and limit >= model.context_length:
-        raise ContextLengthExceeded(
-            f"This model's maximum context length is {model.context_length} tokens, but you requested "
-            f"{limit} output tokens. Please reduce max_tokens.",
-            param="max_completion_tokens" if getattr(wire, "max_completion_tokens", None) else "max_tokens",
-        )
-    route = deps.router.route(model)
-    body = wire.model_dump(exclude_none=True)
-    body["model"] = model.upstream_model
-    if not route.upstream.developer_role and "messages" in body:
-        body["messages"] = [
-            {**message, "role": "system"} if message["role"] == "developer" else message for message in body["messages"]
-        ]
-    return route, Request(endpoint=endpoint_of(wire), body=body)
-
-
-@contextlib.asynccontextmanager
-async def _admitted(route: Route) -> AsyncIterator[None]:
-    if route.admission is None:
-        yield
-    else:
-        async with route.admission.admit():
-            yield

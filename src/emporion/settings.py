@@ -69,8 +69,32 @@ class UpstreamConfig(Strict):
     api_key_env: str | None = None
     timeout_s: Annotated[float, Field(gt=0)] = 600.0
     connect_timeout_s: Annotated[float, Field(gt=0)] = 10.0
-    local: bool = False
-    developer_role: bool = True
+    local: bool = False  # on the operator's own infrastructure (a vLLM or llama.cpp server, say)
+    data_collection: Literal["allow", "deny"] = "allow"  # "deny": the host keeps no prompts
+    developer_role: bool = True  # quirk: false where the host knows only system/user/assistant
+
+
+class DeploymentConfig(Strict):
+    upstream: str
+    model: str | None = None  # the name the upstream knows; default: the model's id
+    weight: Annotated[int, Field(ge=0)] = 1
+    pricing: Pricing | None = None  # default: the model's pricing
+
+
+class RoutingSettings(Strict):
+    max_attempts: Annotated[int, Field(ge=1, le=10)] = 3  # upstream calls per request, fallbacks included
+    retries_per_deployment: Annotated[int, Field(ge=0)] = 1
+    backoff_base_s: Annotated[float, Field(ge=0)] = 0.1
+    max_backoff_s: Annotated[float, Field(ge=0)] = 2.0  # a longer Retry-After moves on to the next deployment
+    breaker_threshold: Annotated[int, Field(ge=1)] = 5  # consecutive failures that take a deployment out
+    breaker_cooldown_s: Annotated[float, Field(gt=0)] = 30.0
+
+
+class OrgPolicy(Strict):
+    """What an organization's requests may reach (keyed by organization name in the config)."""
+
+    allowed_upstreams: list[str] | None = None  # upstream names; "local" means every local one
+    data_policy: Literal["any", "local-only"] = "any"
 
 
 class ModelConfig(Strict):
@@ -79,8 +103,11 @@ class ModelConfig(Strict):
 
     name: str | None = None
     kind: Literal["chat", "embedding"] | None = None
-    upstream: str | None = None
+    upstream: str | None = None  # shorthand for one deployment
     upstream_model: str | None = None
+    deployments: list[DeploymentConfig] | None = None
+    split: Literal["ordered", "weighted"] | None = None  # ordered: fallbacks in order; weighted: by weight
+    sticky: bool | None = None  # weighted: the same `user` always lands on the same deployment
     gguf: Path | None = None
     chat_template: str | None = None
     context_length: Annotated[int, Field(gt=0)] | None = None
@@ -99,8 +126,10 @@ class Settings(Strict):
     server: ServerSettings = ServerSettings()
     engine: EngineSettings = EngineSettings()
     embeddings: EmbeddingSettings = EmbeddingSettings()
+    routing: RoutingSettings = RoutingSettings()
     upstreams: list[UpstreamConfig] = []
     models: dict[str, ModelConfig] = {}
+    policies: dict[str, OrgPolicy] = {}
 
     @property
     def database_url(self) -> str:
@@ -149,8 +178,13 @@ def load_settings(data_dir: Path | None = None, config: Path | None = None) -> S
     if len(names) != len(set(names)):
         raise ConfigError(f"config file {config}: two upstreams share a name")
     for model_id, model in settings.models.items():
-        if model.upstream is not None and model.upstream not in names:
-            raise ConfigError(f"config file {config}: model {model_id!r} names unknown upstream {model.upstream!r}")
+        named = [model.upstream] if model.upstream else []
+        named += [d.upstream for d in model.deployments or []]
+        for upstream in named:
+            if upstream not in names and not upstream.startswith("local:"):
+                raise ConfigError(f"config file {config}: model {model_id!r} names unknown upstream {upstream!r}")
+        if model.upstream and model.deployments:
+            raise ConfigError(f"config file {config}: model {model_id!r} sets both `upstream` and `deployments`")
     return settings
 
 

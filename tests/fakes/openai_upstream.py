@@ -3,10 +3,7 @@ Completions, JSON and SSE), scripted per test with ``enqueue``; it records what 
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -15,26 +12,34 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from tests.fakes.script import Abort, Script, ScriptQueue, paced
 
-@dataclass
-class Script:
-    text: str = "Hello from the fake upstream."
-    status: int = 200
-    error: dict[str, Any] | None = None  # OpenAI error envelope body for status >= 400
-    headers: dict[str, str] = field(default_factory=dict)
-    raw_body: bytes | None = None  # sent as is (for malformed JSON)
-    prompt_tokens: int = 7
-    cached_tokens: int = 0
-    finish_reason: str = "stop"
-    chunk_delay_s: float = 0.0
-    cut_after_chunks: int | None = None  # close the stream after this many chunks, without [DONE]
+__all__ = ["FakeOpenAI", "Script"]
 
 
-class FakeOpenAI:
+def sse(payload: Any) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def fault_response(script: Script, error: dict[str, Any]) -> Response | None:
+    """The response for a script's fault before any output, or None when it has none."""
+    if script.raw_body is not None:
+        return Response(script.raw_body, status_code=script.status, media_type="application/json", headers=script.headers)
+    if script.status >= 400:
+        body = orjson.dumps(script.error or error)
+        return Response(body, status_code=script.status, media_type="application/json", headers=script.headers)
+    if script.reset_after_chunks == 0:
+        async def broken():
+            yield b'{"partial": '
+            raise Abort("connection reset by the fake")
+
+        return StreamingResponse(broken(), media_type="application/json", headers={"content-length": "4096"})
+    return None
+
+
+class FakeOpenAI(ScriptQueue):
     def __init__(self) -> None:
-        self.scripts: collections.deque[Script] = collections.deque()
-        self.received: list[dict[str, Any]] = []
-        self.headers_seen: list[dict[str, str]] = []
+        super().__init__()
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self._handle, methods=["POST"]),
@@ -42,58 +47,54 @@ class FakeOpenAI:
             ]
         )
 
-    def enqueue(self, *scripts: Script) -> None:
-        self.scripts.extend(scripts)
-
     async def _handle(self, request: Request) -> Response:
         body = orjson.loads(await request.body())
-        self.received.append(body)
-        self.headers_seen.append(dict(request.headers))
-        script = self.scripts.popleft() if self.scripts else Script()
-        if script.raw_body is not None:
-            return Response(script.raw_body, status_code=script.status, media_type="application/json", headers=script.headers)
-        if script.status >= 400:
-            error = script.error or {"error": {"message": "fake failure", "type": "server_error", "param": None, "code": None}}
-            return Response(orjson.dumps(error), status_code=script.status, media_type="application/json", headers=script.headers)
+        script = await self.next(request, body)
+        error = {"error": {"message": "fake failure", "type": "server_error", "param": None, "code": None}}
+        if (fault := fault_response(script, error)) is not None:
+            return fault
         chat = request.url.path.endswith("/chat/completions")
-        words = script.text.split(" ")
         usage = {
             "prompt_tokens": script.prompt_tokens,
-            "completion_tokens": len(words),
-            "total_tokens": script.prompt_tokens + len(words),
+            "completion_tokens": script.completion_tokens,
+            "total_tokens": script.prompt_tokens + script.completion_tokens,
             "prompt_tokens_details": {"cached_tokens": script.cached_tokens},
         }
         head = {"id": "upstream-id", "created": int(time.time()), "model": body.get("model")}
+        calls = [
+            {"id": f"call_{i}", "type": "function", "function": {"name": name, "arguments": orjson.dumps(args).decode()}}
+            for i, (name, args) in enumerate(script.tool_calls)
+        ]
         if not body.get("stream"):
             if chat:
-                choice = {"index": 0, "message": {"role": "assistant", "content": script.text}, "finish_reason": script.finish_reason}
+                message: dict[str, Any] = {"role": "assistant", "content": script.text or None}
+                if calls:
+                    message["tool_calls"] = calls
+                choice = {"index": 0, "message": message, "finish_reason": script.finish_reason}
             else:
                 choice = {"index": 0, "text": script.text, "finish_reason": script.finish_reason}
             obj = "chat.completion" if chat else "text_completion"
             return Response(orjson.dumps({**head, "object": obj, "choices": [choice], "usage": usage}), media_type="application/json")
 
-        async def events():
-            obj = "chat.completion.chunk" if chat else "text_completion"
-            pieces = [w if i == 0 else " " + w for i, w in enumerate(words)]
-            sent = 0
-            if chat:
-                yield _sse({**head, "object": obj, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
-            for piece in pieces:
-                if script.cut_after_chunks is not None and sent >= script.cut_after_chunks:
-                    return
-                if script.chunk_delay_s:
-                    await asyncio.sleep(script.chunk_delay_s)
-                choice = {"index": 0, "delta": {"content": piece}, "finish_reason": None} if chat else {"index": 0, "text": piece, "finish_reason": None}
-                yield _sse({**head, "object": obj, "choices": [choice]})
-                sent += 1
-            last = {"index": 0, "delta": {}, "finish_reason": script.finish_reason} if chat else {"index": 0, "text": "", "finish_reason": script.finish_reason}
-            yield _sse({**head, "object": obj, "choices": [last]})
-            if (body.get("stream_options") or {}).get("include_usage"):
-                yield _sse({**head, "object": obj, "choices": [], "usage": usage})
-            yield b"data: [DONE]\n\n"
-
-        return StreamingResponse(events(), media_type="text/event-stream")
-
-
-def _sse(payload: dict[str, Any]) -> bytes:
-    return b"data: " + orjson.dumps(payload) + b"\n\n"
+        obj = "chat.completion.chunk" if chat else "text_completion"
+        events, content = [], []
+        if chat:
+            events.append(sse({**head, "object": obj, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}))
+        for piece in script.pieces():
+            content.append(len(events))
+            choice = {"index": 0, "delta": {"content": piece}, "finish_reason": None} if chat else {"index": 0, "text": piece, "finish_reason": None}
+            events.append(sse({**head, "object": obj, "choices": [choice]}))
+        for i, call in enumerate(calls):
+            arguments = call["function"]["arguments"]
+            half = len(arguments) // 2
+            start = {"index": i, "id": call["id"], "type": "function", "function": {"name": call["function"]["name"], "arguments": arguments[:half]}}
+            content.append(len(events))
+            events.append(sse({**head, "object": obj, "choices": [{"index": 0, "delta": {"tool_calls": [start]}, "finish_reason": None}]}))
+            rest = {"index": i, "function": {"arguments": arguments[half:]}}
+            events.append(sse({**head, "object": obj, "choices": [{"index": 0, "delta": {"tool_calls": [rest]}, "finish_reason": None}]}))
+        last = {"index": 0, "delta": {}, "finish_reason": script.finish_reason} if chat else {"index": 0, "text": "", "finish_reason": script.finish_reason}
+        events.append(sse({**head, "object": obj, "choices": [last]}))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            events.append(sse({**head, "object": obj, "choices": [], "usage": usage}))
+        events.append(b"data: [DONE]\n\n")
+        return StreamingResponse(paced(script, events, content), media_type="text/event-stream")

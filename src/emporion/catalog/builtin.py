@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from emporion.catalog.models import LOCAL_PROVIDER, Catalog, Model
+from emporion.catalog.models import LOCAL_PROVIDER, Catalog, Deployment, Model
 from emporion.settings import ModelConfig, Pricing, Settings
 from emporion.store.tables import LocalModel
 
@@ -24,8 +24,7 @@ def builtin_models(settings: Settings, gemma_file: str) -> list[Model]:
             id=GEMMA_ID,
             name="Google: Gemma 3 270M (Q4_K_M, local)",
             kind="chat",
-            upstream=local_upstream(GEMMA_ID),
-            upstream_model=GEMMA_ID,
+            deployments=(Deployment(local_upstream(GEMMA_ID), GEMMA_ID),),
             context_length=settings.engine.ctx_per_request,
             pricing=Pricing(),
             release="open-weights",
@@ -45,8 +44,7 @@ def builtin_models(settings: Settings, gemma_file: str) -> list[Model]:
             id=MINILM_ID,
             name="sentence-transformers: all-MiniLM-L6-v2 (local)",
             kind="embedding",
-            upstream=EMBEDDINGS_UPSTREAM,
-            upstream_model=MINILM_ID,
+            deployments=(Deployment(EMBEDDINGS_UPSTREAM, MINILM_ID),),
             context_length=MINILM_MAX_TOKENS,
             pricing=Pricing(),
             release="open-source",
@@ -65,8 +63,7 @@ def added_model(row: LocalModel) -> Model:
         id=row.id,
         name=row.name,
         kind="chat",
-        upstream=local_upstream(row.id),
-        upstream_model=row.id,
+        deployments=(Deployment(local_upstream(row.id), row.id),),
         context_length=row.context_length,
         pricing=Pricing(),
         release=row.release,
@@ -81,20 +78,21 @@ def added_model(row: LocalModel) -> Model:
 
 def configured_model(model_id: str, config: ModelConfig, settings: Settings) -> Model:
     """A model that only the config file defines: it names an upstream or a local GGUF file."""
-    if (config.upstream is None) == (config.gguf is None):
-        raise ValueError(f"model {model_id!r}: set exactly one of `upstream` or `gguf`")
+    remote = config.upstream is not None or bool(config.deployments)
+    if remote == (config.gguf is not None):
+        raise ValueError(f"model {model_id!r}: set exactly one of `upstream`, `deployments` or `gguf`")
     local = config.gguf is not None
+    first = config.upstream or (config.deployments[0].upstream if config.deployments else None)
     base = Model(
         id=model_id,
         name=model_id,
         kind="chat",
-        upstream=local_upstream(model_id) if local else str(config.upstream),
-        upstream_model=model_id,
+        deployments=(Deployment(local_upstream(model_id) if local else str(first), model_id),),
         context_length=settings.engine.ctx_per_request if local else 4096,
         pricing=Pricing(),
         release="open-weights" if local else "closed",
         license="unknown",
-        provider=LOCAL_PROVIDER if local else str(config.upstream),
+        provider=LOCAL_PROVIDER if local else str(first),
         owned_by="operator",
         created=int(time.time()),
     )

@@ -15,12 +15,22 @@ LOCAL_PROVIDER = "emporion-local"
 
 
 @dataclass(frozen=True, slots=True)
+class Deployment:
+    """A model on one upstream: the name that upstream knows it by, a weight for weighted
+    splits, and its own price when it differs from the model's."""
+
+    upstream: str
+    model: str
+    weight: int = 1
+    pricing: Pricing | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Model:
     id: str
     name: str
     kind: ModelKind
-    upstream: str  # the Upstream (or local engine) that serves it
-    upstream_model: str  # the name that upstream knows it by
+    deployments: tuple[Deployment, ...]
     context_length: int
     pricing: Pricing
     release: str
@@ -33,6 +43,14 @@ class Model:
     output_modalities: tuple[str, ...] = ("text",)
     gguf: str | None = None  # a local GGUF file the engine serves
     chat_template: str | None = None  # llama.cpp built-in template name, when the file has none
+    split: Literal["ordered", "weighted"] = "ordered"
+    sticky: bool = False
+    supported_parameters: tuple[str, ...] = ()
+
+    @property
+    def upstream(self) -> str:
+        """The first deployment's upstream (the only one, for most models)."""
+        return self.deployments[0].upstream
 
     def to_openai(self) -> dict[str, Any]:
         """OpenAI's model object plus the marketplace fields OpenRouter users expect."""
@@ -52,11 +70,12 @@ class Model:
             "release": self.release,
             "license": self.license,
             "provider": self.provider,
+            "supported_parameters": list(self.supported_parameters),
         }
 
     def with_config(self, config: ModelConfig) -> Model:
         """This model with the fields a config file sets for it."""
-        changes = {key: value for key, value in config.model_dump(exclude_none=True).items()}
+        changes = config.model_dump(exclude_none=True, exclude={"upstream", "upstream_model", "deployments", "pricing"})
         for key in ("input_modalities", "output_modalities"):
             if key in changes:
                 changes[key] = tuple(changes[key])
@@ -64,6 +83,14 @@ class Model:
             changes["gguf"] = str(changes["gguf"])
         if config.pricing is not None:
             changes["pricing"] = config.pricing
+        if config.deployments:
+            changes["deployments"] = tuple(
+                Deployment(d.upstream, d.model or self.id, d.weight, d.pricing) for d in config.deployments
+            )
+        elif config.upstream:
+            changes["deployments"] = (Deployment(config.upstream, config.upstream_model or self.id),)
+        elif config.upstream_model:
+            changes["deployments"] = (replace(self.deployments[0], model=config.upstream_model), *self.deployments[1:])
         return replace(self, **changes)
 
 
@@ -79,6 +106,9 @@ class Catalog:
 
     def __iter__(self):
         return iter(self._models.values())
+
+    def has(self, model_id: str) -> bool:
+        return model_id in self._models
 
     def get(self, model_id: str) -> Model:
         model = self._models.get(model_id)

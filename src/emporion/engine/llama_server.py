@@ -56,7 +56,10 @@ class LlamaServer:
             timeout_s=600.0,
             connect_timeout_s=5.0,
             local=True,
+            data_collection="deny",
             developer_role=False,
+            # llama.cpp's built-in templates (--no-jinja) cannot render tools; file templates can.
+            unsupported_parameters=frozenset({"tools", "tool_choice", "parallel_tool_calls"}) if chat_template else frozenset(),
         )
         self.admission = Admission(settings.parallel, settings.queue_size)
         self.state: State = "stopped"

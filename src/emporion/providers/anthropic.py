@@ -41,6 +41,7 @@ UNSUPPORTED = ("seed", "presence_penalty", "frequency_penalty", "logit_bias", "l
 
 class AnthropicAdapter:
     name: ClassVar[str] = "anthropic"
+    unsupported_parameters: ClassVar[frozenset[str]] = frozenset(UNSUPPORTED)
 
     def __init__(self) -> None:
         self.transport = Transport()

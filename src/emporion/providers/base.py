@@ -22,7 +22,9 @@ class Upstream:
     timeout_s: float = 600.0
     connect_timeout_s: float = 10.0
     local: bool = False  # on the operator's own machine
+    data_collection: str = "allow"  # "deny": the host keeps no prompts
     developer_role: bool = True  # quirk: False where the upstream knows only system/user/assistant
+    unsupported_parameters: frozenset[str] = frozenset()  # what it cannot honour (adapter's and host's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +49,17 @@ class Chunk:
     usage: Usage | None = None
 
 
+# The OpenAI request parameters that an adapter or host may be unable to honour.
+PARAMETERS = (
+    "temperature", "top_p", "top_k", "stop", "seed", "max_tokens", "max_completion_tokens",
+    "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs",
+    "response_format", "tools", "tool_choice", "parallel_tool_calls",
+)  # fmt: skip
+
+
 class Adapter(Protocol):
     name: ClassVar[str]
+    unsupported_parameters: ClassVar[frozenset[str]]
 
     async def complete(self, request: Request, upstream: Upstream) -> Completion: ...
 

@@ -31,6 +31,7 @@ UNSUPPORTED = ("logit_bias", "logprobs", "top_logprobs")
 
 class GeminiAdapter:
     name: ClassVar[str] = "gemini"
+    unsupported_parameters: ClassVar[frozenset[str]] = frozenset(UNSUPPORTED)
 
     def __init__(self) -> None:
         self.transport = Transport()

@@ -12,7 +12,14 @@ from typing import Any
 import aiohttp
 import orjson
 
-from emporion.errors import EmporionError, ServiceUnavailable, UpstreamError, UpstreamTimeout
+from emporion.errors import (
+    EmporionError,
+    InvalidRequest,
+    ServiceUnavailable,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamTimeout,
+)
 from emporion.providers.base import Upstream
 
 
@@ -120,8 +127,6 @@ def mapped_transport_errors(upstream: Upstream) -> Iterator[None]:
 
 def status_error(upstream: Upstream, status: int, message: str, headers: Mapping[str, str], param: str | None = None) -> EmporionError:
     """An upstream's HTTP error status as Emporion's error, with whether another try may succeed."""
-    from emporion.errors import InvalidRequest, UpstreamRateLimited
-
     retry_after = retry_after_s(headers)
     if status in (400, 413, 422):
         return InvalidRequest(f"{upstream.name}: {message}", param=param)

@@ -1,39 +1,83 @@
-"""Routing: a model to the deployment that serves it (adapter, upstream, and the engine's queue)."""
+"""Routing: a request's model(s) to an ordered list of candidate deployments, tried in turn."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from emporion.catalog.models import Model
-from emporion.engine.admission import Admission
+from emporion.catalog.models import Catalog, Model
 from emporion.engine.llama_server import LlamaServer
-from emporion.errors import ServiceUnavailable
+from emporion.errors import EmporionError, ServiceUnavailable
 from emporion.providers.base import Adapter, Upstream
+from emporion.routing import candidates as ranking
+from emporion.routing.candidates import Candidate, Preferences
+from emporion.routing.fallback import Executor
+from emporion.routing.health import HealthBook
+from emporion.settings import OrgPolicy, RoutingSettings
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
+    """Where a request was served: the model asked for, the deployment that answered, and how
+    many upstream calls it took."""
+
     model: Model
-    adapter: Adapter
-    upstream: Upstream
-    admission: Admission | None  # the local engine's bounded queue; None for remote upstreams
+    candidate: Candidate
+    attempts: int = 1
+
+    @property
+    def provider(self) -> str:
+        return "emporion-local" if self.candidate.upstream.local else self.candidate.upstream.name
 
 
 class Router:
-    def __init__(self, upstreams: dict[str, Upstream], adapters: dict[str, Adapter], engines: dict[str, LlamaServer]) -> None:
-        self.upstreams = upstreams
-        self.adapters = adapters
+    def __init__(
+        self,
+        settings: RoutingSettings,
+        catalog: Catalog,
+        upstreams: dict[str, Upstream],
+        adapters: dict[str, Adapter],
+        engines: dict[str, LlamaServer],
+    ) -> None:
+        self.catalog = catalog
         self.engines = engines
+        self.upstreams = {**upstreams, **{name: engine.upstream for name, engine in engines.items()}}
+        self.health = HealthBook(settings.breaker_threshold, settings.breaker_cooldown_s)
+        admissions = {engine.upstream.name: engine.admission for engine in engines.values()}
+        self.executor = Executor(settings, adapters, admissions, self.health)
 
-    def route(self, model: Model) -> Route:
-        engine = self.engines.get(model.upstream)
-        if engine is not None:
-            if engine.state != "ready":
-                raise ServiceUnavailable(
-                    f"The local engine for `{model.id}` is {engine.state}; retry shortly.", retry_after_s=2
-                )
-            return Route(model, self.adapters[engine.upstream.adapter], engine.upstream, engine.admission)
-        upstream = self.upstreams.get(model.upstream)
-        if upstream is None:
-            raise ServiceUnavailable(f"No upstream serves `{model.id}` right now.", retry_after_s=5)
-        return Route(model, self.adapters[upstream.adapter], upstream, None)
+    def candidates(
+        self,
+        models: list[Model],
+        prefs: Preferences,
+        policy: OrgPolicy | None,
+        used_parameters: set[str],
+        user: str | None,
+    ) -> list[Candidate]:
+        """Every model's deployments in turn (``models`` is the fallback list), each ranked."""
+        found: list[Candidate] = []
+        restarting: list[str] = []
+        refusals: list[EmporionError] = []
+        for model in models:
+            resolved = []
+            for deployment in model.deployments:
+                engine = self.engines.get(deployment.upstream)
+                if engine is not None and engine.state != "ready":
+                    restarting.append(f"{model.id} ({engine.state})")
+                    continue
+                upstream = self.upstreams.get(deployment.upstream)
+                if upstream is not None:
+                    resolved.append(Candidate(model, deployment, upstream))
+            if resolved:
+                try:
+                    found += ranking.order(model, resolved, prefs, policy, self.health, used_parameters, user)
+                except EmporionError as exc:  # this model cannot serve; a fallback model may
+                    refusals.append(exc)
+        if not found and refusals:
+            raise refusals[0]
+        if not found:
+            what = ", ".join(restarting) or models[0].id
+            raise ServiceUnavailable(f"No deployment can serve {what} right now; retry shortly.", retry_after_s=2)
+        return found
+
+    def status(self) -> dict[str, object]:
+        return {key: health.snapshot() for key, health in sorted(self.health.items())}

@@ -26,8 +26,10 @@ def provenance(route: Route, request_id: str) -> dict[str, str]:
     return {
         "x-request-id": request_id,
         "x-emporion-model": model.id,
-        "x-emporion-provider": model.provider,
-        "x-emporion-upstream": route.upstream.name,
+        "x-emporion-provider": route.provider,
+        "x-emporion-upstream": route.candidate.upstream.name,
+        "x-emporion-deployment": route.candidate.key,
+        "x-emporion-attempts": str(route.attempts),
         "x-emporion-release": model.release,
         "x-emporion-license": model.license,
     }
@@ -71,7 +73,10 @@ async def render_stream(
             if chunk.choices:
                 yield event({**head, "choices": [_delta(endpoint, choice) for choice in chunk.choices], **extra})
     except EmporionError as exc:
-        # Output was already sent: the status line is gone, so the error travels as an event.
+        # Output was already sent: the status line is gone. The stream ends with finish_reason
+        # "error" and the error as an event; another model's tokens are never spliced in.
+        finish = {"index": 0, "delta": {}, "finish_reason": "error"} if endpoint == "chat" else {"index": 0, "text": "", "finish_reason": "error"}
+        yield event({**head, "choices": [{**finish, "logprobs": None}], **extra})
         yield event(exc.envelope())
         return
     if include_usage and usage is not None:

@@ -42,6 +42,23 @@ class ChatMessage(Wire):
         return self
 
 
+class FunctionDefinition(Wire):
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(Wire):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class ResponseFormat(Wire):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None
+
+
 class StreamOptions(Wire):
     include_usage: bool = False
 
@@ -65,6 +82,10 @@ class Sampling(Wire):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    # Routing (OpenRouter's fields): consumed by Emporion, never sent upstream.
+    models: Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=8)] | None = None
+    provider: dict[str, Any] | None = None
+    route: Literal["fallback"] | None = None
 
     @model_validator(mode="after")
     def _one_choice(self) -> Sampling:
@@ -82,9 +103,16 @@ class Sampling(Wire):
         return self.max_tokens
 
 
+ROUTING_FIELDS = frozenset({"models", "provider", "route"})
+
+
 class ChatCompletionRequest(Sampling):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: PositiveInt | None = None
+    tools: Annotated[list[Tool], Field(max_length=128)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
 
     def output_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens

@@ -1,0 +1,182 @@
+"""Trying candidates: retries with exponential backoff and jitter on retryable failures (429 with
+its Retry-After, 5xx, connection errors, timeouts), then the next deployment; all before the
+first byte reaches the client. After that a failure ends the stream: two models are never
+spliced into one answer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from emporion.engine.admission import Admission
+from emporion.errors import EmporionError, EngineOverloaded, UpstreamError
+from emporion.providers.base import Adapter, Chunk, Completion, Request
+from emporion.routing.candidates import Candidate
+from emporion.routing.health import Health, HealthBook
+from emporion.settings import RoutingSettings
+
+
+@dataclass(frozen=True, slots=True)
+class Attempted:
+    candidate: Candidate
+    attempts: int
+
+
+class Executor:
+    def __init__(
+        self,
+        settings: RoutingSettings,
+        adapters: dict[str, Adapter],
+        admissions: dict[str, Admission],
+        health: HealthBook,
+        sleep: Callable[[float], object] = asyncio.sleep,
+    ) -> None:
+        self.settings = settings
+        self.adapters = adapters
+        self.admissions = admissions
+        self.health = health
+        self.sleep = sleep
+
+    async def complete(self, candidates: list[Candidate], request_for: Callable[[Candidate], Request]) -> tuple[Attempted, Completion]:
+        async for candidate, attempt in self._attempts(candidates):
+            health = self.health[candidate.key]
+            health.breaker.begin()
+            began = time.monotonic()
+            try:
+                async with self._admitted(candidate):
+                    completion = await self.adapters[candidate.upstream.adapter].complete(request_for(candidate), candidate.upstream)
+            except UpstreamError as exc:
+                _count_failure(health, exc)
+                attempt.failed(exc)
+                continue
+            except BaseException:
+                health.breaker.released()
+                raise
+            elapsed = time.monotonic() - began
+            health.record_success(elapsed, completion.usage.output_tokens, elapsed)
+            return Attempted(candidate, attempt.number), completion
+        raise AssertionError("unreachable: _attempts raises when every attempt failed")
+
+    async def stream(
+        self, candidates: list[Candidate], request_for: Callable[[Candidate], Request], resources: contextlib.AsyncExitStack
+    ) -> tuple[Attempted, AsyncIterator[Chunk]]:
+        """Opens the first candidate that produces output. Leading chunks without content (the
+        role delta) are held back, so a failure before any content can still fall back."""
+        async for candidate, attempt in self._attempts(candidates):
+            health = self.health[candidate.key]
+            health.breaker.begin()
+            began = time.monotonic()
+            attempt_resources = contextlib.AsyncExitStack()
+            try:
+                await attempt_resources.enter_async_context(self._admitted(candidate))
+                chunks = self.adapters[candidate.upstream.adapter].stream(request_for(candidate), candidate.upstream)
+                attempt_resources.push_async_callback(chunks.aclose)  # type: ignore[attr-defined]
+                held: list[Chunk] = []
+                async for chunk in chunks:
+                    held.append(chunk)
+                    if _has_output(chunk):
+                        break
+            except UpstreamError as exc:
+                await attempt_resources.aclose()
+                _count_failure(health, exc)
+                attempt.failed(exc)
+                continue
+            except BaseException:
+                await attempt_resources.aclose()
+                health.breaker.released()
+                raise
+            resources.push_async_exit(attempt_resources)
+            ttft = time.monotonic() - began
+            return Attempted(candidate, attempt.number), self._watched(held, chunks, health, began, ttft)
+        raise AssertionError("unreachable: _attempts raises when every attempt failed")
+
+    async def _watched(
+        self, held: list[Chunk], rest: AsyncIterator[Chunk], health: Health, began: float, ttft: float
+    ) -> AsyncIterator[Chunk]:
+        output_tokens = 0
+        try:
+            for chunk in held:
+                yield chunk
+            async for chunk in rest:
+                if chunk.usage is not None:
+                    output_tokens = chunk.usage.output_tokens
+                yield chunk
+        except UpstreamError:
+            health.record_failure()
+            raise
+        except BaseException:
+            health.breaker.released()
+            raise
+        health.record_success(ttft, output_tokens, time.monotonic() - began)
+
+    async def _attempts(self, candidates: list[Candidate]) -> AsyncIterator[tuple[Candidate, _Attempt]]:
+        """Yields (candidate, attempt) until the caller returns; raises the last failure when the
+        attempts are spent. A deployment is retried after a backoff only while it is worth it."""
+        s = self.settings
+        attempt = _Attempt()
+        for candidate in candidates:
+            tries = 0
+            while attempt.number < s.max_attempts:
+                attempt.number += 1
+                tries += 1
+                attempt.error = None
+                yield candidate, attempt
+                error = attempt.error
+                if error is None:
+                    return
+                if not error.retryable or tries > s.retries_per_deployment:
+                    break
+                wait = self._backoff(tries, error)
+                if wait is None or attempt.number >= s.max_attempts:
+                    break
+                await self.sleep(wait)
+        assert attempt.last is not None
+        raise attempt.last
+
+    def _backoff(self, tries: int, error: UpstreamError) -> float | None:
+        """Full jitter over an exponential ceiling; a Retry-After longer than the cap sends the
+        request to the next deployment instead of waiting."""
+        s = self.settings
+        if error.retry_after_s is not None:
+            return error.retry_after_s if error.retry_after_s <= s.max_backoff_s else None
+        return random.uniform(0, min(s.max_backoff_s, s.backoff_base_s * 2 ** (tries - 1)))
+
+    @contextlib.asynccontextmanager
+    async def _admitted(self, candidate: Candidate) -> AsyncIterator[None]:
+        admission = self.admissions.get(candidate.upstream.name)
+        if admission is None:
+            yield
+        else:
+            async with admission.admit():
+                yield
+
+
+class _Attempt:
+    def __init__(self) -> None:
+        self.number = 0
+        self.error: UpstreamError | None = None
+        self.last: EmporionError | None = None
+
+    def failed(self, error: UpstreamError) -> None:
+        self.error = error
+        self.last = error
+
+
+def _has_output(chunk: Chunk) -> bool:
+    for choice in chunk.choices:
+        delta = choice.get("delta") or {}
+        if delta.get("content") or delta.get("tool_calls") or choice.get("text") or choice.get("finish_reason"):
+            return True
+    return chunk.usage is not None
+
+
+def _count_failure(health: Health, error: UpstreamError) -> None:
+    """A full local queue says nothing about the deployment's health: it is not held against it."""
+    if isinstance(error, EngineOverloaded):
+        health.breaker.released()
+    else:
+        health.record_failure()

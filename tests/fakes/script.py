@@ -1,0 +1,79 @@
+"""What a fake upstream does for one request, whatever wire format it speaks."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.requests import Request
+
+
+@dataclass
+class Script:
+    text: str = "Hello from the fake upstream."
+    tool_calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (name, arguments)
+    finish_reason: str = "stop"  # OpenAI's words; each fake says it in its own
+    prompt_tokens: int = 7
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    # faults
+    status: int = 200
+    error: dict[str, Any] | None = None  # the error body to send with status >= 400
+    headers: dict[str, str] = field(default_factory=dict)
+    raw_body: bytes | None = None  # sent as is (malformed JSON, say)
+    delay_s: float = 0.0  # before anything is sent (a timeout before the first byte)
+    chunk_delay_s: float = 0.0
+    cut_after_chunks: int | None = None  # the stream stops after this many content pieces, cleanly
+    reset_after_chunks: int | None = None  # the connection is dropped after this many pieces
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.pieces()) + len(self.tool_calls)
+
+    def pieces(self) -> list[str]:
+        words = self.text.split(" ") if self.text else []
+        return [word if i == 0 else " " + word for i, word in enumerate(words)]
+
+
+class Abort(Exception):
+    """Raised inside a streaming body: uvicorn drops the connection without finishing it."""
+
+
+class ScriptQueue:
+    def __init__(self) -> None:
+        self.scripts: list[Script] = []
+        self.received: list[dict[str, Any]] = []
+        self.headers_seen: list[dict[str, str]] = []
+        self.paths: list[str] = []
+
+    def enqueue(self, *scripts: Script) -> None:
+        self.scripts.extend(scripts)
+
+    async def next(self, request: Request, body: dict[str, Any]) -> Script:
+        self.received.append(body)
+        self.headers_seen.append(dict(request.headers))
+        self.paths.append(request.url.path + (f"?{request.url.query}" if request.url.query else ""))
+        script = self.scripts.pop(0) if self.scripts else Script()
+        if script.delay_s:
+            await asyncio.sleep(script.delay_s)
+        return script
+
+    def count(self) -> int:
+        return len(self.received)
+
+
+async def paced(script: Script, events: list[bytes], content_events: list[int]):
+    """Yields the events of a stream, applying the script's pace, cut and reset. ``content_events``
+    are the positions of the content pieces in ``events`` (what cut/reset count)."""
+    sent = 0
+    for position, event in enumerate(events):
+        if position in content_events:
+            if script.cut_after_chunks is not None and sent >= script.cut_after_chunks:
+                return
+            if script.reset_after_chunks is not None and sent >= script.reset_after_chunks:
+                raise Abort("connection reset by the fake")
+            if script.chunk_delay_s:
+                await asyncio.sleep(script.chunk_delay_s)
+            sent += 1
+        yield event
