@@ -16,6 +16,8 @@ import openai
 import pytest
 
 from emporion.engine.gemma import ensure_gemma
+from tests.fakes.anthropic_upstream import FakeAnthropic
+from tests.fakes.gemini_upstream import FakeGemini
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.fakes.server import ThreadedServer
 
@@ -44,6 +46,7 @@ class Gateway:
     data_dir: Path
     process: subprocess.Popen
     log: Path
+    bank_key: str = ""
 
     def client(self, **kwargs) -> openai.OpenAI:
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key=self.key, max_retries=0, **kwargs)
@@ -67,7 +70,23 @@ def fake_openai():
 
 
 @pytest.fixture(scope="session")
-def gateway(tmp_path_factory, fake_openai) -> Gateway:
+def fake_anthropic():
+    fake = FakeAnthropic()
+    with ThreadedServer(fake.app) as server:
+        fake.url = server.url
+        yield fake
+
+
+@pytest.fixture(scope="session")
+def fake_gemini():
+    fake = FakeGemini()
+    with ThreadedServer(fake.app) as server:
+        fake.url = server.url
+        yield fake
+
+
+@pytest.fixture(scope="session")
+def gateway(tmp_path_factory, fake_openai, fake_anthropic, fake_gemini) -> Gateway:
     data_dir = tmp_path_factory.mktemp("emporion-data")
     (data_dir / "config.toml").write_text(
         f"""
@@ -87,9 +106,63 @@ name = "Fake: GPT"
 context_length = 128000
 license = "proprietary"
 pricing = {{ prompt = "0.00000015", completion = "0.0000006" }}
+
+[[upstreams]]
+name = "anthropic-fake"
+adapter = "anthropic"
+base_url = "{fake_anthropic.url}/v1"
+api_key_env = "FAKE_UPSTREAM_KEY"
+
+[[upstreams]]
+name = "gemini-fake"
+adapter = "gemini"
+base_url = "{fake_gemini.url}/v1beta"
+api_key_env = "FAKE_UPSTREAM_KEY"
+data_collection = "deny"
+
+[models."conf-openai_compat"]
+upstream = "fake"
+upstream_model = "conformance-model"
+
+[models."conf-anthropic"]
+upstream = "anthropic-fake"
+upstream_model = "claude-fake-1"
+
+[models."conf-gemini"]
+upstream = "gemini-fake"
+upstream_model = "gemini-fake-1"
+
+[models."assistant"]
+deployments = [{{ upstream = "fake", model = "primary-model" }}, {{ upstream = "anthropic-fake", model = "claude-fallback" }}]
+
+[models."split"]
+split = "weighted"
+sticky = true
+deployments = [{{ upstream = "fake", model = "split-a", weight = 50 }}, {{ upstream = "gemini-fake", model = "split-b", weight = 50 }}]
+
+[models."priced"]
+deployments = [
+  {{ upstream = "fake", model = "priced-dear", pricing = {{ prompt = "0.00001", completion = "0.00003" }} }},
+  {{ upstream = "gemini-fake", model = "priced-cheap", pricing = {{ prompt = "0.000001", completion = "0.000002" }} }},
+]
+
+[models."hybrid"]
+deployments = [{{ upstream = "fake", model = "hybrid-closed" }}, {{ upstream = "local:gemma-3-270m", model = "gemma-3-270m" }}]
+
+[models."breaker-test"]
+upstream = "fake"
+upstream_model = "breaker-model"
+
+[routing]
+breaker_threshold = 5
+breaker_cooldown_s = 2
+
+[policies.bank]
+data_policy = "local-only"
 """
     )
     key = emporion("keys", "create", "--org", "tests", data_dir=data_dir).stdout.strip()
+    bank_key = emporion("keys", "create", "--org", "bank", data_dir=data_dir).stdout.strip()
     # An operator-added GGUF (the Gemma file again, served with llama.cpp's default chat template).
     gguf = ensure_gemma(tmp_path_factory.mktemp("gguf"))
     emporion("models", "add", str(gguf), "--name", ADDED_MODEL, "--license", "gemma", data_dir=data_dir)
@@ -115,7 +188,7 @@ pricing = {{ prompt = "0.00000015", completion = "0.0000006" }}
             process.kill()
             raise RuntimeError(f"emporion serve not ready:\n{log.read_text()[-4000:]}")
         time.sleep(0.2)
-    yield Gateway(url=url, key=key, data_dir=data_dir, process=process, log=log)
+    yield Gateway(url=url, key=key, data_dir=data_dir, process=process, log=log, bank_key=bank_key)
     process.terminate()
     try:
         process.wait(timeout=20)

@@ -66,4 +66,4 @@ class FakeAnthropic(ScriptQueue):
             events.append(event("content_block_stop", {"type": "content_block_stop", "index": index}))
         events.append(event("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None}, "usage": {"output_tokens": usage["output_tokens"]}}))
         events.append(event("message_stop", {"type": "message_stop"}))
-        return StreamingResponse(paced(script, events, content), media_type="text/event-stream")
+        return StreamingResponse(paced(script, events, content, self), media_type="text/event-stream")

@@ -51,4 +51,4 @@ class FakeGemini(ScriptQueue):
             content.append(len(events))
             candidate = {"content": {"role": "model", "parts": calls}, "finishReason": finish, "index": 0}
             events.append(sse({"candidates": [candidate], "usageMetadata": usage}))
-        return StreamingResponse(paced(script, events, content), media_type="text/event-stream")
+        return StreamingResponse(paced(script, events, content, self), media_type="text/event-stream")

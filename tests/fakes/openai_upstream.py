@@ -97,4 +97,4 @@ class FakeOpenAI(ScriptQueue):
         if (body.get("stream_options") or {}).get("include_usage"):
             events.append(sse({**head, "object": obj, "choices": [], "usage": usage}))
         events.append(b"data: [DONE]\n\n")
-        return StreamingResponse(paced(script, events, content), media_type="text/event-stream")
+        return StreamingResponse(paced(script, events, content, self), media_type="text/event-stream")

@@ -46,6 +46,7 @@ class ScriptQueue:
         self.received: list[dict[str, Any]] = []
         self.headers_seen: list[dict[str, str]] = []
         self.paths: list[str] = []
+        self.cancelled = 0  # streams whose client went away before the end
 
     def enqueue(self, *scripts: Script) -> None:
         self.scripts.extend(scripts)
@@ -63,9 +64,19 @@ class ScriptQueue:
         return len(self.received)
 
 
-async def paced(script: Script, events: list[bytes], content_events: list[int]):
+async def paced(script: Script, events: list[bytes], content_events: list[int], queue: ScriptQueue | None = None):
     """Yields the events of a stream, applying the script's pace, cut and reset. ``content_events``
     are the positions of the content pieces in ``events`` (what cut/reset count)."""
+    try:
+        async for event in _paced(script, events, content_events):
+            yield event
+    except (asyncio.CancelledError, GeneratorExit):
+        if queue is not None:
+            queue.cancelled += 1
+        raise
+
+
+async def _paced(script: Script, events: list[bytes], content_events: list[int]):
     sent = 0
     for position, event in enumerate(events):
         if position in content_events:

@@ -1,0 +1,177 @@
+"""One conformance suite for every adapter, each against a fake upstream speaking its real wire
+format over a real socket, with the official openai SDK as the client of Emporion."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import openai
+import pytest
+
+from tests.fakes.script import Script
+
+ADAPTERS = ["openai_compat", "anthropic", "gemini"]
+FAKES = {"openai_compat": "fake_openai", "anthropic": "fake_anthropic", "gemini": "fake_gemini"}
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
+@pytest.fixture(params=ADAPTERS)
+def adapter(request, gateway):
+    fake = request.getfixturevalue(FAKES[request.param])
+    fake.scripts.clear()
+    return request.param, f"conf-{request.param}", fake
+
+
+def sent(fake) -> dict:
+    return fake.received[-1]
+
+
+def test_plain_completion_and_usage(gateway, adapter):
+    name, model, fake = adapter
+    fake.enqueue(Script(text="Paris is the capital", prompt_tokens=11, cached_tokens=4))
+    completion = gateway.client().chat.completions.create(
+        model=model, messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"}],
+        max_tokens=50, temperature=0.3, stop=["\n\n"],
+    )  # fmt: skip
+    assert completion.choices[0].message.content == "Paris is the capital"
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.model == model
+    assert completion.usage.prompt_tokens == 11 and completion.usage.prompt_tokens_details.cached_tokens == 4
+    assert completion.usage.completion_tokens == 4
+    body = sent(fake)
+    if name == "anthropic":
+        assert body["model"] == "claude-fake-1" and body["system"] == [{"type": "text", "text": "Be brief."}]
+        assert body["messages"] == [{"role": "user", "content": [{"type": "text", "text": "Capital of France?"}]}]
+        assert body["max_tokens"] == 50 and body["stop_sequences"] == ["\n\n"] and body["temperature"] == 0.3
+        assert fake.headers_seen[-1]["x-api-key"] == "sk-upstream-secret"
+        assert fake.headers_seen[-1]["anthropic-version"] == "2023-06-01"
+    elif name == "gemini":
+        assert fake.paths[-1] == "/v1beta/models/gemini-fake-1:generateContent"
+        assert body["systemInstruction"] == {"parts": [{"text": "Be brief."}]}
+        assert body["contents"] == [{"role": "user", "parts": [{"text": "Capital of France?"}]}]
+        assert body["generationConfig"] == {"temperature": 0.3, "maxOutputTokens": 50, "stopSequences": ["\n\n"]}
+        assert fake.headers_seen[-1]["x-goog-api-key"] == "sk-upstream-secret"
+    else:
+        assert body["model"] == "conformance-model" and body["messages"][0]["role"] == "system"
+
+
+def test_streamed_completion_and_usage(gateway, adapter):
+    name, model, fake = adapter
+    fake.enqueue(Script(text="one two three four five", prompt_tokens=9))
+    chunks = list(
+        gateway.client().chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "count"}], stream=True, stream_options={"include_usage": True}
+        )
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "one two three four five"
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == ["stop"]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 5 and chunks[-1].usage.prompt_tokens == 9
+    if name == "gemini":
+        assert fake.paths[-1] == "/v1beta/models/gemini-fake-1:streamGenerateContent?alt=sse"
+
+
+def test_tool_call_non_streamed(gateway, adapter):
+    name, model, fake = adapter
+    fake.enqueue(Script(text="", tool_calls=[("get_weather", {"city": "Paris"})], finish_reason="tool_calls"))
+    completion = gateway.client().chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Weather in Paris?"}], tools=[WEATHER_TOOL], tool_choice="required"
+    )
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    call = choice.message.tool_calls[0]
+    assert call.type == "function" and call.function.name == "get_weather" and call.id
+    assert json.loads(call.function.arguments) == {"city": "Paris"}
+    body = sent(fake)
+    if name == "anthropic":
+        assert body["tools"][0]["input_schema"]["required"] == ["city"] and body["tool_choice"] == {"type": "any"}
+    elif name == "gemini":
+        assert body["tools"][0]["functionDeclarations"][0]["name"] == "get_weather"
+        assert body["toolConfig"] == {"functionCallingConfig": {"mode": "ANY"}}
+
+
+def test_tool_call_streamed(gateway, adapter):
+    name, model, fake = adapter
+    fake.enqueue(Script(text="", tool_calls=[("get_weather", {"city": "Oslo"}), ("get_weather", {"city": "Rome"})], finish_reason="tool_calls"))
+    chunks = list(
+        gateway.client().chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "Weather?"}], tools=[WEATHER_TOOL], stream=True
+        )
+    )
+    calls: dict[int, dict] = {}
+    for chunk in chunks:
+        for delta_call in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+            entry = calls.setdefault(delta_call.index, {"id": None, "name": None, "arguments": ""})
+            entry["id"] = entry["id"] or delta_call.id
+            if delta_call.function and delta_call.function.name:
+                entry["name"] = delta_call.function.name
+            if delta_call.function and delta_call.function.arguments:
+                entry["arguments"] += delta_call.function.arguments
+    assert sorted(calls) == [0, 1]
+    assert [json.loads(calls[i]["arguments"]) for i in (0, 1)] == [{"city": "Oslo"}, {"city": "Rome"}]
+    assert all(calls[i]["name"] == "get_weather" and calls[i]["id"] for i in (0, 1))
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
+
+
+def test_tool_result_round_trip(gateway, adapter):
+    """The second half of an agent loop: the tool's result goes back in the upstream's own form."""
+    name, model, fake = adapter
+    fake.enqueue(Script(text="It is sunny in Paris."))
+    completion = gateway.client().chat.completions.create(
+        model=model,
+        messages=[
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": '{"sky": "sunny"}'},
+        ],
+        tools=[WEATHER_TOOL],
+    )  # fmt: skip
+    assert completion.choices[0].message.content == "It is sunny in Paris."
+    body = sent(fake)
+    if name == "anthropic":
+        assert body["messages"][1] == {"role": "assistant", "content": [{"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"city": "Paris"}}]}
+        assert body["messages"][2] == {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "content": '{"sky": "sunny"}'}]}
+    elif name == "gemini":
+        assert body["contents"][1] == {"role": "model", "parts": [{"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}]}
+        assert body["contents"][2] == {"role": "user", "parts": [{"functionResponse": {"name": "get_weather", "response": {"sky": "sunny"}}}]}
+    else:
+        assert body["messages"][2] == {"role": "tool", "tool_call_id": "call_1", "content": '{"sky": "sunny"}'}
+
+
+@pytest.mark.parametrize(
+    "script, status",
+    [(Script(status=500), 502), (Script(status=429, headers={"retry-after": "30"}), 429), (Script(status=400), 400)],
+)
+def test_error_mapping(gateway, adapter, script, status):
+    name, model, fake = adapter
+    fake.enqueue(script, script)
+    with pytest.raises(openai.APIStatusError) as info:
+        gateway.client().chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}])
+    assert info.value.status_code == status
+    assert set(info.value.body) >= {"message", "type", "code"}
+    fake.scripts.clear()
+    gateway.client().chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}])  # resets the breaker
+
+
+def test_cancel_mid_stream_closes_the_upstream_stream(gateway, adapter):
+    name, model, fake = adapter
+    fake.enqueue(Script(text=" ".join(f"w{i}" for i in range(200)), chunk_delay_s=0.05))
+    before = fake.cancelled
+    stream = gateway.client().chat.completions.create(model=model, messages=[{"role": "user", "content": "go"}], stream=True)
+    for i, _ in enumerate(stream):
+        if i == 3:
+            break
+    stream.close()
+    deadline = time.monotonic() + 5
+    while fake.cancelled == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert fake.cancelled == before + 1
