@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from emporion.api.anthropic.routes import routes as anthropic_routes
 from emporion.api.errors import handlers
 from emporion.api.openai.routes import json_response
 from emporion.api.openai.routes import routes as openai_routes
@@ -53,7 +54,7 @@ def build_app(settings: Settings) -> Starlette:
         finally:
             await stop_deps(deps)
 
-    routes = [*openai_routes, Route("/healthz", healthz), Route("/readyz", readyz)]
+    routes = [*openai_routes, *anthropic_routes, Route("/healthz", healthz), Route("/readyz", readyz)]
     return Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)  # type: ignore[arg-type]
 
 

@@ -9,14 +9,21 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from emporion.api.openai.routes import json_response
+from emporion.api.anthropic.translate import error_envelope
 from emporion.errors import EmporionError, InvalidRequest, NotFound
 
 log = logging.getLogger("emporion.api")
 
 
+def render(request: Request, error: EmporionError, status: int | None = None) -> Response:
+    """OpenAI's envelope, or Anthropic's on Anthropic's route (its SDK reads that one)."""
+    body = error_envelope(error) if request.url.path.startswith("/v1/messages") else error.envelope()
+    return json_response(body, status=status or error.status, headers=error.headers())
+
+
 async def emporion_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, EmporionError)
-    return json_response(exc.envelope(), status=exc.status, headers=exc.headers())
+    return render(request, exc)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
@@ -28,13 +35,13 @@ async def http_error(request: Request, exc: Exception) -> Response:
         error = InvalidRequest(f"Method {request.method} is not allowed on {request.url.path}.", code="method_not_allowed")
     else:
         error = InvalidRequest(str(exc.detail))
-    return json_response(error.envelope(), status=exc.status_code)
+    return render(request, error, status=exc.status_code)
 
 
 async def unexpected_error(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
     error = EmporionError("The server had an error while processing your request. Sorry about that!")
-    return json_response(error.envelope(), status=500)
+    return render(request, error)
 
 
 handlers = {EmporionError: emporion_error, HTTPException: http_error, Exception: unexpected_error}
