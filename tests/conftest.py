@@ -153,6 +153,19 @@ deployments = [{{ upstream = "fake", model = "hybrid-closed" }}, {{ upstream = "
 upstream = "fake"
 upstream_model = "breaker-model"
 
+[[upstreams]]
+name = "soak-primary"
+base_url = "{fake_openai.url}/v1"
+timeout_s = 1.0
+
+[[upstreams]]
+name = "soak-fallback"
+adapter = "anthropic"
+base_url = "{fake_anthropic.url}/v1"
+
+[models."soak"]
+deployments = [{{ upstream = "soak-primary", model = "soak-a" }}, {{ upstream = "soak-fallback", model = "soak-b" }}]
+
 [routing]
 breaker_threshold = 5
 breaker_cooldown_s = 2

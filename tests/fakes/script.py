@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +48,8 @@ class ScriptQueue:
         self.headers_seen: list[dict[str, str]] = []
         self.paths: list[str] = []
         self.cancelled = 0  # streams whose client went away before the end
+        self.chaos: list[Script] = []  # with no script queued: one of these, at chaos_rate
+        self.chaos_rate = 0.0
 
     def enqueue(self, *scripts: Script) -> None:
         self.scripts.extend(scripts)
@@ -55,7 +58,12 @@ class ScriptQueue:
         self.received.append(body)
         self.headers_seen.append(dict(request.headers))
         self.paths.append(request.url.path + (f"?{request.url.query}" if request.url.query else ""))
-        script = self.scripts.pop(0) if self.scripts else Script()
+        if self.scripts:
+            script = self.scripts.pop(0)
+        elif self.chaos and random.random() < self.chaos_rate:
+            script = random.choice(self.chaos)
+        else:
+            script = Script()
         if script.delay_s:
             await asyncio.sleep(script.delay_s)
         return script

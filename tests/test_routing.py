@@ -1,0 +1,159 @@
+"""Routing through the real gateway: fallbacks, retries, splits, preferences, policies, breakers."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.fakes.script import Script
+
+USER = [{"role": "user", "content": "hello"}]
+
+
+@pytest.fixture(autouse=True)
+def clean_fakes(gateway, fake_openai, fake_anthropic, fake_gemini):
+    for fake in (fake_openai, fake_anthropic, fake_gemini):
+        fake.scripts.clear()
+    yield
+    for fake in (fake_openai, fake_anthropic, fake_gemini):
+        fake.scripts.clear()
+    # A success resets the primary's count of consecutive failures, so that one test's failures
+    # do not open its circuit breaker for the next (the breaker has a test of its own).
+    call(gateway, model="assistant", provider={"only": ["fake"]})
+
+
+def call(gateway, key: str | None = None, **body):
+    client = gateway.client() if key is None else openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=key, max_retries=0)
+    extra = {k: body.pop(k) for k in ("provider", "models") if k in body}
+    response = client.with_raw_response.chat.completions.create(messages=USER, extra_body=extra or None, **body)
+    return response.parse(), response.headers
+
+
+def test_failed_primary_falls_back_to_the_next_deployment(gateway, fake_openai, fake_anthropic):
+    fake_openai.enqueue(Script(status=500), Script(status=503))
+    fake_anthropic.enqueue(Script(text="from the fallback"))
+    completion, headers = call(gateway, model="assistant")
+    assert completion.choices[0].message.content == "from the fallback"
+    assert headers["x-emporion-upstream"] == "anthropic-fake" and headers["x-emporion-attempts"] == "3"
+    assert fake_openai.received[-1]["model"] == "primary-model" and fake_anthropic.received[-1]["model"] == "claude-fallback"
+
+
+def test_non_retryable_failure_moves_on_at_once(gateway, fake_openai, fake_anthropic):
+    fake_openai.enqueue(Script(status=401))
+    fake_anthropic.enqueue(Script(text="fallback"))
+    _, headers = call(gateway, model="assistant")
+    assert headers["x-emporion-attempts"] == "2"
+
+
+def test_models_list_falls_back_to_another_model(gateway, fake_openai, fake_anthropic):
+    fake_openai.enqueue(Script(status=500), Script(status=500))
+    fake_anthropic.enqueue(Script(text="another model"))
+    completion, headers = call(gateway, model="fake-gpt", models=["fake-gpt", "conf-anthropic"])
+    assert completion.model == "conf-anthropic" and headers["x-emporion-model"] == "conf-anthropic"
+
+
+def test_retry_after_is_honoured_before_retrying(gateway, fake_openai):
+    fake_openai.enqueue(Script(status=429, headers={"retry-after": "1"}), Script(text="after waiting"))
+    began = time.monotonic()
+    completion, headers = call(gateway, model="fake-gpt")
+    assert completion.choices[0].message.content == "after waiting" and headers["x-emporion-attempts"] == "2"
+    assert time.monotonic() - began >= 1.0
+
+
+def test_stream_failing_before_output_falls_back(gateway, fake_openai, fake_anthropic):
+    fake_openai.enqueue(Script(status=502), Script(reset_after_chunks=0))
+    fake_anthropic.enqueue(Script(text="clean fallback stream"))
+    stream = gateway.client().chat.completions.create(model="assistant", messages=USER, stream=True)
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == "clean fallback stream"
+
+
+def test_stream_failing_after_output_ends_with_error_and_no_splice(gateway, fake_openai, fake_anthropic):
+    fake_openai.enqueue(Script(text="one two three four", reset_after_chunks=2))
+    anthropic_calls = fake_anthropic.count()
+    raw = httpx.post(
+        f"{gateway.url}/v1/chat/completions", headers={"authorization": f"Bearer {gateway.key}"},
+        json={"model": "assistant", "messages": USER, "stream": True}, timeout=30,
+    ).text  # fmt: skip
+    events = [line[6:] for line in raw.splitlines() if line.startswith("data: ")]
+    assert '"finish_reason":"error"' in events[-2] and events[-1].startswith('{"error"')
+    assert "[DONE]" not in raw
+    assert fake_anthropic.count() == anthropic_calls  # the fallback was never asked
+
+
+def test_weighted_split_uses_both_and_is_sticky_per_user(gateway, fake_openai, fake_gemini):
+    served = [call(gateway, model="split", user=f"user-{i}")[1]["x-emporion-upstream"] for i in range(30)]
+    assert set(served) == {"fake", "gemini-fake"}
+    same = {call(gateway, model="split", user="alice")[1]["x-emporion-upstream"] for _ in range(8)}
+    assert len(same) == 1
+
+
+@pytest.mark.parametrize(
+    "provider, upstream",
+    [
+        ({"order": ["anthropic-fake"]}, "anthropic-fake"),
+        ({"ignore": ["fake"]}, "anthropic-fake"),
+        ({"only": ["fake"]}, "fake"),
+    ],
+)
+def test_provider_preferences(gateway, provider, upstream):
+    assert call(gateway, model="assistant", provider=provider)[1]["x-emporion-upstream"] == upstream
+
+
+def test_provider_preferences_that_match_nothing_are_404(gateway):
+    with pytest.raises(openai.NotFoundError) as info:
+        call(gateway, model="assistant", provider={"only": ["gemini-fake"]})
+    assert info.value.code == "no_endpoints"
+
+
+def test_data_collection_deny_keeps_only_hosts_that_keep_nothing(gateway):
+    served = {call(gateway, model="split", user=f"u{i}", provider={"data_collection": "deny"})[1]["x-emporion-upstream"] for i in range(6)}
+    assert served == {"gemini-fake"}
+
+
+def test_no_fallbacks_when_asked(gateway, fake_openai):
+    fake_openai.enqueue(Script(status=500), Script(status=500))
+    with pytest.raises(openai.InternalServerError):
+        call(gateway, model="assistant", provider={"allow_fallbacks": False})
+
+
+def test_floor_suffix_and_max_price_pick_the_cheapest(gateway):
+    assert call(gateway, model="priced")[1]["x-emporion-upstream"] == "fake"
+    assert call(gateway, model="priced:floor")[1]["x-emporion-upstream"] == "gemini-fake"
+    assert call(gateway, model="priced", provider={"max_price": {"prompt": 5}})[1]["x-emporion-upstream"] == "gemini-fake"
+    assert call(gateway, model="priced:nitro")[0].model == "priced"
+
+
+def test_local_only_policy_routes_to_the_operators_own_machines(gateway):
+    _, headers = call(gateway, key=gateway.bank_key, model="hybrid", max_tokens=3)
+    assert headers["x-emporion-provider"] == "emporion-local" and headers["x-emporion-upstream"] == "local:gemma-3-270m"
+    with pytest.raises(openai.PermissionDeniedError) as info:
+        call(gateway, key=gateway.bank_key, model="fake-gpt")
+    assert info.value.code == "policy_forbids_model" and "local-only" in info.value.message
+
+
+def test_unsupported_parameter_is_a_clear_400(gateway):
+    with pytest.raises(openai.BadRequestError) as info:
+        call(gateway, model="conf-anthropic", seed=1)
+    assert info.value.code == "unsupported_parameter" and info.value.param == "seed"
+    models = {m.id: m.model_dump() for m in gateway.client().models.list().data}
+    assert "seed" not in models["conf-anthropic"]["supported_parameters"]
+    assert "seed" in models["conf-openai_compat"]["supported_parameters"]
+    assert "tools" not in models["gemma-3-270m"]["supported_parameters"]
+
+
+def test_circuit_breaker_opens_then_one_probe_closes_it(gateway, fake_openai):
+    fake_openai.enqueue(*[Script(status=500)] * 6)
+    for _ in range(3):  # two attempts each: six failures, past the threshold of five
+        with pytest.raises(openai.InternalServerError):
+            call(gateway, model="breaker-test")
+    calls = fake_openai.count()
+    with pytest.raises(openai.InternalServerError) as info:
+        call(gateway, model="breaker-test")
+    assert info.value.status_code == 503 and fake_openai.count() == calls  # not even tried
+    time.sleep(2.2)  # the cooldown
+    completion, _ = call(gateway, model="breaker-test")
+    assert completion.choices[0].message.content and fake_openai.count() == calls + 1
