@@ -19,6 +19,7 @@ from emporion.errors import EngineOverloaded, ModelNotFound
 from emporion.providers.usage import Usage, usage_from_openai
 from emporion.settings import ConfigError, load_settings
 from tests.conftest import emporion
+from tests.fakes.script import Script
 
 
 def test_config_typo_fails_with_a_clear_message(tmp_path):
@@ -205,3 +206,41 @@ def test_gguf_header_with_chat_template(tmp_path):
     path.write_bytes(b"GGUF\x03\x00")
     with pytest.raises(ValueError, match="not a readable GGUF"):
         read_gguf_info(path)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080/v1", "http://localhost/v1", "http://[::1]/v1", "http://10.1.2.3/v1", "http://192.168.0.10/v1",
+        "http://172.16.5.4/v1", "http://169.254.169.254/latest", "http://metadata.google.internal/", "http://[::ffff:127.0.0.1]/",
+        "http://100.64.0.1/", "http://0.0.0.0/", "http://[fe80::1]/",
+    ],
+)  # fmt: skip
+async def test_byok_urls_into_the_operators_network_are_refused(url):
+    from emporion.errors import PermissionDenied
+    from emporion.providers.ssrf import check_upstream_url
+
+    with pytest.raises(PermissionDenied):
+        await check_upstream_url(url)
+
+
+async def test_byok_url_checks_scheme_credentials_and_operator_allow_list():
+    from emporion.errors import InvalidRequest
+    from emporion.providers.ssrf import check_upstream_url
+
+    for bad in ("ftp://example.com/", "file:///etc/passwd", "https://user:pw@example.com/", "not a url"):
+        with pytest.raises(InvalidRequest):
+            await check_upstream_url(bad)
+    await check_upstream_url("http://127.0.0.1:8000/v1", allowed_hosts=frozenset({"127.0.0.1"}))
+    await check_upstream_url("https://93.184.215.14/v1")  # a public address literal needs no lookup
+
+
+def test_upstream_redirects_are_not_followed(gateway, fake_openai):
+    """A redirect (even to a reachable host) is an error, never followed: no bounce inward."""
+    import openai as sdk
+
+    fake_openai.scripts.clear()
+    fake_openai.enqueue(Script(status=307, headers={"location": "http://127.0.0.1:1/"}, error={}))
+    with pytest.raises(sdk.InternalServerError) as info:
+        gateway.client().chat.completions.create(model="fake-gpt", messages=[{"role": "user", "content": "x"}])
+    assert "redirect" in info.value.message

@@ -25,7 +25,7 @@ def fault_response(script: Script, error: dict[str, Any]) -> Response | None:
     """The response for a script's fault before any output, or None when it has none."""
     if script.raw_body is not None:
         return Response(script.raw_body, status_code=script.status, media_type="application/json", headers=script.headers)
-    if script.status >= 400:
+    if script.status >= 300:
         body = orjson.dumps(script.error or error)
         return Response(body, status_code=script.status, media_type="application/json", headers=script.headers)
     if script.reset_after_chunks == 0:

@@ -56,10 +56,10 @@ class AnthropicAdapter:
         body = to_anthropic(request)
         with mapped_transport_errors(upstream):
             async with self._session(upstream).post(
-                _url(upstream), data=orjson.dumps(body), timeout=request_timeout(upstream)
+                _url(upstream), data=orjson.dumps(body), timeout=request_timeout(upstream), allow_redirects=False
             ) as response:
                 raw = await response.read()
-                if response.status >= 400:
+                if response.status >= 300:
                     raise _status_error(upstream, response.status, raw, response.headers)
         return from_anthropic(parse_json(upstream, raw))
 
@@ -67,9 +67,9 @@ class AnthropicAdapter:
         body = {**to_anthropic(request), "stream": True}
         with mapped_transport_errors(upstream):
             async with self._session(upstream).post(
-                _url(upstream), data=orjson.dumps(body), timeout=stream_timeout(upstream)
+                _url(upstream), data=orjson.dumps(body), timeout=stream_timeout(upstream), allow_redirects=False
             ) as response:
-                if response.status >= 400:
+                if response.status >= 300:
                     raise _status_error(upstream, response.status, await response.read(), response.headers)
                 translator = StreamTranslator()
                 async for event in read_events(response):

@@ -46,9 +46,9 @@ class GeminiAdapter:
         body = to_gemini(request)
         url = f"{upstream.base_url.rstrip('/')}/models/{request.body['model']}:generateContent"
         with mapped_transport_errors(upstream):
-            async with self._session(upstream).post(url, data=orjson.dumps(body), timeout=request_timeout(upstream)) as response:
+            async with self._session(upstream).post(url, data=orjson.dumps(body), timeout=request_timeout(upstream), allow_redirects=False) as response:
                 raw = await response.read()
-                if response.status >= 400:
+                if response.status >= 300:
                     raise _status_error(upstream, response.status, raw, response.headers)
         return from_gemini(parse_json(upstream, raw))
 
@@ -56,8 +56,8 @@ class GeminiAdapter:
         body = to_gemini(request)
         url = f"{upstream.base_url.rstrip('/')}/models/{request.body['model']}:streamGenerateContent?alt=sse"
         with mapped_transport_errors(upstream):
-            async with self._session(upstream).post(url, data=orjson.dumps(body), timeout=stream_timeout(upstream)) as response:
-                if response.status >= 400:
+            async with self._session(upstream).post(url, data=orjson.dumps(body), timeout=stream_timeout(upstream), allow_redirects=False) as response:
+                if response.status >= 300:
                     raise _status_error(upstream, response.status, await response.read(), response.headers)
                 translator = StreamTranslator()
                 async for event in read_events(response):

@@ -128,6 +128,8 @@ def mapped_transport_errors(upstream: Upstream) -> Iterator[None]:
 def status_error(upstream: Upstream, status: int, message: str, headers: Mapping[str, str], param: str | None = None) -> EmporionError:
     """An upstream's HTTP error status as Emporion's error, with whether another try may succeed."""
     retry_after = retry_after_s(headers)
+    if status < 400:
+        return UpstreamError(f"upstream {upstream.name} answered with a redirect ({status}); redirects are not followed", retryable=False)
     if status in (400, 413, 422):
         return InvalidRequest(f"{upstream.name}: {message}", param=param)
     if status == 429:

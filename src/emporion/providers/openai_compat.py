@@ -46,10 +46,10 @@ class OpenAICompatAdapter:
         body.pop("stream_options", None)
         with mapped_transport_errors(upstream):
             async with self._session(upstream).post(
-                _url(upstream, request), data=orjson.dumps(body), timeout=request_timeout(upstream)
+                _url(upstream, request), data=orjson.dumps(body), timeout=request_timeout(upstream), allow_redirects=False
             ) as response:
                 raw = await response.read()
-                if response.status >= 400:
+                if response.status >= 300:
                     raise _upstream_status_error(upstream, response.status, raw, response.headers)
         data = parse_json(upstream, raw)
         choices = data.get("choices")
@@ -64,9 +64,9 @@ class OpenAICompatAdapter:
         body = {**request.body, "stream": True, "stream_options": {"include_usage": True}}
         with mapped_transport_errors(upstream):
             async with self._session(upstream).post(
-                _url(upstream, request), data=orjson.dumps(body), timeout=stream_timeout(upstream)
+                _url(upstream, request), data=orjson.dumps(body), timeout=stream_timeout(upstream), allow_redirects=False
             ) as response:
-                if response.status >= 400:
+                if response.status >= 300:
                     raise _upstream_status_error(upstream, response.status, await response.read(), response.headers)
                 async for event in read_events(response):
                     if event.data == b"[DONE]":
