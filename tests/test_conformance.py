@@ -175,3 +175,33 @@ def test_cancel_mid_stream_closes_the_upstream_stream(gateway, adapter):
     while fake.cancelled == before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert fake.cancelled == before + 1
+
+
+@pytest.mark.parametrize("name", ["anthropic", "gemini"])
+def test_images_are_translated(gateway, request, name):
+    fake = request.getfixturevalue(FAKES[name])
+    fake.scripts.clear()
+    pixel = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+    gateway.client().chat.completions.create(
+        model=f"conf-{name}",
+        messages=[{"role": "user", "content": [
+            {"type": "text", "text": "What is this?"},
+            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{pixel}"}},
+        ]}],
+    )  # fmt: skip
+    body = sent(fake)
+    if name == "anthropic":
+        assert body["messages"][0]["content"][1] == {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": pixel}}
+    else:
+        assert body["contents"][0]["parts"][1] == {"inlineData": {"mimeType": "image/png", "data": pixel}}
+
+
+def test_stream_silent_past_the_timeout_falls_back(gateway, fake_openai, fake_anthropic):
+    """The soak upstream allows 1 s of silence: a stream that stalls before its first token is
+    abandoned for the fallback deployment."""
+    fake_openai.scripts.clear()
+    fake_anthropic.scripts.clear()
+    fake_openai.enqueue(Script(text="too slow", chunk_delay_s=1.5), Script(text="too slow", chunk_delay_s=1.5))
+    fake_anthropic.enqueue(Script(text="on time"))
+    stream = gateway.client().chat.completions.create(model="soak", messages=[{"role": "user", "content": "x"}], stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "on time"
