@@ -14,6 +14,7 @@ import orjson
 
 from emporion.errors import ContextLengthExceeded, EmporionError, InvalidRequest, ServiceUnavailable, UpstreamError
 from emporion.providers.base import Chunk, Completion, Request, Upstream
+from emporion.providers.openai_messages import arguments, data_url, texts
 from emporion.providers.http import (
     Transport,
     error_json,
@@ -138,13 +139,13 @@ def _messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], lis
     for message in messages:
         role = message["role"]
         if role in ("system", "developer"):
-            system.extend({"type": "text", "text": text} for text in _texts(message.get("content")))
+            system.extend({"type": "text", "text": text} for text in texts(message.get("content")))
             continue
         if role == "tool":
-            blocks = [{"type": "tool_result", "tool_use_id": message["tool_call_id"], "content": "".join(_texts(message.get("content")))}]
+            blocks = [{"type": "tool_result", "tool_use_id": message["tool_call_id"], "content": "".join(texts(message.get("content")))}]
             role = "user"
         elif role == "assistant":
-            blocks = [{"type": "text", "text": text} for text in _texts(message.get("content")) if text]
+            blocks = [{"type": "text", "text": text} for text in texts(message.get("content")) if text]
             blocks += [_tool_use(call) for call in message.get("tool_calls") or []]
         else:
             blocks = _user_blocks(message.get("content"))
@@ -153,14 +154,6 @@ def _messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], lis
         else:
             turns.append({"role": role, "content": blocks})
     return system, turns
-
-
-def _texts(content: Any) -> list[str]:
-    if content is None:
-        return []
-    if isinstance(content, str):
-        return [content]
-    return [part["text"] for part in content if part.get("type") == "text"]
 
 
 def _user_blocks(content: Any) -> list[dict[str, Any]]:
@@ -176,22 +169,15 @@ def _user_blocks(content: Any) -> list[dict[str, Any]]:
 
 
 def _image_source(url: str) -> dict[str, Any]:
-    if url.startswith("data:"):
-        header, _, data = url.partition(",")
-        media_type = header[5:].split(";")[0]
-        if ";base64" not in header or not data:
-            raise InvalidRequest("Image data URLs must be base64-encoded.", param="messages")
-        return {"type": "base64", "media_type": media_type, "data": data}
+    inline = data_url(url)
+    if inline is not None:
+        return {"type": "base64", "media_type": inline[0], "data": inline[1]}
     return {"type": "url", "url": url}
 
 
 def _tool_use(call: dict[str, Any]) -> dict[str, Any]:
     function = call.get("function") or {}
-    try:
-        arguments = orjson.loads(function.get("arguments") or "{}")
-    except orjson.JSONDecodeError:
-        raise InvalidRequest("A tool call's arguments are not valid JSON.", param="messages") from None
-    return {"type": "tool_use", "id": call.get("id"), "name": function.get("name"), "input": arguments}
+    return {"type": "tool_use", "id": call.get("id"), "name": function.get("name"), "input": arguments(function.get("arguments"))}
 
 
 def _tool(tool: dict[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import orjson
 
 from emporion.errors import ContextLengthExceeded, EmporionError, InvalidRequest, UpstreamError
 from emporion.providers.base import Chunk, Completion, Request, Upstream
+from emporion.providers.openai_messages import arguments, data_url, texts
 from emporion.providers.http import (
     Transport,
     error_json,
@@ -127,10 +128,10 @@ def _contents(messages: list[dict[str, Any]]) -> tuple[list[str], list[dict[str,
         role = message["role"]
         content = message.get("content")
         if role in ("system", "developer"):
-            system.extend(_texts(content))
+            system.extend(texts(content))
             continue
         if role == "assistant":
-            parts = [{"text": text} for text in _texts(content) if text]
+            parts = [{"text": text} for text in texts(content) if text]
             for call in message.get("tool_calls") or []:
                 function = call.get("function") or {}
                 names[call.get("id", "")] = function.get("name", "")
@@ -140,7 +141,7 @@ def _contents(messages: list[dict[str, Any]]) -> tuple[list[str], list[dict[str,
             name = names.get(message.get("tool_call_id", ""))
             if name is None:
                 raise InvalidRequest("A tool message answers no earlier tool call.", param="messages")
-            text = "".join(_texts(content))
+            text = "".join(texts(content))
             parts = [{"functionResponse": {"name": name, "response": _tool_response(text)}}]
             gemini_role = "user"
         else:
@@ -153,14 +154,6 @@ def _contents(messages: list[dict[str, Any]]) -> tuple[list[str], list[dict[str,
     return system, contents
 
 
-def _texts(content: Any) -> list[str]:
-    if content is None:
-        return []
-    if isinstance(content, str):
-        return [content]
-    return [part["text"] for part in content if part.get("type") == "text"]
-
-
 def _user_parts(content: Any) -> list[dict[str, Any]]:
     if isinstance(content, str):
         return [{"text": content}]
@@ -170,19 +163,16 @@ def _user_parts(content: Any) -> list[dict[str, Any]]:
             parts.append({"text": part["text"]})
         elif part.get("type") == "image_url":
             url = part["image_url"].get("url", "")
-            if url.startswith("data:"):
-                header, _, data = url.partition(",")
-                parts.append({"inlineData": {"mimeType": header[5:].split(";")[0], "data": data}})
+            inline = data_url(url)
+            if inline is not None:
+                parts.append({"inlineData": {"mimeType": inline[0], "data": inline[1]}})
             else:
                 parts.append({"fileData": {"fileUri": url}})
     return parts
 
 
-def _json_object(arguments: Any) -> dict[str, Any]:
-    try:
-        value = orjson.loads(arguments or "{}")
-    except orjson.JSONDecodeError:
-        raise InvalidRequest("A tool call's arguments are not valid JSON.", param="messages") from None
+def _json_object(raw: Any) -> dict[str, Any]:
+    value = arguments(raw)
     return value if isinstance(value, dict) else {"value": value}
 
 
