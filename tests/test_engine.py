@@ -77,7 +77,7 @@ def test_health_answers_while_engine_is_busy(gateway):
 def test_client_disconnect_mid_stream_stops_generation(gateway):
     stream = gateway.client().completions.create(model=GEMMA, prompt="Once upon a time", max_tokens=2000, stream=True)
     received = 0
-    for chunk in stream:
+    for _chunk in stream:
         received += 1
         if received == 3:
             break
