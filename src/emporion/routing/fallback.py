@@ -42,7 +42,12 @@ class Executor:
         self.sleep = sleep
 
     async def complete(self, candidates: list[Candidate], request_for: Callable[[Candidate], Request]) -> tuple[Attempted, Completion]:
-        async for candidate, attempt in self._attempts(candidates):
+        async with contextlib.aclosing(self._attempts(candidates)) as attempts:
+            return await self._complete(attempts, request_for)
+        raise AssertionError("unreachable")
+
+    async def _complete(self, attempts, request_for: Callable[[Candidate], Request]) -> tuple[Attempted, Completion]:
+        async for candidate, attempt in attempts:
             health = self.health[candidate.key]
             health.breaker.begin()
             began = time.monotonic()
@@ -66,7 +71,14 @@ class Executor:
     ) -> tuple[Attempted, AsyncIterator[Chunk]]:
         """Opens the first candidate that produces output. Leading chunks without content (the
         role delta) are held back, so a failure before any content can still fall back."""
-        async for candidate, attempt in self._attempts(candidates):
+        async with contextlib.aclosing(self._attempts(candidates)) as attempts:
+            return await self._open(attempts, request_for, resources)
+        raise AssertionError("unreachable")
+
+    async def _open(
+        self, attempts, request_for: Callable[[Candidate], Request], resources: contextlib.AsyncExitStack
+    ) -> tuple[Attempted, AsyncIterator[Chunk]]:
+        async for candidate, attempt in attempts:
             health = self.health[candidate.key]
             health.breaker.begin()
             began = time.monotonic()
