@@ -3,6 +3,9 @@ on the same model, binary and threads, measured in one run, interleaved.
 
 For each target and concurrency level it sends fixed-length generations (``ignore_eos``, so
 every request makes exactly ``--tokens`` tokens) and reports total generated tokens per second.
+The gateway runs without the local embedding model, so that only the engine path is compared
+(with it loaded, single-request rates measured 91-97% of bare llama-server's in four runs; the
+idle gateway used no CPU and passed no different environment, and the cause is not yet found).
 
     python -m bench.engine            # 3 rounds
     python -m bench.engine --quick    # 1 round, shorter generations
@@ -90,7 +93,8 @@ def main() -> None:
         raise SystemExit("llama-server is not installed: run `emporion engine build`")
     data_dir = Path(tempfile.mkdtemp(prefix="emporion-bench-"))
     gguf = ensure_gemma(data_dir / "models")
-    (data_dir / "config.toml").write_text(f"[engine]\nthreads = {args.threads}\nthreads_batch = {args.threads_batch}\n")
+    config = f"[engine]\nthreads = {args.threads}\nthreads_batch = {args.threads_batch}\n[embeddings]\nenabled = false\n"
+    (data_dir / "config.toml").write_text(config)
     key = subprocess.run(
         [sys.executable, "-m", "emporion", "keys", "create", "--data-dir", str(data_dir)], capture_output=True, text=True, check=True
     ).stdout.strip()
