@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Integer, MetaData, String, Text
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Integer, MetaData, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING = {
@@ -53,3 +53,49 @@ class LocalModel(Base):
     license: Mapped[str] = mapped_column(String(200))
     release: Mapped[str] = mapped_column(String(20))
     created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class Account(Base):
+    """A ledger account. Customer accounts belong to an organization; the others are the
+    operator's books (cash received, free grants, amounts owed to providers, margins)."""
+
+    __tablename__ = "accounts"
+
+    id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))  # customer, cash, grants, provider, operator, reseller
+    org_id: Mapped[str | None] = mapped_column(ForeignKey("organizations.id"), nullable=True, index=True)
+    balance_nanos: Mapped[int] = mapped_column(BigInteger, default=0)  # the sum of its entries, kept in step
+
+
+class Posting(Base):
+    """One balanced movement of money; (request_id, kind) is unique, which makes charges idempotent."""
+
+    __tablename__ = "postings"
+    __table_args__ = (UniqueConstraint("request_id", "kind", name="uq_postings_request_id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(20))  # topup, grant, charge, refund, expiry
+    request_id: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class Entry(Base):
+    __tablename__ = "entries"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    posting_id: Mapped[int] = mapped_column(ForeignKey("postings.id"), index=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    amount_nanos: Mapped[int] = mapped_column(BigInteger)  # positive: into the account
+
+
+class Hold(Base):
+    """A reservation of a request's worst-case cost on a customer's balance until it settles."""
+
+    __tablename__ = "holds"
+
+    request_id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    amount_nanos: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(10), index=True)  # open, settled, released, expired
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[int] = mapped_column(BigInteger, index=True)

@@ -1,0 +1,188 @@
+"""The ledger under Hypothesis' stateful testing, on SQLite and on PostgreSQL: top-ups, grants,
+reserve, settle (twice), release, expiry of crashed requests; after every step the books sum to
+zero, no balance is overdrawn, and no request is charged twice or more than its hold."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from decimal import Decimal
+
+import asyncpg
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, invariant, rule
+from sqlalchemy import func, select
+
+from emporion.metering.ledger import InsufficientCredits, Ledger, customer
+from emporion.metering.prices import Margin, Price, charge
+from emporion.providers.usage import Usage
+from emporion.store import repos
+from emporion.store.session import open_database
+from emporion.store.tables import Posting
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+PRICE = Price(prompt=Decimal("0.000001"), completion=Decimal("0.000004"))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class LedgerMachine(RuleBasedStateMachine):
+    url: str = ""
+    requests = Bundle("requests")
+
+    @initialize()
+    def open_books(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.db = self.run(open_database(self.url))
+        self.run(_empty(self.db))
+        self.clock = Clock()
+        self.ledger = Ledger(self.db, clock=self.clock)
+        self.orgs = [self.run(_org(self.db, f"org-{i}-{secrets.token_hex(3)}")) for i in range(2)]
+        self.holds: dict[str, tuple[str, int]] = {}
+        self.charged: dict[str, int] = {}
+
+    def run(self, coroutine):
+        return self.loop.run_until_complete(coroutine)
+
+    def teardown(self) -> None:
+        if hasattr(self, "db"):
+            self.run(self.db.close())
+            self.loop.close()
+
+    @rule(org=st.integers(0, 1), amount=st.integers(1, 10**8), paid=st.booleans())
+    def add_credit(self, org, amount, paid):
+        self.run((self.ledger.top_up if paid else self.ledger.grant)(self.orgs[org], amount))
+
+    @rule(target=requests, org=st.integers(0, 1), amount=st.integers(0, 5 * 10**7))
+    def reserve(self, org, amount):
+        request_id = "req_" + secrets.token_hex(8)
+        before = self.run(self.ledger.available(self.orgs[org]))
+        try:
+            self.run(self.ledger.reserve(self.orgs[org], request_id, amount, ttl_s=60))
+        except InsufficientCredits:
+            assert before < amount
+            return request_id
+        assert before >= amount
+        self.holds[request_id] = (self.orgs[org], amount)
+        return request_id
+
+    @rule(request_id=requests, prompt=st.integers(0, 20_000), output=st.integers(0, 20_000), margin=st.integers(0, 50))
+    def settle(self, request_id, prompt, output, margin):
+        c = charge(Usage(input_tokens=prompt, output_tokens=output), PRICE, Margin(percent=Decimal(margin)))
+        settled = self.run(self.ledger.settle(request_id, c, upstream="openai"))
+        if settled is not None:
+            assert request_id in self.holds and request_id not in self.charged
+            hold = self.holds[request_id][1]
+            assert settled.charged == min(c.total, hold) and settled.charged + settled.released == hold
+            self.charged[request_id] = settled.charged
+
+    @rule(request_id=requests)
+    def settle_again_changes_nothing(self, request_id):
+        if request_id not in self.charged:
+            return
+        before = self.run(self.ledger.balances())
+        assert self.run(self.ledger.settle(request_id, charge(Usage(output_tokens=5), PRICE), upstream="openai")) is None
+        assert self.run(self.ledger.balances()) == before
+
+    @rule(request_id=consumes(requests))
+    def release(self, request_id):
+        self.run(self.ledger.release(request_id))
+
+    @rule(seconds=st.integers(0, 120))
+    def time_passes_and_the_sweeper_runs(self, seconds):
+        """Requests whose process crashed leave holds open: past their expiry they are freed."""
+        self.clock.now += seconds
+        self.run(self.ledger.expire())
+
+    @invariant()
+    def books_balance_and_nobody_is_overdrawn(self):
+        if not hasattr(self, "ledger"):
+            return
+        balances = self.run(self.ledger.balances())
+        assert sum(balances.values()) == 0
+        for org in self.orgs:
+            assert balances.get(customer(org), 0) >= 0
+            assert self.run(self.ledger.available(org)) >= 0
+        charges = self.run(_charges_per_request(self.db))
+        assert all(count == 1 for count in charges.values())
+
+
+async def _org(db, name: str) -> str:
+    async with db.session() as session, session.begin():
+        return (await repos.get_or_create_org(session, name)).id
+
+
+async def _empty(db) -> None:
+    async with db.engine.begin() as conn:
+        for table in ("entries", "holds", "postings", "accounts"):
+            await conn.exec_driver_sql(f"DELETE FROM {table}")
+
+
+async def _charges_per_request(db) -> dict[str, int]:
+    async with db.engine.connect() as conn:
+        rows = await conn.execute(
+            select(Posting.request_id, func.count()).where(Posting.kind == "charge").group_by(Posting.request_id)
+        )
+        return {request_id: count for request_id, count in rows}
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    name = "emporion_test_" + secrets.token_hex(4)
+
+    async def create():
+        conn = await asyncpg.connect(PG_ADMIN)
+        await conn.execute(f'CREATE DATABASE "{name}"')
+        await conn.close()
+
+    async def drop():
+        conn = await asyncpg.connect(PG_ADMIN)
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.close()
+
+    asyncio.run(create())
+    yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    asyncio.run(drop())
+
+
+def test_ledger_state_machine_on_sqlite(tmp_path):
+    LedgerMachine.url = f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"
+    LedgerMachine.TestCase.settings = settings(max_examples=30, stateful_step_count=25, deadline=None)
+    LedgerMachine.TestCase().runTest()
+
+
+def test_ledger_state_machine_on_postgresql(postgres_url):
+    LedgerMachine.url = postgres_url
+    LedgerMachine.TestCase.settings = settings(max_examples=15, stateful_step_count=25, deadline=None)
+    LedgerMachine.TestCase().runTest()
+
+
+def test_concurrent_reservations_never_overdraw(postgres_url):
+    """A balance worth exactly N worst-case requests, 10N concurrent reservations: N admitted."""
+
+    async def scenario():
+        db = await open_database(postgres_url)
+        try:
+            await _empty(db)
+            org = await _org(db, "race-" + secrets.token_hex(3))
+            ledger = Ledger(db)
+            await ledger.top_up(org, 10 * 1000)
+            outcomes = await asyncio.gather(
+                *(ledger.reserve(org, f"race-{i}", 1000) for i in range(100)), return_exceptions=True
+            )
+            admitted = [o for o in outcomes if o is None]
+            refused = [o for o in outcomes if isinstance(o, InsufficientCredits)]
+            return len(admitted), len(refused), await ledger.available(org)
+        finally:
+            await db.close()
+
+    admitted, refused, available = asyncio.run(scenario())
+    assert (admitted, refused, available) == (10, 90, 0)
