@@ -99,9 +99,8 @@ async def start_deps(settings: Settings) -> Deps:
         for u in settings.upstreams
     }
     engines = _engines(settings, catalog)
-    router = Router(settings.routing, catalog, upstreams, adapters, engines)
+    router = Router(settings.routing, upstreams, adapters, engines)
     catalog = Catalog([_with_supported_parameters(model, router) for model in catalog])
-    router.catalog = catalog
 
     embedder = None
     if any(model.upstream == EMBEDDINGS_UPSTREAM for model in catalog):

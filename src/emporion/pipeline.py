@@ -43,8 +43,9 @@ class Generation:
 
 
 class Stream:
-    """A started stream: its first chunk is already in hand (so failures before any output are
-    still plain HTTP errors), and ``aclose`` frees the engine slot and the upstream connection."""
+    """A started stream: its first output is already in hand (so failures before any output are
+    still plain HTTP errors, or fall back), and ``aclose`` frees the engine slot and the
+    upstream connection."""
 
     def __init__(self, route: Route, chunks: AsyncIterator[Chunk], resources: contextlib.AsyncExitStack) -> None:
         self.route = route
@@ -119,7 +120,6 @@ async def _stream_one(deps: Deps, principal: Principal, wire: ChatCompletionRequ
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    model: Model
     candidates: list[Candidate]
     endpoint: Endpoint
     body: dict
@@ -150,7 +150,7 @@ def _plan(deps: Deps, principal: Principal, wire: ChatCompletionRequest | Comple
     prefs = Preferences.from_wire(wire.provider, suffix)
     policy = deps.settings.policies.get(principal.org_name)
     candidates = deps.router.candidates([model, *fallbacks], prefs, policy, used, wire.user)
-    return Plan(model=model, candidates=candidates, endpoint=endpoint_of(wire), body=body)
+    return Plan(candidates=candidates, endpoint=endpoint_of(wire), body=body)
 
 
 def _split_suffix(catalog: Catalog, name: str) -> tuple[str, str | None]:

@@ -44,7 +44,6 @@ class Executor:
     async def complete(self, candidates: list[Candidate], request_for: Callable[[Candidate], Request]) -> tuple[Attempted, Completion]:
         async with contextlib.aclosing(self._attempts(candidates)) as attempts:
             return await self._complete(attempts, request_for)
-        raise AssertionError("unreachable")
 
     async def _complete(self, attempts, request_for: Callable[[Candidate], Request]) -> tuple[Attempted, Completion]:
         async for candidate, attempt in attempts:
@@ -73,7 +72,6 @@ class Executor:
         role delta) are held back, so a failure before any content can still fall back."""
         async with contextlib.aclosing(self._attempts(candidates)) as attempts:
             return await self._open(attempts, request_for, resources)
-        raise AssertionError("unreachable")
 
     async def _open(
         self, attempts, request_for: Callable[[Candidate], Request], resources: contextlib.AsyncExitStack

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from emporion.catalog.models import Catalog, Model
+from emporion.catalog.models import Model
 from emporion.engine.llama_server import LlamaServer
 from emporion.errors import EmporionError, ServiceUnavailable
 from emporion.providers.base import Adapter, Upstream
@@ -33,12 +33,10 @@ class Router:
     def __init__(
         self,
         settings: RoutingSettings,
-        catalog: Catalog,
         upstreams: dict[str, Upstream],
         adapters: dict[str, Adapter],
         engines: dict[str, LlamaServer],
     ) -> None:
-        self.catalog = catalog
         self.engines = engines
         self.upstreams = {**upstreams, **{name: engine.upstream for name, engine in engines.items()}}
         self.health = HealthBook(settings.breaker_threshold, settings.breaker_cooldown_s)
