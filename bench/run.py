@@ -245,6 +245,9 @@ def main() -> None:
         (tmp / "config.toml").write_text(
             "[engine]\nenabled = false\n[embeddings]\nenabled = false\n"
             f'[[upstreams]]\nname = "fake"\nbase_url = "{fake.url}/v1"\n[models."fake"]\nupstream = "fake"\n'
+            # Metering stays on the path (every request is limited, held, settled and recorded);
+            # limits high enough that the load measures the gateway, not a 429.
+            "[tiers.free]\nrequests_per_minute = 100000000\ntokens_per_minute = 1000000000000\nmax_concurrent = 100000\n"
         )
         key = subprocess.run([sys.executable, "-m", "emporion", "keys", "create", "--data-dir", str(tmp)],
                              capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip

@@ -172,6 +172,20 @@ breaker_cooldown_s = 2
 
 [policies.bank]
 data_policy = "local-only"
+
+[models."luxury"]
+upstream = "fake"
+upstream_model = "luxury-model"
+context_length = 1000000
+pricing = {{ prompt = "0.000001", completion = "0.001" }}
+
+[metering]
+free_credit_usd = "100"
+
+[tiers.free]
+requests_per_minute = 100000
+tokens_per_minute = 1000000000
+max_concurrent = 1000
 """
     )
     key = emporion("keys", "create", "--org", "tests", data_dir=data_dir).stdout.strip()
@@ -179,10 +193,18 @@ data_policy = "local-only"
     # An operator-added GGUF (the Gemma file again, served with llama.cpp's default chat template).
     gguf = ensure_gemma(tmp_path_factory.mktemp("gguf"))
     emporion("models", "add", str(gguf), "--name", ADDED_MODEL, "--license", "gemma", data_dir=data_dir)
-    port = free_port()
-    log = data_dir / "serve.log"
+    gateway = start_gateway(data_dir, key)
+    gateway.bank_key = bank_key
+    yield gateway
+    stop_gateway(gateway.process)
+
+
+def start_gateway(data_dir: Path, key: str = "", port: int | None = None, log_name: str = "serve.log") -> Gateway:
+    """``emporion serve`` on its data dir (and the config.toml there), ready to answer."""
+    port = port or free_port()
+    log = data_dir / log_name
     env = {**os.environ, "FAKE_UPSTREAM_KEY": "sk-upstream-secret"}
-    with log.open("w") as out:
+    with log.open("a") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "emporion", "serve", "--data-dir", str(data_dir), "--port", str(port)],
             stdout=out, stderr=subprocess.STDOUT, env=env,
@@ -201,7 +223,10 @@ data_policy = "local-only"
             process.kill()
             raise RuntimeError(f"emporion serve not ready:\n{log.read_text()[-4000:]}")
         time.sleep(0.2)
-    yield Gateway(url=url, key=key, data_dir=data_dir, process=process, log=log, bank_key=bank_key)
+    return Gateway(url=url, key=key, data_dir=data_dir, process=process, log=log)
+
+
+def stop_gateway(process: subprocess.Popen) -> None:
     process.terminate()
     try:
         process.wait(timeout=20)

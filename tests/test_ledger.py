@@ -1,6 +1,7 @@
 """The ledger under Hypothesis' stateful testing, on SQLite and on PostgreSQL: top-ups, grants,
-reserve, settle (twice), release, expiry of crashed requests; after every step the books sum to
-zero, no balance is overdrawn, and no request is charged twice or more than its hold."""
+reserve (against a budget too), settle (twice), release, refund, expiry of crashed requests;
+after every step the books sum to zero, no balance or budget is overdrawn, every account's held
+amount is the sum of its open holds, and no request is charged twice or more than its hold."""
 
 from __future__ import annotations
 
@@ -15,12 +16,12 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, invariant, rule
 from sqlalchemy import func, select
 
-from emporion.metering.ledger import InsufficientCredits, Ledger, customer
+from emporion.metering.ledger import BudgetExceeded, InsufficientCredits, Ledger, customer
 from emporion.metering.prices import Margin, Price, charge
 from emporion.providers.usage import Usage
 from emporion.store import repos
 from emporion.store.session import open_database
-from emporion.store.tables import Posting
+from emporion.store.tables import Account, Budget, Hold, Posting
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 PRICE = Price(prompt=Decimal("0.000001"), completion=Decimal("0.000004"))
@@ -48,12 +49,15 @@ class LedgerMachine(RuleBasedStateMachine):
         self.orgs = [self.run(_org(self.db, f"org-{i}-{secrets.token_hex(3)}")) for i in range(2)]
         self.holds: dict[str, tuple[str, int]] = {}
         self.charged: dict[str, int] = {}
+        self.refunded: set[str] = set()
+        self.budget = ("budget:" + secrets.token_hex(4), 3 * 10**7)
 
     def run(self, coroutine):
         return self.loop.run_until_complete(coroutine)
 
     def teardown(self) -> None:
         if hasattr(self, "db"):
+            self.run(self.ledger.aclose())
             self.run(self.db.close())
             self.loop.close()
 
@@ -65,10 +69,15 @@ class LedgerMachine(RuleBasedStateMachine):
     def reserve(self, org, amount):
         request_id = "req_" + secrets.token_hex(8)
         before = self.run(self.ledger.available(self.orgs[org]))
+        budgets = [self.budget] if org == 1 else []
         try:
-            self.run(self.ledger.reserve(self.orgs[org], request_id, amount, ttl_s=60))
+            self.run(self.ledger.reserve(self.orgs[org], request_id, amount, ttl_s=60, budgets=budgets))
         except InsufficientCredits:
             assert before < amount
+            return request_id
+        except BudgetExceeded:
+            assert budgets and self.run(_budget_spent(self.db, self.budget[0])) + amount > self.budget[1]
+            assert self.run(self.ledger.available(self.orgs[org])) == before  # refused: nothing held
             return request_id
         assert before >= amount
         self.holds[request_id] = (self.orgs[org], amount)
@@ -96,6 +105,18 @@ class LedgerMachine(RuleBasedStateMachine):
     def release(self, request_id):
         self.run(self.ledger.release(request_id))
 
+    @rule(request_id=requests)
+    def refund(self, request_id):
+        before = self.run(self.ledger.balances())
+        refunded = self.run(self.ledger.refund(request_id))
+        if request_id in self.charged and request_id not in self.refunded and self.charged[request_id]:
+            org = self.holds[request_id][0]
+            assert refunded == self.charged[request_id]
+            assert self.run(self.ledger.balances())[customer(org)] == before[customer(org)] + refunded
+            self.refunded.add(request_id)
+        else:
+            assert refunded == 0 and self.run(self.ledger.balances()) == before
+
     @rule(seconds=st.integers(0, 120))
     def time_passes_and_the_sweeper_runs(self, seconds):
         """Requests whose process crashed leave holds open: past their expiry they are freed."""
@@ -113,6 +134,25 @@ class LedgerMachine(RuleBasedStateMachine):
             assert self.run(self.ledger.available(org)) >= 0
         charges = self.run(_charges_per_request(self.db))
         assert all(count == 1 for count in charges.values())
+        held, open_holds = self.run(_held(self.db))
+        assert held == open_holds
+        assert self.run(_budget_spent(self.db, self.budget[0])) <= self.budget[1]
+
+
+async def _held(db) -> tuple[dict[str, int], dict[str, int]]:
+    """Each account's held amount, and the sum of its open holds: always the same."""
+    async with db.engine.connect() as conn:
+        held = {a: int(h) for a, h in await conn.execute(select(Account.id, Account.held_nanos)) if h}
+        rows = await conn.execute(
+            select(Hold.account_id, func.sum(Hold.amount_nanos)).where(Hold.state == "open").group_by(Hold.account_id)
+        )
+        return held, {a: int(total) for a, total in rows if total}
+
+
+async def _budget_spent(db, budget_id: str) -> int:
+    async with db.engine.connect() as conn:
+        row = (await conn.execute(select(Budget.used_nanos, Budget.held_nanos).where(Budget.id == budget_id))).first()
+        return 0 if row is None else int(row[0]) + int(row[1])
 
 
 async def _org(db, name: str) -> str:
@@ -122,7 +162,7 @@ async def _org(db, name: str) -> str:
 
 async def _empty(db) -> None:
     async with db.engine.begin() as conn:
-        for table in ("entries", "holds", "postings", "accounts"):
+        for table in ("entries", "holds", "postings", "accounts", "budgets", "requests"):
             await conn.exec_driver_sql(f"DELETE FROM {table}")
 
 
@@ -182,6 +222,7 @@ def test_concurrent_reservations_never_overdraw(postgres_url):
             refused = [o for o in outcomes if isinstance(o, InsufficientCredits)]
             return len(admitted), len(refused), await ledger.available(org)
         finally:
+            await ledger.aclose()
             await db.close()
 
     admitted, refused, available = asyncio.run(scenario())

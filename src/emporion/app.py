@@ -21,6 +21,8 @@ from emporion.api.anthropic.routes import routes as anthropic_routes
 from emporion.api.errors import handlers
 from emporion.api.openai.routes import json_response
 from emporion.api.openai.routes import routes as openai_routes
+from emporion.api.admin.routes import routes as admin_routes
+from emporion.api.usage_routes import routes as usage_routes
 from emporion.auth.principal import Authenticator
 from emporion.catalog.builtin import EMBEDDINGS_UPSTREAM, MINILM_MAX_TOKENS, build_catalog
 from emporion.catalog.models import Catalog, Model
@@ -28,6 +30,13 @@ from emporion.engine.build import find_llama_server
 from emporion.engine.embeddings import Embedder
 from emporion.engine.gemma import ensure_gemma
 from emporion.engine.llama_server import LlamaServer
+from emporion.limits import Limiter
+from emporion.limits.memory import MemoryLimiter
+from emporion.limits.redis import RedisLimiter
+from emporion.metering.credits import refresh_tiers
+from emporion.metering.ledger import Ledger
+from emporion.metering.pricebook import PriceBook
+from emporion.metering.prices import Margin
 from emporion.pipeline import Deps
 from emporion.providers.base import PARAMETERS, Adapter, Upstream
 from emporion.providers.registry import load_adapter
@@ -48,13 +57,20 @@ def build_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         deps = await start_deps(settings)
         app.state.deps = deps
+        sweeper = asyncio.create_task(sweep(deps), name="sweeper")
         _tune_gc()
         try:
             yield
         finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
             await stop_deps(deps)
 
-    routes = [*openai_routes, *anthropic_routes, Route("/healthz", healthz), Route("/readyz", readyz)]
+    routes = [
+        *openai_routes, *anthropic_routes, *admin_routes, *usage_routes,
+        Route("/healthz", healthz), Route("/readyz", readyz),
+    ]  # fmt: skip
     return Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)  # type: ignore[arg-type]
 
 
@@ -106,6 +122,9 @@ async def start_deps(settings: Settings) -> Deps:
     if any(model.upstream == EMBEDDINGS_UPSTREAM for model in catalog):
         embedder = Embedder(settings.embeddings, MINILM_MAX_TOKENS)
 
+    metering = settings.metering
+    pricebook = PriceBook(db, Margin(metering.margin_percent, metering.margin_fixed_usd))
+    await pricebook.load()
     deps = Deps(
         settings=settings,
         db=db,
@@ -113,6 +132,9 @@ async def start_deps(settings: Settings) -> Deps:
         catalog=catalog,
         router=router,
         adapters=adapters,
+        ledger=Ledger(db),
+        pricebook=pricebook,
+        limiter=_limiter(settings),
         engines=engines,
         embedder=embedder,
     )
@@ -123,6 +145,29 @@ async def start_deps(settings: Settings) -> Deps:
         await stop_deps(deps)
         raise
     return deps
+
+
+def _limiter(settings: Settings) -> Limiter:
+    if settings.redis_url:
+        return RedisLimiter(settings.redis_url, replicas=settings.limits.replicas)
+    return MemoryLimiter()
+
+
+async def sweep(deps: Deps) -> None:
+    """Every few seconds: release holds of requests whose process died, move organizations to
+    the tier they earned, and pick up prices set by other replicas. A failure is logged and
+    retried on the next round; it never stops the gateway."""
+    while True:
+        await asyncio.sleep(deps.settings.metering.sweep_interval_s)
+        try:
+            expired = await deps.ledger.expire()
+            if expired:
+                log.warning("released %d expired holds (requests of a process that stopped)", expired)
+            if await refresh_tiers(deps.db, deps.settings):
+                deps.auth.forget()
+            await deps.pricebook.load()
+        except Exception as exc:
+            log.warning("sweeper round failed: %s", exc)
 
 
 def _with_supported_parameters(model: Model, router: Router) -> Model:
@@ -171,6 +216,8 @@ async def stop_deps(deps: Deps) -> None:
         await deps.embedder.stop()
     for adapter in deps.adapters.values():
         await adapter.aclose()
+    await deps.limiter.aclose()
+    await deps.ledger.aclose()
     await deps.db.close()
 
 

@@ -1,21 +1,30 @@
-"""The request path, one straight line: authenticate, find the model, route, generate.
+"""The request path, one straight line: (the route authenticated) limit, hold the worst case,
+route and generate, settle exactly once.
 
-(Limits, guard and metering join this path in their own issues; each is one step here.)
+(The guard joins this path in its own issue.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
 
 from emporion.api.openai.schemas import ROUTING_FIELDS, ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Sampling
 from emporion.auth.principal import Authenticator, Principal
-from emporion.catalog.models import Catalog, Model
+from emporion.catalog.models import Catalog, Model, ModelKind
 from emporion.engine.embeddings import Embedded, Embedder
 from emporion.engine.llama_server import LlamaServer
-from emporion.errors import ContextLengthExceeded, InvalidRequest, ServiceUnavailable
+from emporion.errors import ContextLengthExceeded, InvalidRequest, PermissionDenied, ServiceUnavailable
+from emporion import limits
+from emporion.limits import Decision, Limit, Limiter, Rate, ratelimit_headers
+from emporion.metering.estimate import prompt_bound, prompt_guess
+from emporion.metering.meter import Served, Status, Tab, UsageSource, budgets_of, worst_case
+from emporion.metering.money import Nanos
+from emporion.metering.ledger import Ledger
+from emporion.metering.pricebook import PriceBook
 from emporion.providers.base import PARAMETERS, Adapter, Chunk, Completion, Endpoint, Request
 from emporion.providers.usage import Usage
 from emporion.routing.candidates import Candidate, Preferences
@@ -32,6 +41,9 @@ class Deps:
     catalog: Catalog
     router: Router
     adapters: dict[str, Adapter]
+    ledger: Ledger
+    pricebook: PriceBook
+    limiter: Limiter
     engines: dict[str, LlamaServer] = field(default_factory=dict)
     embedder: Embedder | None = None
 
@@ -40,17 +52,22 @@ class Deps:
 class Generation:
     route: Route
     completion: Completion
+    cost: Nanos = Nanos(0)  # what the customer paid
+    upstream_cost: Nanos = Nanos(0)  # what the upstream is owed
+    headers: dict[str, str] = field(default_factory=dict)  # x-ratelimit-*
 
 
 class Stream:
     """A started stream: its first output is already in hand (so failures before any output are
     still plain HTTP errors, or fall back), and ``aclose`` frees the engine slot and the
-    upstream connection."""
+    upstream connection, then settles what was generated."""
 
     def __init__(self, route: Route, chunks: AsyncIterator[Chunk], resources: contextlib.AsyncExitStack) -> None:
         self.route = route
         self._chunks = chunks
         self._resources = resources
+        self.headers: dict[str, str] = {}
+        self.cost_of: Callable[[Usage], Nanos] = lambda usage: Nanos(0)
 
     def __aiter__(self) -> AsyncIterator[Chunk]:
         return self._chunks
@@ -63,7 +80,180 @@ def endpoint_of(wire: Sampling) -> Endpoint:
     return "chat" if isinstance(wire, ChatCompletionRequest) else "completion"
 
 
-async def generate(deps: Deps, principal: Principal, wire: ChatCompletionRequest | CompletionRequest) -> Generation:
+# --- admission and metering ------------------------------------------------------------------------
+
+
+@dataclass
+class Admission:
+    """What an admitted request holds while it runs: its tab and its concurrency slots."""
+
+    tab: Tab
+    decision: Decision
+    slots: contextlib.AsyncExitStack
+    limiter: Limiter
+    limits: list[Limit]
+    tokens_estimate: int  # what the tokens-per-minute buckets were charged
+
+    async def close(self, served: Route | Served | None, usage: Usage, status: Status, source: UsageSource, finish: str | None = None):
+        if isinstance(served, Route):
+            served = (served.model, served.candidate.deployment, served.provider, served.attempts)
+        try:
+            return await self.tab.settle(served, usage, status=status, source=source, finish_reason=finish)
+        finally:
+            await self.slots.aclose()
+            unused = self.tokens_estimate - usage.prompt_tokens - usage.output_tokens
+            if unused > 0:  # the tokens-per-minute buckets keep what was used, not what was feared
+                await self.limiter.refund(self.limits, {"tokens": unused})
+
+
+async def admit(deps: Deps, principal: Principal, wire: Sampling | EmbeddingRequest, request_id: str, streamed: bool) -> Admission:
+    """Limits (429), the key's model scope (403), then a hold of the worst case (402)."""
+    kind: ModelKind = "embedding" if isinstance(wire, EmbeddingRequest) else "chat"
+    name = wire.model if kind == "embedding" else _split_suffix(deps.catalog, wire.model)[0]
+    models = [deps.catalog.require(name, kind)]
+    models += [deps.catalog.require(m, kind) for m in getattr(wire, "models", None) or [] if m != name]
+    if principal.allowed_models is not None:
+        for model in models:
+            if model.id not in principal.allowed_models:
+                raise PermissionDenied(f"This API key may not use the model `{model.id}`.", param="model", code="model_not_allowed")
+    body = wire.model_dump(exclude_none=True)
+    if kind == "embedding":
+        body = {"prompt": body.get("input")}
+    metering = deps.settings.metering
+    bound = prompt_bound(body, metering.image_tokens)
+    outputs = 0 if kind == "embedding" else _output_bound(wire, models[0], body)  # type: ignore[arg-type]
+    tokens = prompt_guess(body, metering.image_tokens) + outputs
+    buckets = _limits(deps, principal, tokens)
+    decision = await limits.admit(deps.limiter, buckets)
+    slots = contextlib.AsyncExitStack()
+    try:
+        for scope, most in _concurrency(deps, principal):
+            await slots.enter_async_context(deps.limiter.concurrency(scope, most))
+        hold = worst_case(principal, deps.pricebook, models, bound, outputs)
+        await deps.ledger.reserve(principal.org_id, request_id, hold, metering.hold_ttl_s, budgets_of(principal, time.time()))
+    except BaseException:
+        await slots.aclose()
+        raise
+    tab = Tab(deps.ledger, deps.pricebook, principal, request_id, endpoint_of(wire) if kind == "chat" else "embedding", streamed, hold)
+    return Admission(tab, decision, slots, deps.limiter, buckets, tokens)
+
+
+def _output_bound(wire: Sampling, model: Model, body: dict) -> int:
+    """Every output token the request may generate: max_tokens (or the context) for each choice
+    of each prompt."""
+    per_choice = min(wire.output_limit() or model.context_length, model.context_length)
+    prompts = len(body["prompt"]) if isinstance(body.get("prompt"), list) and body["prompt"] and not isinstance(body["prompt"][0], int) else 1
+    return per_choice * (wire.n or 1) * prompts
+
+
+def _limits(deps: Deps, principal: Principal, tokens: int) -> list[Limit]:
+    tier = deps.settings.tiers.get(principal.tier) or next(iter(deps.settings.tiers.values()))
+    org, key = principal.org_limits, principal.key_limits
+    found = [
+        Limit(f"org:{principal.org_id}", "requests", Rate(org.requests_per_minute or tier.requests_per_minute), 1),
+        Limit(f"org:{principal.org_id}", "tokens", Rate(org.tokens_per_minute or tier.tokens_per_minute), tokens),
+    ]
+    if key.requests_per_minute:
+        found.append(Limit(f"key:{principal.key_id}", "requests", Rate(key.requests_per_minute), 1))
+    if key.tokens_per_minute:
+        found.append(Limit(f"key:{principal.key_id}", "tokens", Rate(key.tokens_per_minute), tokens))
+    return found
+
+
+def _concurrency(deps: Deps, principal: Principal) -> list[tuple[str, int]]:
+    tier = deps.settings.tiers.get(principal.tier) or next(iter(deps.settings.tiers.values()))
+    found = [(f"org:{principal.org_id}", principal.org_limits.max_concurrent or tier.max_concurrent)]
+    if principal.key_limits.max_concurrent:
+        found.append((f"key:{principal.key_id}", principal.key_limits.max_concurrent))
+    return found
+
+
+async def generate(
+    deps: Deps, principal: Principal, wire: ChatCompletionRequest | CompletionRequest, request_id: str
+) -> Generation:
+    admission = await admit(deps, principal, wire, request_id, streamed=False)
+    try:
+        generation = await _generate(deps, principal, wire)
+    except BaseException:
+        await admission.close(None, Usage(), "failed", "none")
+        raise
+    finish = generation.completion.choices[0].get("finish_reason") if generation.completion.choices else None
+    settled = await admission.close(generation.route, generation.completion.usage, "completed", "upstream", finish)
+    charged = settled.charged if settled else Nanos(0)
+    upstream = admission.tab.charge(generation.route.model, generation.route.candidate.deployment, generation.completion.usage)
+    return replace(generation, cost=charged, upstream_cost=Nanos(min(upstream.provider, charged)), headers=ratelimit_headers(admission.decision))
+
+
+async def generate_stream(
+    deps: Deps, principal: Principal, wire: ChatCompletionRequest | CompletionRequest, request_id: str
+) -> Stream:
+    admission = await admit(deps, principal, wire, request_id, streamed=True)
+    try:
+        stream = await _generate_stream(deps, principal, wire)
+    except BaseException:
+        await admission.close(None, Usage(), "failed", "none")
+        raise
+    meter = StreamMeter(stream, admission, prompt_guess(wire.model_dump(exclude_none=True), deps.settings.metering.image_tokens))
+    resources = contextlib.AsyncExitStack()
+    resources.push_async_callback(meter.settle)  # last: after the upstream is closed
+    resources.push_async_callback(stream.aclose)
+    metered = Stream(stream.route, meter.chunks(), resources)
+    metered.headers = ratelimit_headers(admission.decision)
+    metered.cost_of = meter.cost_of
+    return metered
+
+
+class StreamMeter:
+    """Watches a stream go by: the usage it reports, else the output it carried (one token per
+    content chunk, the prompt at its estimate), and how it ended; settles once: when the
+    upstream's stream ends, or else when the stream is closed (client gone, upstream failed)."""
+
+    def __init__(self, stream: Stream, admission: Admission, prompt_estimate: int) -> None:
+        self.stream = stream
+        self.admission = admission
+        self.prompt_estimate = prompt_estimate
+        self.usage: Usage | None = None
+        self.counted = 0
+        self.finish: str | None = None
+        self.status: Status = "cancelled"
+        self.settled = False
+
+    async def chunks(self) -> AsyncIterator[Chunk]:
+        try:
+            async for chunk in self.stream:
+                if chunk.usage is not None:
+                    self.usage = chunk.usage
+                for choice in chunk.choices:
+                    delta = choice.get("delta") or {}
+                    if choice.get("text") or delta.get("content") or delta.get("tool_calls") or delta.get("refusal"):
+                        self.counted += 1
+                    self.finish = choice.get("finish_reason") or self.finish
+                yield chunk
+        except Exception:
+            self.status = "failed"
+            raise
+        self.status = "completed"
+        await self.settle()  # before the client gets its last chunk and [DONE]: what it saw is charged
+
+    def cost_of(self, usage: Usage) -> Nanos:
+        route = self.stream.route
+        return self.admission.tab.cost(route.model, route.candidate.deployment, usage)
+
+    async def settle(self) -> None:
+        if self.settled:
+            return
+        self.settled = True
+        if self.usage is not None:
+            usage, source = self.usage, "upstream"
+        else:
+            usage, source = Usage(input_tokens=self.prompt_estimate, output_tokens=self.counted), "counted"
+        await self.admission.close(self.stream.route, usage, self.status, source, self.finish)  # type: ignore[arg-type]
+
+
+# --- routing and generation ------------------------------------------------------------------------
+
+
+async def _generate(deps: Deps, principal: Principal, wire: ChatCompletionRequest | CompletionRequest) -> Generation:
     parts = _split_prompts(wire)
     if len(parts) == 1:
         return await _generate_one(deps, principal, wire)
@@ -76,7 +266,7 @@ async def generate(deps: Deps, principal: Principal, wire: ChatCompletionRequest
     return Generation(results[0].route, Completion(choices=choices, usage=usage))
 
 
-async def generate_stream(deps: Deps, principal: Principal, wire: ChatCompletionRequest | CompletionRequest) -> Stream:
+async def _generate_stream(deps: Deps, principal: Principal, wire: ChatCompletionRequest | CompletionRequest) -> Stream:
     parts = _split_prompts(wire)
     if len(parts) == 1:
         return await _stream_one(deps, principal, wire)
@@ -195,7 +385,24 @@ async def _merged(streams: list[Stream]) -> AsyncIterator[Chunk]:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def embed(deps: Deps, principal: Principal, wire: EmbeddingRequest) -> tuple[Model, Embedded]:
+@dataclass(frozen=True, slots=True)
+class Billed:
+    cost: Nanos
+    headers: dict[str, str]
+
+
+async def embed(deps: Deps, principal: Principal, wire: EmbeddingRequest, request_id: str) -> tuple[Model, Embedded, Billed]:
+    admission = await admit(deps, principal, wire, request_id, streamed=False)
+    try:
+        model, embedded = await _embed(deps, wire)
+    except BaseException:
+        await admission.close(None, Usage(), "failed", "none")
+        raise
+    settled = await admission.close((model, model.deployments[0], model.provider, 1), Usage(input_tokens=embedded.tokens), "completed", "upstream")
+    return model, embedded, Billed(settled.charged if settled else Nanos(0), ratelimit_headers(admission.decision))
+
+
+async def _embed(deps: Deps, wire: EmbeddingRequest) -> tuple[Model, Embedded]:
     model = deps.catalog.require(wire.model, "embedding")
     embedder = deps.embedder
     if embedder is None or embedder.state != "ready":

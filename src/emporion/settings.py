@@ -121,6 +121,55 @@ class ModelConfig(Strict):
     pricing: Pricing | None = None
 
 
+class DatabaseSettings(Strict):
+    url: str | None = None  # default: SQLite in the data dir; postgresql+asyncpg://... to share one between replicas
+
+
+class LimitSettings(Strict):
+    redis_url: str | None = None  # redis://127.0.0.1:6379/0: limits shared exactly by every replica
+    replicas: Annotated[int, Field(ge=1)] = 1  # while Redis is down each replica enforces limit / replicas
+
+
+def _usd(value: Decimal) -> Decimal:
+    if not value.is_finite() or value < 0:
+        raise ValueError("an amount of money is a non-negative decimal number of USD")
+    return value
+
+
+class MeteringSettings(Strict):
+    free_credit_usd: Decimal = Decimal("1")  # granted once to every new organization
+    margin_percent: Decimal = Decimal(0)  # the operator's global margin, until one is set with the admin API
+    margin_fixed_usd: Decimal = Decimal(0)  # per request
+    hold_ttl_s: Annotated[float, Field(gt=0)] = 900.0  # an open hold older than this belonged to a dead process
+    sweep_interval_s: Annotated[float, Field(gt=0)] = 30.0
+    image_tokens: Annotated[int, Field(ge=0)] = 2000  # the worst case counted for one image part
+
+    _check = field_validator("free_credit_usd", "margin_percent", "margin_fixed_usd")(_usd)
+
+
+class TierSettings(Strict):
+    """A tier's limits per organization, and what an organization needs to reach it."""
+
+    requests_per_minute: Annotated[int, Field(ge=1)]
+    tokens_per_minute: Annotated[int, Field(ge=1)]
+    max_concurrent: Annotated[int, Field(ge=1)]
+    min_paid_usd: Decimal = Decimal(0)  # credit bought (grants do not count)
+    min_age_days: Annotated[int, Field(ge=0)] = 0
+
+    _check = field_validator("min_paid_usd")(_usd)
+
+
+# As OpenAI widens access: paid spend and account age move an organization up, never down.
+DEFAULT_TIERS = {
+    "free": TierSettings(requests_per_minute=20, tokens_per_minute=40_000, max_concurrent=4),
+    "tier-1": TierSettings(requests_per_minute=500, tokens_per_minute=200_000, max_concurrent=50, min_paid_usd=Decimal(5)),
+    "tier-2": TierSettings(requests_per_minute=5_000, tokens_per_minute=2_000_000, max_concurrent=200, min_paid_usd=Decimal(50), min_age_days=7),
+    "tier-3": TierSettings(requests_per_minute=5_000, tokens_per_minute=4_000_000, max_concurrent=500, min_paid_usd=Decimal(100), min_age_days=7),
+    "tier-4": TierSettings(requests_per_minute=10_000, tokens_per_minute=10_000_000, max_concurrent=1_000, min_paid_usd=Decimal(250), min_age_days=14),
+    "tier-5": TierSettings(requests_per_minute=30_000, tokens_per_minute=150_000_000, max_concurrent=5_000, min_paid_usd=Decimal(1_000), min_age_days=30),
+}  # fmt: skip
+
+
 class Settings(Strict):
     data_dir: Path
     server: ServerSettings = ServerSettings()
@@ -130,10 +179,19 @@ class Settings(Strict):
     upstreams: list[UpstreamConfig] = []
     models: dict[str, ModelConfig] = {}
     policies: dict[str, OrgPolicy] = {}
+    database: DatabaseSettings = DatabaseSettings()
+    limits: LimitSettings = LimitSettings()
+    metering: MeteringSettings = MeteringSettings()
+    tiers: dict[str, TierSettings] = DEFAULT_TIERS  # in order, lowest first; the first is where organizations start
 
     @property
     def database_url(self) -> str:
-        return f"sqlite+aiosqlite:///{self.data_dir / 'emporion.db'}"
+        url = os.environ.get("EMPORION_DATABASE_URL") or self.database.url
+        return url or f"sqlite+aiosqlite:///{self.data_dir / 'emporion.db'}"
+
+    @property
+    def redis_url(self) -> str | None:
+        return os.environ.get("EMPORION_REDIS_URL") or self.limits.redis_url
 
     @property
     def models_dir(self) -> Path:

@@ -1,17 +1,30 @@
-"""Authentication: an API key presented on a request becomes a Principal, or a 401."""
+"""Authentication: an API key presented on a request becomes a Principal, or a 401 / 403."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from decimal import Decimal
 
 from emporion.auth.keys import hash_key, redact
-from emporion.errors import AuthenticationFailed
+from emporion.errors import AuthenticationFailed, PermissionDenied
+from emporion.metering.prices import Margin
 from emporion.store import repos
 from emporion.store.session import Database
+from emporion.store.tables import ApiKey, Organization
 
 CACHE_MAX_ENTRIES = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLimits:
+    """Limits set on a key or an organization; None: not set there."""
+
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    max_concurrent: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +32,17 @@ class Principal:
     org_id: str
     org_name: str
     key_id: str
+    key_kind: str = "api"  # api: /v1; admin: /admin/v1 over its organization's tree; operator: everything
+    tier: str = "free"
+    allowed_models: frozenset[str] | None = None  # None: every model
+    budget_nanos: int | None = None  # the key's budget over its life
+    budget_period: str | None = None  # day, week or month
+    period_budget_nanos: int | None = None
+    key_limits: KeyLimits = KeyLimits()
+    org_limits: KeyLimits = KeyLimits()
+    resellers: tuple[tuple[str, Margin], ...] = ()  # (reseller org id, its markup), outermost first
+    org_created_at: int = 0
+    suspended: str | None = field(default=None, compare=False)  # why, when the key's organization (or its reseller) is suspended
 
 
 class Authenticator:
@@ -46,7 +70,13 @@ class Authenticator:
             principal = await self._lookup_once(key_hash)
         if principal is None:
             raise AuthenticationFailed(f"Incorrect API key provided: {redact(token)}.")
+        if principal.suspended is not None:
+            raise PermissionDenied(f"This organization is suspended: {principal.suspended}", code="account_suspended")
         return principal
+
+    def forget(self) -> None:
+        """Drops every cached answer (after an admin change made by this process)."""
+        self._cache.clear()
 
     async def _lookup_once(self, key_hash: str) -> Principal | None:
         """One database lookup per key at a time: when a cached entry expires under load, the
@@ -68,10 +98,35 @@ class Authenticator:
     async def _lookup(self, key_hash: str) -> Principal | None:
         async with self.db.session() as session:
             found = await repos.find_active_key(session, key_hash)
-        if found is None:
-            return None
-        key, org = found
-        return Principal(org_id=org.id, org_name=org.name, key_id=key.id)
+            if found is None:
+                return None
+            key, org = found
+            if key.expires_at is not None and key.expires_at <= time.time():
+                return None
+            chain = await repos.org_ancestors(session, org)
+        return principal_of(key, org, chain)
+
+
+def principal_of(key: ApiKey, org: Organization, ancestors: list[Organization]) -> Principal:
+    """``ancestors``: the organization's resellers, its parent first."""
+    suspended = next((f"{o.name}: {o.suspended_reason or 'suspended by the operator'}" for o in [org, *ancestors] if o.suspended_at), None)
+    resellers = tuple((o.id, Margin(Decimal(o.resale_percent), Decimal(o.resale_fixed))) for o in reversed(ancestors))
+    return Principal(
+        org_id=org.id,
+        org_name=org.name,
+        key_id=key.id,
+        key_kind=key.kind,
+        tier=org.tier,
+        allowed_models=frozenset(json.loads(key.allowed_models)) if key.allowed_models else None,
+        budget_nanos=key.budget_nanos,
+        budget_period=key.budget_period,
+        period_budget_nanos=key.period_budget_nanos,
+        key_limits=KeyLimits(key.requests_per_minute, key.tokens_per_minute, key.max_concurrent),
+        org_limits=KeyLimits(org.requests_per_minute, org.tokens_per_minute, org.max_concurrent),
+        resellers=resellers,
+        org_created_at=org.created_at,
+        suspended=suspended,
+    )
 
 
 def _bearer_token(authorization: str | None) -> str | None:

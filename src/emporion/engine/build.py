@@ -17,6 +17,12 @@ import platformdirs
 
 LLAMA_CPP_PYTHON = "0.3.36"  # its vendor/llama.cpp is llama.cpp commit 0c1e570
 BINARY = "llama-server"
+# -march=native, less AMX: on machines whose CPU has AMX but whose kernel or hypervisor does not
+# grant the tile state, llama.cpp's AMX kernels crash at the first matrix product (SIGSEGV in
+# ggml_backend_amx_mul_mat, seen here). AVX-512 and VNNI stay on. GCC keeps explicit -mno-*
+# over what -march=native implies.
+NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+BUILD_DIR = "build-noamx"  # a new name, so that no earlier AMX build in the cache is reused
 
 
 def cache_dir() -> Path:
@@ -37,7 +43,7 @@ def find_llama_server(configured: Path | None = None) -> Path | None:
 def build_llama_server(log=print) -> Path:
     """Downloads the sdist with pip, builds ``llama-server`` with CMake, installs it; idempotent."""
     work = cache_dir()
-    built = work / "build" / "bin" / BINARY
+    built = work / BUILD_DIR / "bin" / BINARY
     if not built.is_file():
         work.mkdir(parents=True, exist_ok=True)
         source = _unpacked_source(work, log)
@@ -47,13 +53,14 @@ def build_llama_server(log=print) -> Path:
         generator = ["-G", "Ninja"] if shutil.which("ninja") else []
         log(f"configuring llama.cpp from {source}")
         _run(
-            [cmake, "-S", str(source), "-B", str(work / "build"), *generator, "-DCMAKE_BUILD_TYPE=Release",
+            [cmake, "-S", str(source), "-B", str(work / BUILD_DIR), *generator, "-DCMAKE_BUILD_TYPE=Release",
+             f"-DCMAKE_C_FLAGS={NO_AMX}", f"-DCMAKE_CXX_FLAGS={NO_AMX}",
              "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF",
              "-DLLAMA_OPENSSL=OFF", "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF"],
             work / "configure.log",
         )
         log("building llama-server (about 7 minutes on 2 cores; later installs reuse it)")
-        _run([cmake, "--build", str(work / "build"), "--target", BINARY, "-j", str(os.cpu_count() or 2)], work / "build.log")
+        _run([cmake, "--build", str(work / BUILD_DIR), "--target", BINARY, "-j", str(os.cpu_count() or 2)], work / "build.log")
     target = installed_binary()
     shutil.copy2(built, target)
     log(f"installed {target}")

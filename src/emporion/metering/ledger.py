@@ -5,31 +5,42 @@ crashed requests expire.
 
 Accounts: ``customer:<org>`` (prepaid credit), ``cash`` (money received), ``grants`` (free credit
 given), ``provider:<upstream>`` (owed to upstreams), ``operator`` (margin), ``reseller:<org>``.
+
+Each account keeps ``balance`` (the sum of its entries) and ``held`` (the sum of its open holds)
+in step; a reservation is one conditional update, ``held += x where balance - held >= x``, which
+is atomic on SQLite and on PostgreSQL alike, so replicas sharing a database can never overdraw
+an account together. Budgets (a key's spending caps) work the same way with ``used``. Every
+write goes through one group-commit writer (store/group_commit.py).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from emporion.errors import EmporionError, InvalidRequest
 from emporion.metering.money import Nanos, format_usd
 from emporion.metering.prices import Charge
+from emporion.store.group_commit import GroupCommit
 from emporion.store.session import Database
-from emporion.store.tables import Account, Entry, Hold, Posting
+from emporion.store.tables import Account, Budget, Entry, Hold, Posting, RequestRecord
 
 CASH, GRANTS, OPERATOR = "cash", "grants", "operator"
 
 
 class InsufficientCredits(EmporionError):
     status, type, code = 402, "insufficient_quota", "insufficient_credits"
+
+
+class BudgetExceeded(EmporionError):
+    status, type, code = 402, "insufficient_quota", "budget_exceeded"
 
 
 def customer(org_id: str) -> str:
@@ -40,6 +51,10 @@ def provider(upstream: str) -> str:
     return f"provider:{upstream}"
 
 
+def reseller(org_id: str) -> str:
+    return f"reseller:{org_id}"
+
+
 @dataclass(frozen=True, slots=True)
 class Settled:
     request_id: str
@@ -47,153 +62,383 @@ class Settled:
     released: Nanos  # what went back to the customer's available balance
 
 
+# --- the writes, as queued for the group-commit writer ---------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Reserve:
+    org_id: str
+    request_id: str
+    amount: int
+    expires_at: int
+    budgets: tuple[tuple[str, int], ...]  # (budget id, its limit)
+
+
+@dataclass(frozen=True, slots=True)
+class _Settle:
+    request_id: str
+    charge: Charge
+    upstream: str
+    resellers: tuple[str, ...]
+    record: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Release:
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Expire:
+    now: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Move:
+    kind: str  # topup, grant, refund
+    reference: str | None
+    lines: tuple[tuple[str, int], ...]
+    org_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Refund:
+    request_id: str
+
+
+@dataclass
+class _Deltas:
+    """What a batch does to account and budget counters, applied in one statement per table."""
+
+    balance: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    held: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    budget_used: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    budget_held: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def free_hold(self, account: str, amount: int, budget_ids: str) -> None:
+        self.held[account] -= amount
+        for budget in budget_ids.split():
+            self.budget_held[budget] -= amount
+
+
 class Ledger:
     def __init__(self, db: Database, clock: Callable[[], float] = time.time) -> None:
         self.db = db
         self.clock = clock
-        self._sqlite = db.url.startswith("sqlite")
-        self._lock = asyncio.Lock()  # SQLite has one writer: serialize here rather than retry on SQLITE_BUSY
+        self._known: set[str] = set()  # accounts known to exist
+        self.writer: GroupCommit[Any] = GroupCommit(db.engine, self._apply)
 
-    @contextlib.asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
-        if self._sqlite:
-            async with self._lock, self.db.engine.begin() as conn:
-                yield conn
-        else:
-            async with self.db.engine.begin() as conn:
-                yield conn
+    async def aclose(self) -> None:
+        await self.writer.aclose()
 
-    # --- money in ------------------------------------------------------------------------------
+    # --- money in and back -----------------------------------------------------------------------
 
-    async def top_up(self, org_id: str, amount: Nanos, reference: str | None = None) -> None:
-        """Prepaid credit bought: cash -> customer. ``reference`` (a payment id) makes it idempotent."""
-        await self._move("topup", reference, CASH, customer(org_id), amount, org_id)
+    async def top_up(self, org_id: str, amount: Nanos, reference: str | None = None) -> bool:
+        """Prepaid credit bought: cash -> customer. ``reference`` (a payment id) makes it
+        idempotent: a second top-up with the same reference changes nothing and returns False."""
+        return await self._move("topup", reference, CASH, org_id, amount)
 
-    async def grant(self, org_id: str, amount: Nanos, reference: str | None = None) -> None:
+    async def grant(self, org_id: str, amount: Nanos, reference: str | None = None) -> bool:
         """Free credit given: grants -> customer."""
-        await self._move("grant", reference, GRANTS, customer(org_id), amount, org_id)
+        return await self._move("grant", reference, GRANTS, org_id, amount)
 
-    async def _move(self, kind: str, reference: str | None, source: str, target: str, amount: Nanos, org_id: str) -> None:
+    async def _move(self, kind: str, reference: str | None, source: str, org_id: str, amount: Nanos) -> bool:
         if amount <= 0:
             raise InvalidRequest("An amount of credit must be positive.", param="amount")
-        async with self._write() as conn:
-            await _ensure(conn, source, source.split(":")[0])
-            await _ensure(conn, target, "customer", org_id)
-            await self._post(conn, kind, reference, {source: -amount, target: amount})
+        lines = ((source, -amount), (customer(org_id), amount))
+        return await self.writer.submit(_Move(kind, reference, lines, org_id))
 
-    # --- the request path ----------------------------------------------------------------------
+    async def refund(self, request_id: str) -> Nanos:
+        """Gives a settled request's charge back, every share reversed; once. Returns the amount."""
+        return await self.writer.submit(_Refund(request_id))
+
+    # --- the request path ------------------------------------------------------------------------
 
     async def available(self, org_id: str) -> Nanos:
         async with self.db.engine.connect() as conn:
             return await _available(conn, customer(org_id))
 
-    async def reserve(self, org_id: str, request_id: str, amount: Nanos, ttl_s: float = 900) -> None:
-        """Holds ``amount`` of the organization's credit, or raises 402 insufficient_credits."""
+    async def reserve(
+        self, org_id: str, request_id: str, amount: Nanos, ttl_s: float = 900, budgets: Sequence[tuple[str, int]] = ()
+    ) -> None:
+        """Holds ``amount`` of the organization's credit (and of each budget), or raises 402
+        insufficient_credits (budget_exceeded)."""
         if amount < 0:
             raise ValueError("a hold is never negative")
-        account = customer(org_id)
-        async with self._write() as conn:
-            await _ensure(conn, account, "customer", org_id)
-            if not self._sqlite:  # one reservation at a time per account, across replicas
-                await conn.execute(select(Account.id).where(Account.id == account).with_for_update())
-            available = await _available(conn, account)
-            if available < amount:
-                raise InsufficientCredits(
-                    f"Insufficient credits: this request may cost up to ${format_usd(amount)} but "
-                    f"${format_usd(Nanos(max(available, 0)))} is available. Add credits to continue."
-                )
-            now = int(self.clock())
-            await conn.execute(
-                insert(Hold).values(
-                    request_id=request_id, account_id=account, amount_nanos=amount, state="open",
-                    created_at=now, expires_at=now + int(ttl_s),
-                )
-            )  # fmt: skip
+        now = int(self.clock())
+        await self.writer.submit(_Reserve(org_id, request_id, amount, now + max(1, int(ttl_s)), tuple(budgets)))
 
-    async def settle(self, request_id: str, charge: Charge, upstream: str, resellers: Sequence[str] = ()) -> Settled | None:
+    async def settle(
+        self,
+        request_id: str,
+        charge: Charge,
+        upstream: str,
+        resellers: Sequence[str] = (),
+        record: dict[str, Any] | None = None,
+    ) -> Settled | None:
         """Charges the real cost against the request's hold, exactly once; a second call (or a
-        call after the hold expired or was released) changes nothing and returns None."""
-        async with self._write() as conn:
-            hold = (await conn.execute(select(Hold).where(Hold.request_id == request_id).with_for_update())).first()
-            if hold is None or hold.state != "open":
-                return None
-            shares = _capped(charge, hold.amount_nanos)
-            total = sum(amount for _, amount in shares)
-            lines: dict[str, int] = {hold.account_id: -total}
-            payees = [provider(upstream), OPERATOR, *(f"reseller:{org}" for org in resellers)]
-            for account, (_, amount) in zip(payees, shares, strict=False):
-                if amount:
-                    await _ensure(conn, account, account.split(":")[0])
-                    lines[account] = lines.get(account, 0) + amount
-            if total:
-                await self._post(conn, "charge", request_id, lines)
-            await conn.execute(update(Hold).where(Hold.request_id == request_id).values(state="settled"))
-            return Settled(request_id, Nanos(total), Nanos(hold.amount_nanos - total))
+        call after the hold expired or was released) changes nothing and returns None. The
+        request's record, when given, is written in the same transaction."""
+        return await self.writer.submit(_Settle(request_id, charge, upstream, tuple(resellers), record))
 
     async def release(self, request_id: str) -> bool:
         """Frees a hold without charging (the request failed before any usage)."""
-        async with self._write() as conn:
-            result = await conn.execute(
-                update(Hold).where(Hold.request_id == request_id, Hold.state == "open").values(state="released")
-            )
-            return result.rowcount == 1
+        return await self.writer.submit(_Release(request_id))
 
     async def expire(self) -> int:
         """The sweeper: releases holds past their expiry (requests whose process died)."""
-        async with self._write() as conn:
-            result = await conn.execute(
-                update(Hold).where(Hold.state == "open", Hold.expires_at <= int(self.clock())).values(state="expired")
-            )
-            return result.rowcount
+        return await self.writer.submit(_Expire(int(self.clock())))
 
-    # --- books ---------------------------------------------------------------------------------
+    # --- books -----------------------------------------------------------------------------------
 
     async def balances(self) -> dict[str, int]:
         async with self.db.engine.connect() as conn:
             rows = await conn.execute(select(Account.id, Account.balance_nanos))
             return {account: balance for account, balance in rows}
 
-    async def _post(self, conn: AsyncConnection, kind: str, request_id: str | None, lines: dict[str, int]) -> None:
-        if sum(lines.values()) != 0:
-            raise AssertionError(f"unbalanced posting {lines}")
-        try:
-            async with conn.begin_nested():
-                posting_id = (
-                    await conn.execute(
-                        insert(Posting).values(kind=kind, request_id=request_id, created_at=int(self.clock())).returning(Posting.id)
+    # --- the writer ------------------------------------------------------------------------------
+
+    async def _apply(self, conn: AsyncConnection, ops: Sequence[Any]) -> list[Any]:
+        """Applies a batch in order of kind: moves, reserves, settles, releases, expiries."""
+        results: list[Any] = [None] * len(ops)
+        deltas = _Deltas()
+        by_kind: dict[type, list[int]] = defaultdict(list)
+        for index, op in enumerate(ops):
+            by_kind[type(op)].append(index)
+        for index in by_kind[_Move]:
+            results[index] = await self._apply_move(conn, ops[index])
+        for index in by_kind[_Refund]:
+            results[index] = await self._apply_refund(conn, ops[index])
+        if by_kind[_Reserve]:
+            await self._apply_reserves(conn, [(i, ops[i]) for i in by_kind[_Reserve]], results)
+        if by_kind[_Settle]:
+            await self._apply_settles(conn, [(i, ops[i]) for i in by_kind[_Settle]], results, deltas)
+        if by_kind[_Release]:
+            released = await _close_holds(conn, [ops[i].request_id for i in by_kind[_Release]], "released", deltas)
+            for i in by_kind[_Release]:
+                results[i] = ops[i].request_id in released
+        for index in by_kind[_Expire]:
+            rows = await conn.execute(
+                update(Hold).where(Hold.state == "open", Hold.expires_at <= ops[index].now).values(state="expired")
+                .returning(Hold.account_id, Hold.amount_nanos, Hold.budget_ids)
+            )  # fmt: skip
+            expired = rows.all()
+            for account, amount, budget_ids in expired:
+                deltas.free_hold(account, amount, budget_ids)
+            results[index] = len(expired)
+        await _apply_deltas(conn, deltas)
+        return results
+
+    async def _apply_move(self, conn: AsyncConnection, op: _Move) -> bool:
+        for account, _ in op.lines:
+            await self._ensure(conn, account, op.org_id if account.startswith("customer:") else None)
+        return await _post(conn, op.kind, op.reference, dict(op.lines), int(self.clock()))
+
+    async def _apply_refund(self, conn: AsyncConnection, op: _Refund) -> int:
+        charge_lines = (
+            await conn.execute(
+                select(Entry.account_id, Entry.amount_nanos)
+                .join(Posting, Posting.id == Entry.posting_id)
+                .where(Posting.request_id == op.request_id, Posting.kind == "charge")
+            )
+        ).all()
+        if not charge_lines:
+            return 0
+        lines = {account: -amount for account, amount in charge_lines}
+        if not await _post(conn, "refund", op.request_id, lines, int(self.clock())):
+            return 0
+        return max(lines.values())
+
+    async def _apply_reserves(self, conn: AsyncConnection, ops: list[tuple[int, _Reserve]], results: list[Any]) -> None:
+        held = []
+        for index, op in sorted(ops, key=lambda item: customer(item[1].org_id)):  # one lock order across replicas
+            account = customer(op.org_id)
+            if not await _hold_on(conn, account, op.amount):
+                await self._ensure(conn, account, op.org_id)
+                if not await _hold_on(conn, account, op.amount):
+                    available = await _available(conn, account)
+                    results[index] = InsufficientCredits(
+                        f"Insufficient credits: this request may cost up to ${format_usd(Nanos(op.amount))} but "
+                        f"${format_usd(Nanos(max(available, 0)))} is available. Add credits, or lower max_tokens."
                     )
-                ).scalar_one()
-        except IntegrityError:
-            return  # this (request_id, kind) was posted before: idempotent
-        await conn.execute(insert(Entry), [{"posting_id": posting_id, "account_id": a, "amount_nanos": n} for a, n in lines.items()])
-        for account, amount in lines.items():
-            await conn.execute(update(Account).where(Account.id == account).values(balance_nanos=Account.balance_nanos + amount))
+                    continue
+            refused = await _hold_budgets(conn, op.budgets, op.amount)
+            if refused is not None:
+                await conn.execute(update(Account).where(Account.id == account).values(held_nanos=Account.held_nanos - op.amount))
+                results[index] = BudgetExceeded(
+                    f"This API key's budget ({refused}) cannot cover this request (up to ${format_usd(Nanos(op.amount))})."
+                )
+                continue
+            held.append(
+                {"request_id": op.request_id, "account_id": account, "amount_nanos": op.amount, "state": "open",
+                 "created_at": int(self.clock()), "expires_at": op.expires_at,
+                 "budget_ids": " ".join(budget for budget, _ in op.budgets)}
+            )  # fmt: skip
+        if held:
+            await conn.execute(insert(Hold), held)
+
+    async def _apply_settles(self, conn: AsyncConnection, ops: list[tuple[int, _Settle]], results: list[Any], deltas: _Deltas) -> None:
+        first: dict[str, tuple[int, _Settle]] = {}
+        for index, op in ops:
+            first.setdefault(op.request_id, (index, op))  # a repeat within the batch changes nothing
+        holds = {
+            request_id: (account, amount, budget_ids)
+            for request_id, account, amount, budget_ids in (
+                await conn.execute(
+                    update(Hold).where(Hold.request_id.in_(list(first)), Hold.state == "open").values(state="settled")
+                    .returning(Hold.request_id, Hold.account_id, Hold.amount_nanos, Hold.budget_ids)
+                )  # fmt: skip
+            ).all()
+        }
+        postings, records = [], []
+        for request_id, (account, hold, budget_ids) in holds.items():
+            index, op = first[request_id]
+            shares = _capped(op.charge, hold)
+            total = sum(shares)
+            lines: dict[str, int] = defaultdict(int)
+            lines[account] -= total
+            payees = [provider(op.upstream), OPERATOR, *(reseller(org) for org in op.resellers)]
+            for payee, amount in zip(payees, shares, strict=False):
+                if amount:
+                    lines[payee] += amount
+            deltas.free_hold(account, hold, budget_ids)
+            for budget in budget_ids.split():
+                deltas.budget_used[budget] += total
+            if total:
+                postings.append((request_id, lines))
+            if op.record is not None:
+                records.append({**op.record, "id": request_id, "cost_nanos": total, "provider_nanos": shares[0]})
+            results[index] = Settled(request_id, Nanos(total), Nanos(hold - total))
+        if postings:
+            for payee in sorted({a for _, lines in postings for a in lines} - self._known):
+                await self._ensure(conn, payee, None)
+            now = int(self.clock())
+            ids = (
+                await conn.execute(
+                    insert(Posting).returning(Posting.id, sort_by_parameter_order=True),
+                    [{"kind": "charge", "request_id": request_id, "created_at": now} for request_id, _ in postings],
+                )
+            ).scalars().all()
+            entries = [
+                {"posting_id": posting_id, "account_id": account, "amount_nanos": amount}
+                for posting_id, (_, lines) in zip(ids, postings, strict=True)
+                for account, amount in lines.items()
+            ]
+            await conn.execute(insert(Entry), entries)
+            for _, lines in postings:
+                for account, amount in lines.items():
+                    deltas.balance[account] += amount
+        if records:
+            await conn.execute(insert(RequestRecord), records)
+
+    async def _ensure(self, conn: AsyncConnection, account_id: str, org_id: str | None) -> None:
+        if account_id in self._known:
+            return
+        if (await conn.execute(select(Account.id).where(Account.id == account_id))).first() is None:
+            try:
+                async with conn.begin_nested():
+                    kind = account_id.split(":")[0]
+                    await conn.execute(insert(Account).values(id=account_id, kind=kind, org_id=org_id, balance_nanos=0, held_nanos=0))
+            except IntegrityError:
+                pass  # created meanwhile by another replica
+        self._known.add(account_id)
 
 
-async def _ensure(conn: AsyncConnection, account_id: str, kind: str, org_id: str | None = None) -> None:
-    if (await conn.execute(select(Account.id).where(Account.id == account_id))).first() is None:
-        try:
-            async with conn.begin_nested():
-                await conn.execute(insert(Account).values(id=account_id, kind=kind, org_id=org_id, balance_nanos=0))
-        except IntegrityError:
-            pass  # created meanwhile by another replica
+async def _post(conn: AsyncConnection, kind: str, request_id: str | None, lines: dict[str, int], now: int) -> bool:
+    """One balanced posting; False when (request_id, kind) was posted before (idempotent)."""
+    if sum(lines.values()) != 0:
+        raise AssertionError(f"unbalanced posting {lines}")
+    try:
+        async with conn.begin_nested():
+            posting_id = (
+                await conn.execute(insert(Posting).values(kind=kind, request_id=request_id, created_at=now).returning(Posting.id))
+            ).scalar_one()
+    except IntegrityError:
+        return False
+    await conn.execute(insert(Entry), [{"posting_id": posting_id, "account_id": a, "amount_nanos": n} for a, n in lines.items()])
+    for account, amount in sorted(lines.items()):
+        await conn.execute(update(Account).where(Account.id == account).values(balance_nanos=Account.balance_nanos + amount))
+    return True
+
+
+async def _hold_on(conn: AsyncConnection, account: str, amount: int) -> bool:
+    result = await conn.execute(
+        update(Account)
+        .where(Account.id == account, Account.balance_nanos - Account.held_nanos >= amount)
+        .values(held_nanos=Account.held_nanos + amount)
+    )
+    return result.rowcount == 1
+
+
+async def _hold_budgets(conn: AsyncConnection, budgets: Sequence[tuple[str, int]], amount: int) -> str | None:
+    """Holds ``amount`` on every budget, or none of them: returns the first that cannot cover it."""
+    done: list[str] = []
+    for budget, limit in budgets:
+        for attempt in range(2):
+            result = await conn.execute(
+                update(Budget)
+                .where(Budget.id == budget, Budget.used_nanos + Budget.held_nanos + amount <= limit)
+                .values(held_nanos=Budget.held_nanos + amount, limit_nanos=limit)
+            )
+            if result.rowcount == 1 or attempt == 1:
+                break
+            if (await conn.execute(select(Budget.id).where(Budget.id == budget))).first() is not None:
+                break
+            try:
+                async with conn.begin_nested():
+                    await conn.execute(insert(Budget).values(id=budget, limit_nanos=limit, used_nanos=0, held_nanos=0))
+            except IntegrityError:
+                pass
+        if result.rowcount != 1:
+            for undo in done:
+                await conn.execute(update(Budget).where(Budget.id == undo).values(held_nanos=Budget.held_nanos - amount))
+            return budget
+        done.append(budget)
+    return None
+
+
+async def _close_holds(conn: AsyncConnection, request_ids: list[str], state: str, deltas: _Deltas) -> set[str]:
+    rows = await conn.execute(
+        update(Hold).where(Hold.request_id.in_(request_ids), Hold.state == "open").values(state=state)
+        .returning(Hold.request_id, Hold.account_id, Hold.amount_nanos, Hold.budget_ids)
+    )  # fmt: skip
+    closed = set()
+    for request_id, account, amount, budget_ids in rows.all():
+        deltas.free_hold(account, amount, budget_ids)
+        closed.add(request_id)
+    return closed
+
+
+async def _apply_deltas(conn: AsyncConnection, deltas: _Deltas) -> None:
+    accounts = sorted(a for a in {*deltas.balance, *deltas.held} if deltas.balance.get(a) or deltas.held.get(a))
+    if accounts:
+        await conn.execute(
+            update(Account).where(Account.id == bindparam("account"))
+            .values(balance_nanos=Account.balance_nanos + bindparam("balance"), held_nanos=Account.held_nanos + bindparam("held")),
+            [{"account": a, "balance": deltas.balance.get(a, 0), "held": deltas.held.get(a, 0)} for a in accounts],
+        )  # fmt: skip
+    budgets = sorted(b for b in {*deltas.budget_used, *deltas.budget_held} if deltas.budget_used.get(b) or deltas.budget_held.get(b))
+    if budgets:
+        await conn.execute(
+            update(Budget).where(Budget.id == bindparam("budget"))
+            .values(used_nanos=Budget.used_nanos + bindparam("used"), held_nanos=Budget.held_nanos + bindparam("held")),
+            [{"budget": b, "used": deltas.budget_used.get(b, 0), "held": deltas.budget_held.get(b, 0)} for b in budgets],
+        )  # fmt: skip
 
 
 async def _available(conn: AsyncConnection, account: str) -> Nanos:
-    balance = (await conn.execute(select(Account.balance_nanos).where(Account.id == account))).scalar() or 0
-    held = (
-        await conn.execute(select(func.coalesce(func.sum(Hold.amount_nanos), 0)).where(Hold.account_id == account, Hold.state == "open"))
-    ).scalar_one()
-    return Nanos(int(balance) - int(held))  # PostgreSQL sums BIGINTs as NUMERIC
+    row = (await conn.execute(select(Account.balance_nanos, Account.held_nanos).where(Account.id == account))).first()
+    return Nanos(0 if row is None else int(row[0]) - int(row[1]))
 
 
-def _capped(charge: Charge, hold: int) -> list[tuple[str, int]]:
-    """The charge's shares, cut (provider first, then operator, then resellers) so that together
+def _capped(charge: Charge, hold: int) -> list[int]:
+    """The charge's shares (provider, operator, resellers...), cut in that order so that together
     they never exceed the hold."""
     remaining = hold
     shares = []
-    for name, amount in [("provider", charge.provider), ("operator", charge.operator), *(("reseller", r) for r in charge.resellers)]:
+    for amount in [charge.provider, charge.operator, *charge.resellers]:
         take = min(amount, remaining)
-        shares.append((name, take))
+        shares.append(take)
         remaining -= take
     return shares
+

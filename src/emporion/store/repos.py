@@ -25,9 +25,18 @@ async def count_organizations(session: AsyncSession) -> int:
 async def get_or_create_org(session: AsyncSession, name: str) -> Organization:
     org = await session.scalar(select(Organization).where(Organization.name == name))
     if org is None:
-        org = Organization(id=_new_id("org"), name=name, created_at=int(time.time()))
-        session.add(org)
-        await session.flush()
+        org = await create_org(session, name)
+    return org
+
+
+async def create_org(session: AsyncSession, name: str, parent_id: str | None = None, tier: str = "free") -> Organization:
+    """A new organization (its free credit is granted by ``metering.credits.welcome`` once committed)."""
+    org = Organization(
+        id=_new_id("org"), name=name, created_at=int(time.time()), parent_id=parent_id, tier=tier, tier_pinned=False,
+        resale_percent="0", resale_fixed="0",
+    )  # fmt: skip
+    session.add(org)
+    await session.flush()
     return org
 
 
@@ -55,6 +64,21 @@ async def find_active_key(session: AsyncSession, key_hash: str) -> tuple[ApiKey,
         )
     ).first()
     return None if row is None else (row[0], row[1])
+
+
+async def org_ancestors(session: AsyncSession, org: Organization) -> list[Organization]:
+    """The organization's resellers: its parent, the parent's parent, and so on."""
+    chain: list[Organization] = []
+    seen = {org.id}
+    parent_id = org.parent_id
+    while parent_id is not None and parent_id not in seen:
+        parent = await session.get(Organization, parent_id)
+        if parent is None:
+            break
+        chain.append(parent)
+        seen.add(parent.id)
+        parent_id = parent.parent_id
+    return chain
 
 
 async def list_keys(session: AsyncSession) -> list[tuple[ApiKey, Organization]]:

@@ -15,6 +15,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 class Database:
     def __init__(self, url: str) -> None:
+        url = _with_async_driver(url)
         self.url = url
         self.engine: AsyncEngine = create_async_engine(url)
         if url.startswith("sqlite"):
@@ -36,6 +37,14 @@ async def open_database(url: str) -> Database:
     db = Database(url)
     await db.migrate()
     return db
+
+
+def _with_async_driver(url: str) -> str:
+    """``postgresql://`` and ``sqlite://`` URLs as people write them, with the async drivers used here."""
+    for plain, driver in (("postgresql://", "postgresql+asyncpg://"), ("postgres://", "postgresql+asyncpg://"), ("sqlite://", "sqlite+aiosqlite://")):
+        if url.startswith(plain):
+            return driver + url[len(plain):]
+    return url
 
 
 def _upgrade_to_head(connection: Connection) -> None:

@@ -23,6 +23,27 @@ class Organization(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[int] = mapped_column(BigInteger)
+    parent_id: Mapped[str | None] = mapped_column(ForeignKey("organizations.id"), nullable=True, index=True)  # its reseller
+    tier: Mapped[str] = mapped_column(String(20), default="free")
+    tier_pinned: Mapped[bool] = mapped_column(Boolean, default=False)  # set by hand: never moved automatically
+    suspended_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    suspended_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    resale_percent: Mapped[str] = mapped_column(String(40), default="0")  # its markup to its sub-organizations
+    resale_fixed: Mapped[str] = mapped_column(String(40), default="0")  # USD per request, exact decimal text
+    requests_per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True)  # null: the tier's (org) / none (key)
+    tokens_per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_concurrent: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class Member(Base):
+    __tablename__ = "members"
+    __table_args__ = (UniqueConstraint("org_id", "email", name="uq_members_org_id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"))
+    email: Mapped[str] = mapped_column(String(320))
+    role: Mapped[str] = mapped_column(String(10))  # owner, admin, member
+    created_at: Mapped[int] = mapped_column(BigInteger)
 
 
 class ApiKey(Base):
@@ -37,6 +58,15 @@ class ApiKey(Base):
     label: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[int] = mapped_column(BigInteger)
     revoked_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    kind: Mapped[str] = mapped_column(String(10), default="api")  # api: /v1; admin: /admin/v1 for its organization's tree
+    expires_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    allowed_models: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON list; null: every model
+    budget_nanos: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # over the key's life
+    budget_period: Mapped[str | None] = mapped_column(String(10), nullable=True)  # day, week, month
+    period_budget_nanos: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    requests_per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True)  # null: the tier's (org) / none (key)
+    tokens_per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_concurrent: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class LocalModel(Base):
@@ -65,6 +95,7 @@ class Account(Base):
     kind: Mapped[str] = mapped_column(String(20))  # customer, cash, grants, provider, operator, reseller
     org_id: Mapped[str | None] = mapped_column(ForeignKey("organizations.id"), nullable=True, index=True)
     balance_nanos: Mapped[int] = mapped_column(BigInteger, default=0)  # the sum of its entries, kept in step
+    held_nanos: Mapped[int] = mapped_column(BigInteger, default=0)  # the sum of its open holds, kept in step
 
 
 class Posting(Base):
@@ -99,3 +130,76 @@ class Hold(Base):
     state: Mapped[str] = mapped_column(String(10), index=True)  # open, settled, released, expired
     created_at: Mapped[int] = mapped_column(BigInteger)
     expires_at: Mapped[int] = mapped_column(BigInteger, index=True)
+    budget_ids: Mapped[str] = mapped_column(Text, default="")  # space-separated budgets it also holds against
+
+
+class Budget(Base):
+    """A spending cap (a key's total, or one period of it): used + held never exceeds limit."""
+
+    __tablename__ = "budgets"
+
+    id: Mapped[str] = mapped_column(String(120), primary_key=True)  # key:<id>, key:<id>:month:2026-11, ...
+    limit_nanos: Mapped[int] = mapped_column(BigInteger)
+    used_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
+    held_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class PriceRow(Base):
+    """A model's price (USD per token, exact decimal text) from ``effective_at`` on; upstream ""
+    is the model's price on every deployment that has none of its own."""
+
+    __tablename__ = "prices"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    model_id: Mapped[str] = mapped_column(String(200))
+    upstream: Mapped[str] = mapped_column(String(100), default="")
+    prompt: Mapped[str] = mapped_column(String(40))
+    completion: Mapped[str] = mapped_column(String(40))
+    cached_prompt: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    cache_write: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    request: Mapped[str] = mapped_column(String(40), default="0")
+    effective_at: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class MarginRow(Base):
+    """The operator's margin from ``effective_at`` on; model_id "" is the global one."""
+
+    __tablename__ = "margins"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    model_id: Mapped[str] = mapped_column(String(200), default="")
+    percent: Mapped[str] = mapped_column(String(40))
+    fixed: Mapped[str] = mapped_column(String(40))
+    effective_at: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class RequestRecord(Base):
+    """What one request did and cost: written with its settlement, in the same transaction."""
+
+    __tablename__ = "requests"
+
+    id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    org_id: Mapped[str] = mapped_column(String(40))
+    key_id: Mapped[str] = mapped_column(String(40))
+    model: Mapped[str] = mapped_column(String(200))
+    upstream: Mapped[str] = mapped_column(String(100))
+    upstream_model: Mapped[str] = mapped_column(String(200))
+    provider: Mapped[str] = mapped_column(String(100))
+    endpoint: Mapped[str] = mapped_column(String(20))
+    streamed: Mapped[bool] = mapped_column(Boolean)
+    status: Mapped[str] = mapped_column(String(20))  # completed, cancelled (client left), failed
+    finish_reason: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    input_tokens: Mapped[int] = mapped_column(Integer)
+    cached_input_tokens: Mapped[int] = mapped_column(Integer)
+    cache_write_tokens: Mapped[int] = mapped_column(Integer)
+    output_tokens: Mapped[int] = mapped_column(Integer)
+    usage_source: Mapped[str] = mapped_column(String(10))  # upstream (reported), counted (by Emporion)
+    cost_nanos: Mapped[int] = mapped_column(BigInteger)  # what the customer paid
+    provider_nanos: Mapped[int] = mapped_column(BigInteger)  # what the upstream is owed
+    price_id: Mapped[int | None] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), nullable=True)
+    margin_id: Mapped[int | None] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer)
+    latency_ms: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[int] = mapped_column(BigInteger)

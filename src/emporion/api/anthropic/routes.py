@@ -16,6 +16,7 @@ from emporion.api.openai.render import provenance
 from emporion.api.openai.routes import authenticate, json_response
 from emporion.api.openai.schemas import ChatCompletionRequest
 from emporion.api.openai.sse import EventStream
+from emporion.metering.money import format_usd
 
 
 async def messages(request: Request) -> Response:
@@ -27,12 +28,13 @@ async def messages(request: Request) -> Response:
         raise invalid_request(exc) from None
     message_id = new_message_id()
     if wire.stream:
-        stream = await pipeline.generate_stream(deps, principal, chat)
+        stream = await pipeline.generate_stream(deps, principal, chat, message_id)
         events = to_events(message_id, stream.route.model.id, aiter(stream))
-        return EventStream(events, provenance(stream.route, message_id), on_close=stream.aclose)  # type: ignore[return-value]
-    generation = await pipeline.generate(deps, principal, chat)
+        return EventStream(events, {**provenance(stream.route, message_id), **stream.headers}, on_close=stream.aclose)  # type: ignore[return-value]
+    generation = await pipeline.generate(deps, principal, chat, message_id)
     body = to_message(message_id, generation.route.model.id, generation.completion)
-    return json_response(body, headers=provenance(generation.route, message_id))
+    headers = {**provenance(generation.route, message_id), **generation.headers, "x-emporion-cost": format_usd(generation.cost)}
+    return json_response(body, headers=headers)
 
 
 routes = [Route("/v1/messages", messages, methods=["POST"])]

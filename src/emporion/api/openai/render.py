@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from emporion.errors import EmporionError
+from emporion.metering.money import Nanos, to_usd
+from emporion.providers.usage import Usage
 from emporion.providers.base import Chunk, Completion, Endpoint
 from emporion.routing.router import Route
 from emporion.api.openai.sse import DONE, event
@@ -35,14 +37,19 @@ def provenance(route: Route, request_id: str) -> dict[str, str]:
     }
 
 
-def render_completion(endpoint: Endpoint, response_id: str, route: Route, completion: Completion) -> dict[str, Any]:
+def usage_with_cost(usage: Usage, cost: Nanos) -> dict[str, Any]:
+    """OpenAI's usage object, with the request's cost in USD as OpenRouter reports it."""
+    return {**usage.to_openai(), "cost": float(to_usd(cost))}
+
+
+def render_completion(endpoint: Endpoint, response_id: str, route: Route, completion: Completion, cost: Nanos = Nanos(0)) -> dict[str, Any]:
     return {
         "id": response_id,
         "object": OBJECT[endpoint],
         "created": int(time.time()),
         "model": route.model.id,
         "choices": [_choice(endpoint, index, choice) for index, choice in enumerate(completion.choices)],
-        "usage": completion.usage.to_openai(),
+        "usage": usage_with_cost(completion.usage, cost),
         "system_fingerprint": None,
     }
 
@@ -58,7 +65,12 @@ def _choice(endpoint: Endpoint, index: int, choice: dict[str, Any]) -> dict[str,
 
 
 async def render_stream(
-    endpoint: Endpoint, response_id: str, route: Route, chunks: AsyncIterator[Chunk], include_usage: bool
+    endpoint: Endpoint,
+    response_id: str,
+    route: Route,
+    chunks: AsyncIterator[Chunk],
+    include_usage: bool,
+    cost_of: Callable[[Usage], Nanos] = lambda usage: Nanos(0),
 ) -> AsyncIterator[bytes]:
     """OpenAI's framing: delta chunks, the finish_reason chunk, a usage chunk with empty choices
     when ``stream_options.include_usage`` is set (and ``usage: null`` on the others), [DONE]."""
@@ -80,7 +92,7 @@ async def render_stream(
         yield event(exc.envelope())
         return
     if include_usage and usage is not None:
-        yield event({**head, "choices": [], "usage": usage.to_openai()})
+        yield event({**head, "choices": [], "usage": usage_with_cost(usage, cost_of(usage))})
     yield DONE
 
 

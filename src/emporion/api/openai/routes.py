@@ -17,6 +17,9 @@ from emporion.api.openai.render import new_id, provenance, render_completion, re
 from emporion.api.openai.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from emporion.api.openai.sse import EventStream
 from emporion.auth.principal import Principal
+from emporion.errors import InvalidRequest, NotFound
+from emporion.metering import records
+from emporion.metering.money import format_usd, to_usd
 from emporion.pipeline import Deps
 
 
@@ -44,18 +47,21 @@ async def _generate(request: Request, schema: type[ChatCompletionRequest] | type
     endpoint = pipeline.endpoint_of(wire)
     response_id = new_id(endpoint)
     if wire.stream:
-        stream = await pipeline.generate_stream(deps, principal, wire)
-        events = render_stream(endpoint, response_id, stream.route, aiter(stream), wire.include_usage)
-        return EventStream(events, provenance(stream.route, response_id), on_close=stream.aclose)  # type: ignore[return-value]
-    generation = await pipeline.generate(deps, principal, wire)
-    body = render_completion(endpoint, response_id, generation.route, generation.completion)
-    return json_response(body, headers=provenance(generation.route, response_id))
+        stream = await pipeline.generate_stream(deps, principal, wire, response_id)
+        events = render_stream(endpoint, response_id, stream.route, aiter(stream), wire.include_usage, stream.cost_of)
+        headers = {**provenance(stream.route, response_id), **stream.headers}
+        return EventStream(events, headers, on_close=stream.aclose)  # type: ignore[return-value]
+    generation = await pipeline.generate(deps, principal, wire, response_id)
+    body = render_completion(endpoint, response_id, generation.route, generation.completion, generation.cost)
+    headers = {**provenance(generation.route, response_id), **generation.headers, "x-emporion-cost": format_usd(generation.cost)}
+    return json_response(body, headers=headers)
 
 
 async def embeddings(request: Request) -> Response:
     deps, principal = await authenticate(request)
     wire = await parse_body(request, EmbeddingRequest, deps.settings.server.max_body_bytes)
-    model, embedded = await pipeline.embed(deps, principal, wire)
+    request_id = "emb-" + secrets.token_urlsafe(18)
+    model, embedded, billed = await pipeline.embed(deps, principal, wire, request_id)
     data = [
         {"object": "embedding", "index": index, "embedding": _encode_vector(vector, wire.encoding_format)}
         for index, vector in enumerate(embedded.vectors)
@@ -64,10 +70,11 @@ async def embeddings(request: Request) -> Response:
         "object": "list",
         "data": data,
         "model": model.id,
-        "usage": {"prompt_tokens": embedded.tokens, "total_tokens": embedded.tokens},
+        "usage": {"prompt_tokens": embedded.tokens, "total_tokens": embedded.tokens, "cost": float(to_usd(billed.cost))},
     }
     headers = {
-        "x-request-id": "req_" + secrets.token_urlsafe(12),
+        **billed.headers,
+        "x-request-id": request_id,
         "x-emporion-model": model.id,
         "x-emporion-provider": model.provider,
         "x-emporion-release": model.release,
@@ -80,6 +87,18 @@ def _encode_vector(vector: np.ndarray, encoding: str) -> list[float] | str:
     if encoding == "base64":
         return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
     return vector.tolist()
+
+
+async def generation(request: Request) -> Response:
+    """OpenRouter's ``GET /v1/generation?id=``: the stored record of one of the organization's requests."""
+    deps, principal = await authenticate(request)
+    request_id = request.query_params.get("id", "")
+    if not request_id:
+        raise InvalidRequest("Pass the id of a response as `id`.", param="id")
+    record = await records.find(deps.db, principal.org_id, request_id)
+    if record is None:
+        raise NotFound(f"No generation with id `{request_id}`.", param="id", code="generation_not_found")
+    return json_response({"data": records.to_wire(record)})
 
 
 async def list_models(request: Request) -> Response:
@@ -96,6 +115,7 @@ routes = [
     Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     Route("/v1/completions", completions, methods=["POST"]),
     Route("/v1/embeddings", embeddings, methods=["POST"]),
+    Route("/v1/generation", generation, methods=["GET"]),
     Route("/v1/models", list_models, methods=["GET"]),
     Route("/v1/models/{model_id:path}", get_model, methods=["GET"]),
 ]

@@ -1,0 +1,118 @@
+"""Metering one request: the worst case it may cost, its hold, and its settlement (once).
+
+A ``Tab`` is opened before the request goes upstream (it reserves the worst case: 402 when the
+balance or a key budget cannot cover it) and closed exactly once: ``settle`` charges the usage
+at the price of the deployment that served it (the unused hold goes back) and writes the
+request's record in the same transaction; a request that produced nothing settles at zero.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from emporion.auth.principal import Principal
+from emporion.catalog.models import Deployment, Model
+from emporion.metering.ledger import Ledger, Settled
+from emporion.metering.money import Nanos
+from emporion.metering.pricebook import PriceBook, Priced
+from emporion.metering.prices import Charge, charge
+from emporion.providers.usage import Usage
+
+Status = Literal["completed", "cancelled", "failed"]
+UsageSource = Literal["upstream", "counted", "none"]
+Served = tuple[Model, Deployment, str, int]  # the model, the deployment that answered, its provider, upstream calls made
+NO_CHARGE = Charge(provider=Nanos(0), operator=Nanos(0), resellers=(), total=Nanos(0))
+
+
+def budgets_of(principal: Principal, now: float) -> list[tuple[str, int]]:
+    """The key's budgets as ledger budget rows: its total, and the current period's."""
+    budgets = []
+    if principal.budget_nanos is not None:
+        budgets.append((f"key:{principal.key_id}", principal.budget_nanos))
+    if principal.budget_period and principal.period_budget_nanos is not None:
+        day = datetime.fromtimestamp(now, UTC)
+        period = {
+            "day": day.strftime("day:%Y-%m-%d"),
+            "week": "week:{}-W{:02d}".format(*day.isocalendar()[:2]),
+            "month": day.strftime("month:%Y-%m"),
+        }[principal.budget_period]
+        budgets.append((f"key:{principal.key_id}:{period}", principal.period_budget_nanos))
+    return budgets
+
+
+@dataclass
+class Tab:
+    ledger: Ledger
+    pricebook: PriceBook
+    principal: Principal
+    request_id: str
+    endpoint: str
+    streamed: bool
+    hold: Nanos
+    opened_at: float = field(default_factory=time.monotonic)
+    closed: Settled | None = None
+
+    def priced(self, model: Model, deployment: Deployment) -> Priced:
+        return self.pricebook.priced(model, deployment)
+
+    def charge(self, model: Model, deployment: Deployment, usage: Usage) -> Charge:
+        priced = self.priced(model, deployment)
+        return charge(usage, priced.price, priced.margin, [markup for _, markup in self.principal.resellers])
+
+    def cost(self, model: Model, deployment: Deployment, usage: Usage) -> Nanos:
+        """What the customer pays for ``usage``: the charge, never more than the hold."""
+        return Nanos(min(self.charge(model, deployment, usage).total, self.hold))
+
+    async def settle(
+        self,
+        served: Served | None,
+        usage: Usage,
+        *,
+        status: Status,
+        source: UsageSource,
+        finish_reason: str | None = None,
+    ) -> Settled | None:
+        """``served``: (model, deployment, provider, attempts), or None when nothing served."""
+        if served is None:
+            model_id, upstream, upstream_model, provider, attempts, bill = "", "", "", "", 0, NO_CHARGE
+            priced = None
+        else:
+            model, deployment, provider, attempts = served
+            model_id, upstream, upstream_model = model.id, deployment.upstream, deployment.model
+            priced = self.priced(model, deployment)
+            bill = charge(usage, priced.price, priced.margin, [markup for _, markup in self.principal.resellers])
+        record: dict[str, Any] = {
+            "org_id": self.principal.org_id, "key_id": self.principal.key_id, "model": model_id, "upstream": upstream,
+            "upstream_model": upstream_model, "provider": provider, "endpoint": self.endpoint, "streamed": self.streamed,
+            "status": status, "finish_reason": finish_reason, "input_tokens": usage.input_tokens,
+            "cached_input_tokens": usage.cached_input_tokens, "cache_write_tokens": usage.cache_write_tokens,
+            "output_tokens": usage.output_tokens, "usage_source": source,
+            "price_id": priced.price_id if priced else None, "margin_id": priced.margin_id if priced else None,
+            "attempts": attempts, "latency_ms": int((time.monotonic() - self.opened_at) * 1000), "created_at": int(time.time()),
+        }  # fmt: skip
+        resellers = [org for org, _ in self.principal.resellers]
+        self.closed = await self.ledger.settle(self.request_id, bill, upstream or "none", resellers, record)
+        return self.closed
+
+
+def worst_case(
+    principal: Principal, pricebook: PriceBook, models: Iterable[Model], prompt_tokens: int, output_tokens: int
+) -> Nanos:
+    """The most the request can cost: every prompt token at the dearest input price, every
+    output token it may generate, on the dearest deployment of any model it may reach."""
+    markups = [markup for _, markup in principal.resellers]
+    worst = 0
+    for model in models:
+        for deployment in model.deployments:
+            priced = pricebook.priced(model, deployment)
+            price = priced.price
+            dearest_input = max(price.prompt, price.cached_prompt or 0, price.cache_write or 0)
+            bound = replace(price, prompt=dearest_input, cached_prompt=None, cache_write=None)
+            usage = Usage(input_tokens=prompt_tokens, output_tokens=output_tokens)
+            worst = max(worst, charge(usage, bound, priced.margin, markups).total)
+    return Nanos(worst)
+

@@ -1,0 +1,126 @@
+"""The price book: each model's price and the operator's margin at any moment, versioned.
+
+Prices set with the admin API or CLI are rows with an ``effective_at``: a new price never changes
+what a past request cost, and every request record names the price and margin rows it was
+charged under, so any charge can be explained and re-rated. Without a row, the config file's
+``pricing`` applies (price id null). Lookups are in memory; ``load`` re-reads the rows (each
+replica does so every few seconds, and at once after a change it made itself).
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from decimal import Decimal
+
+from sqlalchemy import insert, select
+
+from emporion.catalog.models import Deployment, Model
+from emporion.metering.prices import Margin, Price
+from emporion.store.session import Database
+from emporion.store.tables import MarginRow, PriceRow
+
+GLOBAL = ""  # the model id of the global margin, and the upstream of a model-wide price
+
+
+@dataclass(frozen=True, slots=True)
+class Priced:
+    price: Price
+    price_id: int | None  # the PriceRow charged under; None: the config file's pricing
+    margin: Margin
+    margin_id: int | None
+
+
+class _Versions:
+    """Values by effective time, ascending."""
+
+    def __init__(self) -> None:
+        self.times: list[int] = []
+        self.values: list[tuple[int, object]] = []
+
+    def add(self, at: int, row_id: int, value: object) -> None:
+        index = bisect.bisect_right(self.times, at)
+        self.times.insert(index, at)
+        self.values.insert(index, (row_id, value))
+
+    def at(self, moment: float) -> tuple[int, object] | None:
+        index = bisect.bisect_right(self.times, moment)
+        return self.values[index - 1] if index else None
+
+
+class PriceBook:
+    def __init__(self, db: Database, default_margin: Margin = Margin()) -> None:
+        self.db = db
+        self.default_margin = default_margin
+        self._prices: dict[tuple[str, str], _Versions] = {}
+        self._margins: dict[str, _Versions] = {}
+
+    async def load(self) -> None:
+        prices: dict[tuple[str, str], _Versions] = defaultdict(_Versions)
+        margins: dict[str, _Versions] = defaultdict(_Versions)
+        async with self.db.engine.connect() as conn:
+            for row in await conn.execute(select(PriceRow)):
+                prices[(row.model_id, row.upstream)].add(row.effective_at, row.id, _price(row))
+            for row in await conn.execute(select(MarginRow)):
+                margins[row.model_id].add(row.effective_at, row.id, Margin(Decimal(row.percent), Decimal(row.fixed)))
+        self._prices, self._margins = dict(prices), dict(margins)
+
+    def priced(self, model: Model, deployment: Deployment, at: float | None = None) -> Priced:
+        """What a request to ``model`` served by ``deployment`` costs at ``at`` (default now)."""
+        at = time.time() if at is None else at
+        price, price_id = self.price(model, deployment, at)
+        margin, margin_id = self.margin(model.id, at)
+        return Priced(price, price_id, margin, margin_id)
+
+    def price(self, model: Model, deployment: Deployment, at: float) -> tuple[Price, int | None]:
+        for key in ((model.id, deployment.upstream), (model.id, GLOBAL)):
+            found = self._prices.get(key)
+            version = found.at(at) if found else None
+            if version is not None:
+                return version[1], version[0]  # type: ignore[return-value]
+        pricing = deployment.pricing or model.pricing
+        return Price(prompt=pricing.prompt, completion=pricing.completion), None
+
+    def margin(self, model_id: str, at: float) -> tuple[Margin, int | None]:
+        for key in (model_id, GLOBAL):
+            found = self._margins.get(key)
+            version = found.at(at) if found else None
+            if version is not None:
+                return version[1], version[0]  # type: ignore[return-value]
+        return self.default_margin, None
+
+    async def set_price(self, model_id: str, price: Price, upstream: str = GLOBAL, effective_at: float | None = None) -> int:
+        """A new price version (``upstream``: one deployment's price; "" the model's)."""
+        now = int(time.time())
+        row = {
+            "model_id": model_id, "upstream": upstream, "prompt": str(price.prompt), "completion": str(price.completion),
+            "cached_prompt": None if price.cached_prompt is None else str(price.cached_prompt),
+            "cache_write": None if price.cache_write is None else str(price.cache_write),
+            "request": str(price.request), "effective_at": now if effective_at is None else int(effective_at), "created_at": now,
+        }  # fmt: skip
+        async with self.db.engine.begin() as conn:
+            row_id = (await conn.execute(insert(PriceRow).values(**row).returning(PriceRow.id))).scalar_one()
+        await self.load()
+        return row_id
+
+    async def set_margin(self, margin: Margin, model_id: str = GLOBAL, effective_at: float | None = None) -> int:
+        """A new margin version for one model, or the global one (``model_id`` "")."""
+        now = int(time.time())
+        row = {"model_id": model_id, "percent": str(margin.percent), "fixed": str(margin.fixed),
+               "effective_at": now if effective_at is None else int(effective_at), "created_at": now}  # fmt: skip
+        async with self.db.engine.begin() as conn:
+            row_id = (await conn.execute(insert(MarginRow).values(**row).returning(MarginRow.id))).scalar_one()
+        await self.load()
+        return row_id
+
+
+def _price(row: PriceRow) -> Price:
+    return Price(
+        prompt=Decimal(row.prompt),
+        completion=Decimal(row.completion),
+        cached_prompt=None if row.cached_prompt is None else Decimal(row.cached_prompt),
+        cache_write=None if row.cache_write is None else Decimal(row.cache_write),
+        request=Decimal(row.request),
+    )
