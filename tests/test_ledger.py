@@ -227,3 +227,38 @@ def test_concurrent_reservations_never_overdraw(postgres_url):
 
     admitted, refused, available = asyncio.run(scenario())
     assert (admitted, refused, available) == (10, 90, 0)
+
+
+def test_one_batch_of_reservations_is_judged_write_by_write(tmp_path):
+    """Reservations that arrive together are held in bulk where they fit, and one by one where
+    an account or a budget cannot cover them all: each gets the answer it would get alone."""
+
+    async def scenario():
+        db = await open_database(f"sqlite+aiosqlite:///{tmp_path / 'batch.db'}")
+        ledger = Ledger(db)
+        try:
+            rich, poor, capped = [await _org(db, name) for name in ("rich", "poor", "capped")]
+            for org in (rich, poor, capped):
+                await ledger.top_up(org, 10**9)  # poor: worth 5 of its 2e8 asks
+            budget = ("budget:capped-key", 4 * 10**8)  # capped: worth 4 of its 1e8 asks within a balance worth 10
+            asks = [(rich, 10**8, ())] * 8 + [(poor, 2 * 10**8, ())] * 8 + [(capped, 10**8, (budget,))] * 8
+            before = ledger.writer.batches
+            outcomes = await asyncio.gather(
+                *(ledger.reserve(org, f"r{i}", amount, budgets=b) for i, (org, amount, b) in enumerate(asks)),
+                return_exceptions=True,
+            )
+            batches = ledger.writer.batches - before
+            kinds = [type(o).__name__ for o in outcomes]
+            available = [await ledger.available(org) for org in (rich, poor, capped)]
+            return kinds, available, await _held(db), await _budget_spent(db, budget[0]), batches
+        finally:
+            await ledger.aclose()
+            await db.close()
+
+    kinds, available, (held, open_holds), budget_spent, batches = asyncio.run(scenario())
+    assert kinds[:8] == ["NoneType"] * 8  # rich: all fit, held in bulk
+    assert kinds[8:16] == ["NoneType"] * 5 + ["InsufficientCredits"] * 3  # poor: first come, first held
+    assert kinds[16:] == ["NoneType"] * 4 + ["BudgetExceeded"] * 4  # capped: refused by the budget, not the balance
+    assert available == [2 * 10**8, 0, 6 * 10**8]
+    assert held == open_holds and budget_spent == 4 * 10**8  # what was undone for the refused is not held
+    assert batches == 1  # the 24 reservations were applied together, in one transaction

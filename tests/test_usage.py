@@ -201,7 +201,9 @@ async def test_usage_by_day_model_and_key_sums_exactly(url):
     try:
         acme = books.org_ids["acme"]
         by_day = await usage(books.db, acme, *JAN, "day")
-        day = lambda key, model, when: dt.datetime.fromtimestamp(when, dt.UTC).date().isoformat()
+        def day(key: str, model: str, when: int) -> str:
+            return dt.datetime.fromtimestamp(when, dt.UTC).date().isoformat()
+
         assert as_dict(by_day) == expected(books, "acme", *JAN, day)
         assert [r.group for r in by_day] == ["2026-01-03", "2026-01-05", "2026-01-31"]  # the first second of a day is that day's
         assert by_day[0].requests == 2 and by_day[0].input_tokens == 1234 + 777
@@ -320,7 +322,10 @@ async def test_statement_csv_parses_back_to_the_same_numbers_and_pdf_shows_them(
     finally:
         await close(books)
     head, items = parse_csv(statements.to_csv(jan))
-    nanos = lambda text: int(Decimal(text) * USD)
+
+    def nanos(text: str) -> int:
+        return int(Decimal(text) * USD)
+
     assert head["organization"] == "acme" and head["organization_id"] == jan.org_id and head["month"] == "2026-01"
     assert head["period_start"] == "2026-01-01" and head["period_end"] == "2026-01-31"
     for name, amount in jan.summary():

@@ -17,11 +17,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from emporion.api.admin.routes import routes as admin_routes
 from emporion.api.anthropic.routes import routes as anthropic_routes
 from emporion.api.errors import handlers
 from emporion.api.openai.routes import json_response
 from emporion.api.openai.routes import routes as openai_routes
-from emporion.api.admin.routes import routes as admin_routes
 from emporion.api.usage_routes import routes as usage_routes
 from emporion.auth.principal import Authenticator
 from emporion.catalog.builtin import EMBEDDINGS_UPSTREAM, MINILM_MAX_TOKENS, build_catalog

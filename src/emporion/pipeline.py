@@ -12,18 +12,18 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 
+from emporion import limits
 from emporion.api.openai.schemas import ROUTING_FIELDS, ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Sampling
 from emporion.auth.principal import Authenticator, Principal
 from emporion.catalog.models import Catalog, Model, ModelKind
 from emporion.engine.embeddings import Embedded, Embedder
 from emporion.engine.llama_server import LlamaServer
 from emporion.errors import ContextLengthExceeded, InvalidRequest, PermissionDenied, ServiceUnavailable
-from emporion import limits
 from emporion.limits import Decision, Limit, Limiter, Rate, ratelimit_headers
 from emporion.metering.estimate import prompt_bound, prompt_guess
+from emporion.metering.ledger import Ledger
 from emporion.metering.meter import Served, Status, Tab, UsageSource, budgets_of, worst_case
 from emporion.metering.money import Nanos
-from emporion.metering.ledger import Ledger
 from emporion.metering.pricebook import PriceBook
 from emporion.providers.base import PARAMETERS, Adapter, Chunk, Completion, Endpoint, Request
 from emporion.providers.usage import Usage

@@ -8,8 +8,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from emporion.api.openai.routes import json_response
 from emporion.api.anthropic.translate import error_envelope
+from emporion.api.openai.routes import json_response
 from emporion.errors import EmporionError, InvalidRequest, NotFound
 
 log = logging.getLogger("emporion.api")

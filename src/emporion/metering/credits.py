@@ -26,7 +26,7 @@ def earned_tier(settings: Settings, paid_nanos: int, age_s: float, current: str)
     """The highest tier whose thresholds are met; an organization never moves down by itself."""
     names = list(settings.tiers)
     best = names.index(current) if current in names else 0
-    for index, (name, tier) in enumerate(settings.tiers.items()):
+    for index, tier in enumerate(settings.tiers.values()):
         if paid_nanos >= tier.min_paid_usd * NANOS_PER_USD and age_s >= tier.min_age_days * DAY_S:
             best = max(best, index)
     return names[best]

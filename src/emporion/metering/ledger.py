@@ -4,12 +4,13 @@ settle the real cost exactly once (idempotent by request id) and release the res
 crashed requests expire.
 
 Accounts: ``customer:<org>`` (prepaid credit), ``cash`` (money received), ``grants`` (free credit
-given), ``provider:<upstream>`` (owed to upstreams), ``operator`` (margin), ``reseller:<org>``.
+given), ``provider:<upstream>`` (owed to upstreams), ``operator`` (margin), ``reseller:<org>``
+(a reseller's markup). A reseller funds its customers by transfer, customer -> customer.
 
 Each account keeps ``balance`` (the sum of its entries) and ``held`` (the sum of its open holds)
 in step; a reservation is one conditional update, ``held += x where balance - held >= x``, which
 is atomic on SQLite and on PostgreSQL alike, so replicas sharing a database can never overdraw
-an account together. Budgets (a key's spending caps) work the same way with ``used``. Every
+an account together (a batch of reservations holds each account's total in one such update). Budgets (a key's spending caps) work the same way with ``used``. Every
 write goes through one group-commit writer (store/group_commit.py).
 """
 
@@ -21,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import BigInteger, bindparam, case, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -102,6 +103,18 @@ class _Move:
 
 
 @dataclass(frozen=True, slots=True)
+class _Transfer:
+    source: str  # org ids
+    target: str
+    amount: int
+    reference: str | None
+
+
+class _Short(Exception):
+    """Raised inside a savepoint to undo a transfer its source could not cover."""
+
+
+@dataclass(frozen=True, slots=True)
 class _Refund:
     request_id: str
 
@@ -147,6 +160,14 @@ class Ledger:
             raise InvalidRequest("An amount of credit must be positive.", param="amount")
         lines = ((source, -amount), (customer(org_id), amount))
         return await self.writer.submit(_Move(kind, reference, lines, org_id))
+
+    async def transfer(self, source_org: str, target_org: str, amount: Nanos, reference: str | None = None) -> bool:
+        """Credit moved between organizations (a reseller funding its customer): customer ->
+        customer, only from what the source has available (402 insufficient_credits otherwise).
+        Idempotent by ``reference`` like a top-up."""
+        if amount <= 0:
+            raise InvalidRequest("An amount of credit must be positive.", param="amount")
+        return await self.writer.submit(_Transfer(source_org, target_org, amount, reference))
 
     async def refund(self, request_id: str) -> Nanos:
         """Gives a settled request's charge back, every share reversed; once. Returns the amount."""
@@ -199,7 +220,7 @@ class Ledger:
     # --- the writer ------------------------------------------------------------------------------
 
     async def _apply(self, conn: AsyncConnection, ops: Sequence[Any]) -> list[Any]:
-        """Applies a batch in order of kind: moves, reserves, settles, releases, expiries."""
+        """Applies a batch in order of kind: moves, transfers, refunds, reserves, settles, releases, expiries."""
         results: list[Any] = [None] * len(ops)
         deltas = _Deltas()
         by_kind: dict[type, list[int]] = defaultdict(list)
@@ -207,6 +228,8 @@ class Ledger:
             by_kind[type(op)].append(index)
         for index in by_kind[_Move]:
             results[index] = await self._apply_move(conn, ops[index])
+        for index in by_kind[_Transfer]:
+            results[index] = await self._apply_transfer(conn, ops[index])
         for index in by_kind[_Refund]:
             results[index] = await self._apply_refund(conn, ops[index])
         if by_kind[_Reserve]:
@@ -234,6 +257,24 @@ class Ledger:
             await self._ensure(conn, account, op.org_id if account.startswith("customer:") else None)
         return await _post(conn, op.kind, op.reference, dict(op.lines), int(self.clock()))
 
+    async def _apply_transfer(self, conn: AsyncConnection, op: _Transfer) -> bool | InsufficientCredits:
+        source, target = customer(op.source), customer(op.target)
+        await self._ensure(conn, source, op.source)
+        await self._ensure(conn, target, op.target)
+        try:
+            async with conn.begin_nested():
+                if not await _post(conn, "transfer", op.reference, {source: -op.amount, target: op.amount}, int(self.clock())):
+                    return False
+                if await _available(conn, source) < 0:  # the source's row is locked by the update until commit
+                    raise _Short
+        except _Short:
+            available = await _available(conn, source)
+            return InsufficientCredits(
+                f"Insufficient credits: ${format_usd(Nanos(max(available, 0)))} is available to transfer, "
+                f"not ${format_usd(Nanos(op.amount))}."
+            )
+        return True
+
     async def _apply_refund(self, conn: AsyncConnection, op: _Refund) -> int:
         charge_lines = (
             await conn.execute(
@@ -250,32 +291,65 @@ class Ledger:
         return max(lines.values())
 
     async def _apply_reserves(self, conn: AsyncConnection, ops: list[tuple[int, _Reserve]], results: list[Any]) -> None:
-        held = []
-        for index, op in sorted(ops, key=lambda item: customer(item[1].org_id)):  # one lock order across replicas
-            account = customer(op.org_id)
-            if not await _hold_on(conn, account, op.amount):
-                await self._ensure(conn, account, op.org_id)
-                if not await _hold_on(conn, account, op.amount):
-                    available = await _available(conn, account)
-                    results[index] = InsufficientCredits(
-                        f"Insufficient credits: this request may cost up to ${format_usd(Nanos(op.amount))} but "
-                        f"${format_usd(Nanos(max(available, 0)))} is available. Add credits, or lower max_tokens."
-                    )
-                    continue
-            refused = await _hold_budgets(conn, op.budgets, op.amount)
-            if refused is not None:
-                await conn.execute(update(Account).where(Account.id == account).values(held_nanos=Account.held_nanos - op.amount))
-                results[index] = BudgetExceeded(
-                    f"This API key's budget ({refused}) cannot cover this request (up to ${format_usd(Nanos(op.amount))})."
-                )
-                continue
-            held.append(
-                {"request_id": op.request_id, "account_id": account, "amount_nanos": op.amount, "state": "open",
-                 "created_at": int(self.clock()), "expires_at": op.expires_at,
-                 "budget_ids": " ".join(budget for budget, _ in op.budgets)}
+        """Holds in bulk: one statement holds every account's total for the batch, one every
+        budget's, and when each can cover its total (the common case) that is all. The writes of
+        an account or budget that cannot are undone and tried one by one, so each is refused
+        alone and in arrival order."""
+        totals: dict[str, int] = defaultdict(int)
+        for _, op in ops:
+            totals[customer(op.org_id)] += op.amount
+        accounts_held = await _hold_totals(conn, totals)
+        fast = [(index, op) for index, op in ops if customer(op.org_id) in accounts_held]
+        budget_totals: dict[str, int] = defaultdict(int)
+        limits: dict[str, int] = {}
+        for _, op in fast:
+            for budget, limit in op.budgets:
+                budget_totals[budget] += op.amount
+                limits[budget] = limit
+        budgets_held = await _hold_budget_totals(conn, budget_totals, limits)
+        admitted = [(index, op) for index, op in fast if all(b in budgets_held for b, _ in op.budgets)]
+        spilled = [(index, op) for index, op in fast if not all(b in budgets_held for b, _ in op.budgets)]
+        if spilled:  # give back what the bulk statements held for them, then retry them alone
+            undo = _Deltas()
+            for _, op in spilled:
+                undo.held[customer(op.org_id)] -= op.amount
+                for budget, _ in op.budgets:
+                    if budget in budgets_held:
+                        undo.budget_held[budget] -= op.amount
+            await _apply_deltas(conn, undo)
+        slow = [(index, op) for index, op in ops if customer(op.org_id) not in accounts_held] + spilled
+        for index, op in sorted(slow, key=lambda item: (customer(item[1].org_id), item[0])):  # one lock order
+            refusal = await self._reserve_alone(conn, op)
+            if refusal is None:
+                admitted.append((index, op))
+            else:
+                results[index] = refusal
+        now = int(self.clock())
+        if admitted:
+            await conn.execute(
+                insert(Hold),
+                [{"request_id": op.request_id, "account_id": customer(op.org_id), "amount_nanos": op.amount,
+                  "state": "open", "created_at": now, "expires_at": op.expires_at,
+                  "budget_ids": " ".join(budget for budget, _ in op.budgets)} for _, op in admitted],
             )  # fmt: skip
-        if held:
-            await conn.execute(insert(Hold), held)
+
+    async def _reserve_alone(self, conn: AsyncConnection, op: _Reserve) -> EmporionError | None:
+        account = customer(op.org_id)
+        if not await _hold_on(conn, account, op.amount):
+            await self._ensure(conn, account, op.org_id)
+            if not await _hold_on(conn, account, op.amount):
+                available = await _available(conn, account)
+                return InsufficientCredits(
+                    f"Insufficient credits: this request may cost up to ${format_usd(Nanos(op.amount))} but "
+                    f"${format_usd(Nanos(max(available, 0)))} is available. Add credits, or lower max_tokens."
+                )
+        refused = await _hold_budgets(conn, op.budgets, op.amount)
+        if refused is not None:
+            await conn.execute(update(Account).where(Account.id == account).values(held_nanos=Account.held_nanos - op.amount))
+            return BudgetExceeded(
+                f"This API key's budget ({refused}) cannot cover this request (up to ${format_usd(Nanos(op.amount))})."
+            )
+        return None
 
     async def _apply_settles(self, conn: AsyncConnection, ops: list[tuple[int, _Settle]], results: list[Any], deltas: _Deltas) -> None:
         first: dict[str, tuple[int, _Settle]] = {}
@@ -360,6 +434,46 @@ async def _post(conn: AsyncConnection, kind: str, request_id: str | None, lines:
         await conn.execute(update(Account).where(Account.id == account).values(balance_nanos=Account.balance_nanos + amount))
     return True
 
+
+
+def _amounts(amounts: dict[str, int], key: Any) -> Any:
+    """``CASE key WHEN id THEN amount ...``: per-row amounts in one statement."""
+    return case({k: literal(v, BigInteger()) for k, v in amounts.items()}, value=key)
+
+
+async def _hold_totals(conn: AsyncConnection, totals: dict[str, int]) -> set[str]:
+    """Holds each account's total where it can cover it, in one statement; returns those held."""
+    if not totals:
+        return set()
+    amount = _amounts(totals, Account.id)
+    rows = await conn.execute(
+        update(Account)
+        .where(Account.id.in_(sorted(totals)), Account.balance_nanos - Account.held_nanos >= amount)
+        .values(held_nanos=Account.held_nanos + amount)
+        .returning(Account.id)
+    )
+    return set(rows.scalars().all())
+
+
+async def _hold_budget_totals(conn: AsyncConnection, totals: dict[str, int], limits: dict[str, int]) -> set[str]:
+    """Holds each budget's total where it stays within its limit, in one statement."""
+    if not totals:
+        return set()
+    existing = set((await conn.execute(select(Budget.id).where(Budget.id.in_(sorted(totals))))).scalars().all())
+    for budget in sorted(set(totals) - existing):
+        try:
+            async with conn.begin_nested():
+                await conn.execute(insert(Budget).values(id=budget, limit_nanos=limits[budget], used_nanos=0, held_nanos=0))
+        except IntegrityError:
+            pass  # created meanwhile by another replica
+    amount, limit = _amounts(totals, Budget.id), _amounts(limits, Budget.id)
+    rows = await conn.execute(
+        update(Budget)
+        .where(Budget.id.in_(sorted(totals)), Budget.used_nanos + Budget.held_nanos + amount <= limit)
+        .values(held_nanos=Budget.held_nanos + amount, limit_nanos=limit)
+        .returning(Budget.id)
+    )
+    return set(rows.scalars().all())
 
 async def _hold_on(conn: AsyncConnection, account: str, amount: int) -> bool:
     result = await conn.execute(

@@ -14,7 +14,6 @@ import orjson
 
 from emporion.errors import ContextLengthExceeded, EmporionError, InvalidRequest, ServiceUnavailable, UpstreamError
 from emporion.providers.base import Chunk, Completion, Request, Upstream
-from emporion.providers.openai_messages import arguments, data_url, texts
 from emporion.providers.http import (
     Transport,
     error_json,
@@ -25,6 +24,7 @@ from emporion.providers.http import (
     status_error,
     stream_timeout,
 )
+from emporion.providers.openai_messages import arguments, data_url, texts
 from emporion.providers.usage import Usage
 
 API_VERSION = "2023-06-01"

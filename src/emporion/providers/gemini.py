@@ -12,7 +12,6 @@ import orjson
 
 from emporion.errors import ContextLengthExceeded, EmporionError, InvalidRequest, UpstreamError
 from emporion.providers.base import Chunk, Completion, Request, Upstream
-from emporion.providers.openai_messages import arguments, data_url, texts
 from emporion.providers.http import (
     Transport,
     error_json,
@@ -23,6 +22,7 @@ from emporion.providers.http import (
     status_error,
     stream_timeout,
 )
+from emporion.providers.openai_messages import arguments, data_url, texts
 from emporion.providers.usage import Usage
 
 FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length", "MALFORMED_FUNCTION_CALL": "stop"}

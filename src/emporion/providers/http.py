@@ -3,7 +3,6 @@ events read line by line, and transport failures mapped onto Emporion's errors i
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
@@ -117,7 +116,7 @@ def mapped_transport_errors(upstream: Upstream) -> Iterator[None]:
         yield
     except EmporionError:
         raise
-    except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
         raise UpstreamTimeout(f"upstream {upstream.name} timed out") from exc
     except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
         raise ServiceUnavailable(f"upstream {upstream.name} is unreachable ({type(exc).__name__})", retry_after_s=1) from exc

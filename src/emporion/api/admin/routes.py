@@ -361,14 +361,26 @@ async def revoke_key(request: Request) -> Response:
 
 
 async def add_credit(request: Request) -> Response:
-    """Money in: a top-up (cash received) or a grant (free credit). ``reference`` makes it
-    idempotent: the same reference twice credits once (``applied`` false the second time)."""
-    deps, principal = await _operator(request)
+    """Money in: a top-up (cash received) or a grant (free credit), by the operator; or a transfer
+    from the organization's reseller (its parent), by an admin key of the reseller, out of what
+    the reseller has available. ``reference`` makes it idempotent: the same reference twice
+    credits once (``applied`` false the second time)."""
+    deps, principal = await _admin(request)
     org = await _reached(deps, principal, request)
     body: schemas.AddCredit = await _body(request, deps, schemas.AddCredit)
     amount = to_nanos(body.amount_usd)
-    move = deps.ledger.top_up if body.kind == "top_up" else deps.ledger.grant
-    applied = await move(org.id, amount, body.reference)
+    if body.kind == "transfer":
+        if org.parent_id is None:
+            raise InvalidRequest("This organization has no reseller to transfer credit from.", param="kind", code="no_reseller")
+        try:
+            await visible_org(deps.db, principal, org.parent_id)
+        except NotFound:
+            raise PermissionDenied("Only the organization's reseller can transfer credit to it.", code="not_reseller") from None
+        applied = await deps.ledger.transfer(org.parent_id, org.id, amount, body.reference)
+    else:
+        require_operator(principal)
+        move = deps.ledger.top_up if body.kind == "top_up" else deps.ledger.grant
+        applied = await move(org.id, amount, body.reference)
     if body.kind == "top_up":
         await credits.refresh_tiers(deps.db, deps.settings)
         deps.auth.forget()

@@ -168,7 +168,7 @@ class CreateKey(Body):
 
 class AddCredit(Body):
     amount_usd: CreditUsd
-    kind: Literal["top_up", "grant"]  # a reseller's transfer to a sub-organization is not offered yet
+    kind: Literal["top_up", "grant", "transfer"]  # transfer: from the organization's reseller (its parent)
     reference: Annotated[str, StringConstraints(min_length=1, max_length=80)] | None = None  # makes it idempotent
 
 

@@ -7,12 +7,12 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from emporion.api.openai.sse import DONE, event
 from emporion.errors import EmporionError
 from emporion.metering.money import Nanos, to_usd
-from emporion.providers.usage import Usage
 from emporion.providers.base import Chunk, Completion, Endpoint
+from emporion.providers.usage import Usage
 from emporion.routing.router import Route
-from emporion.api.openai.sse import DONE, event
 
 OBJECT = {"chat": "chat.completion", "completion": "text_completion"}
 CHUNK_OBJECT = {"chat": "chat.completion.chunk", "completion": "text_completion"}
