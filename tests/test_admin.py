@@ -441,6 +441,12 @@ def test_cli_manages_accounts_end_to_end(tmp_path):
     assert "tier: free" in run("orgs", "show", "acme").stdout  # $4.50 paid: not yet tier-1
     run("credits", "top-up", "acme", "0.5")
     assert "tier: tier-1" in run("orgs", "show", "acme").stdout
+    run("credits", "transfer", "acme-shop", "2.5")  # from its reseller, acme
+    assert run("credits", "balance", "acme-shop").stdout.splitlines()[0] == "balance: $3.5"
+    assert run("credits", "balance", "acme").stdout.splitlines()[0] == "balance: $4"
+    short = run("credits", "transfer", "acme-shop", "4.01", check=False)
+    assert short.returncode == 1 and "Insufficient credits" in short.stderr
+    assert run("credits", "transfer", "acme", "1", check=False).returncode == 1  # acme has no reseller
     run("orgs", "set-tier", "acme-shop", "tier-4")
     assert "tier: tier-4 (pinned)" in run("orgs", "show", "acme-shop").stdout
     assert run("orgs", "set-tier", "acme-shop", "gold", check=False).returncode == 2

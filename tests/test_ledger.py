@@ -9,7 +9,6 @@ import asyncio
 import secrets
 from decimal import Decimal
 
-import asyncpg
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -22,8 +21,8 @@ from emporion.providers.usage import Usage
 from emporion.store import repos
 from emporion.store.session import open_database
 from emporion.store.tables import Account, Budget, Hold, Posting
+from tests.conftest import fresh_postgres
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 PRICE = Price(prompt=Decimal("0.000001"), completion=Decimal("0.000004"))
 
 
@@ -176,21 +175,8 @@ async def _charges_per_request(db) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def postgres_url():
-    name = "emporion_test_" + secrets.token_hex(4)
-
-    async def create():
-        conn = await asyncpg.connect(PG_ADMIN)
-        await conn.execute(f'CREATE DATABASE "{name}"')
-        await conn.close()
-
-    async def drop():
-        conn = await asyncpg.connect(PG_ADMIN)
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.close()
-
-    asyncio.run(create())
-    yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-    asyncio.run(drop())
+    with fresh_postgres() as url:
+        yield url
 
 
 def test_ledger_state_machine_on_sqlite(tmp_path):

@@ -128,7 +128,11 @@ def test_mid_stream_upstream_failure_bills_what_was_generated(gateway, fake_open
     key = new_key(gateway, "meter-failure")
     fake_openai.enqueue(Script(text="one two three four five six", reset_after_chunks=3))
     stream = client(gateway, key).chat.completions.create(model="luxury", messages=USER, max_tokens=100, stream=True)
-    ids = {chunk.id for chunk in stream}
+    ids = set()
+    with pytest.raises(openai.APIError, match="unreachable"):  # the stream ends with an error event
+        for chunk in stream:
+            ids.add(chunk.id)
+    assert len(ids) == 1
     record = generation(gateway, key, ids.pop())["data"]
     assert (record["status"], record["usage_source"], record["tokens_completion"]) == ("failed", "counted", 3)
     assert record["total_cost_nanos"] == nanos(record["tokens_prompt"], 3)

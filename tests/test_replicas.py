@@ -12,7 +12,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import asyncpg
 import httpx
 import pytest
 from sqlalchemy import func, select
@@ -23,7 +22,6 @@ from emporion.store.tables import Account, Entry, Hold, Posting, RequestRecord
 from tests.conftest import emporion, start_gateway, stop_gateway
 from tests.fakes.script import Script
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS = "redis://127.0.0.1:6379/0"
 BODY = {"model": "race", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 100}
 # The worst case of BODY: 28 prompt bytes at 1,000 nanos and 100 output tokens at 10,000 nanos.
@@ -44,20 +42,6 @@ def config(fake_url: str, database_url: str | None = None, redis_url: str | None
     if redis_url:
         lines.append(f'[limits]\nredis_url = "{redis_url}"\nreplicas = 2')
     return "\n\n".join(lines) + "\n"
-
-
-@pytest.fixture
-def postgres_url():
-    name = "emporion_replicas_" + secrets.token_hex(4)
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(PG_ADMIN)
-        await conn.execute(sql)
-        await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture
@@ -221,3 +205,19 @@ def test_kill_9_under_load_leaves_balanced_books_and_no_double_charge(tmp_path, 
     assert settled == set(state["records"])  # every settled request has its record, and only those
     charged = sum(state["records"].values())
     assert state["balances"][customer(org_id)] == 10**12 - charged
+
+
+def test_replicas_starting_together_migrate_one_at_a_time(postgres_url):
+    """Four processes opening an empty PostgreSQL database at once: one migrates, the others wait
+    for it and find the schema done (without the lock, concurrent CREATE TABLEs collide)."""
+
+    async def scenario():
+        dbs = await asyncio.wait_for(asyncio.gather(*(open_database(postgres_url) for _ in range(4))), 60)
+        try:
+            async with dbs[0].engine.connect() as conn:
+                return (await conn.exec_driver_sql("SELECT count(*) FROM alembic_version")).scalar_one()
+        finally:
+            for db in dbs:
+                await db.close()
+
+    assert asyncio.run(scenario()) == 1

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
-import asyncpg
 import httpx
 import pytest
 
@@ -40,7 +39,6 @@ from emporion.store import orgs, repos
 from emporion.store.session import Database, open_database
 from tests.conftest import emporion
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 PRICES = {
     "alpha": Price(prompt=Decimal("0.000001"), completion=Decimal("0.000004"), cached_prompt=Decimal("0.0000005")),
     "beta": Price(prompt=Decimal("0.0000031"), completion=Decimal("0.0000127"), request=Decimal("0.0001")),
@@ -163,25 +161,6 @@ def expected(books: Books, org: str, start: int, end: int, group) -> dict[str, t
 
 def as_dict(rows) -> dict[str, tuple[int, int, int, int, int, int]]:
     return {r.group: (r.requests, r.input_tokens, r.cached_input_tokens, r.cache_write_tokens, r.output_tokens, r.cost_nanos) for r in rows}
-
-
-@pytest.fixture
-def postgres_url():
-    name = "emporion_test_" + secrets.token_hex(4)
-
-    async def create():
-        conn = await asyncpg.connect(PG_ADMIN)
-        await conn.execute(f'CREATE DATABASE "{name}"')
-        await conn.close()
-
-    async def drop():
-        conn = await asyncpg.connect(PG_ADMIN)
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.close()
-
-    asyncio.run(create())
-    yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-    asyncio.run(drop())
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -11,6 +11,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+MIGRATION_LOCK = 0x656D706F  # "empo": the PostgreSQL advisory lock held while migrating
 
 
 class Database:
@@ -24,6 +25,8 @@ class Database:
 
     async def migrate(self) -> None:
         async with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":  # replicas starting together migrate one at a time
+                await conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
             await conn.run_sync(_upgrade_to_head)
 
     def session(self) -> AsyncSession:
