@@ -387,15 +387,16 @@ class Ledger:
             for payee in sorted({a for _, lines in postings for a in lines} - self._known):
                 await self._ensure(conn, payee, None)
             now = int(self.clock())
-            ids = (
-                await conn.execute(
-                    insert(Posting).returning(Posting.id, sort_by_parameter_order=True),
-                    [{"kind": "charge", "request_id": request_id, "created_at": now} for request_id, _ in postings],
-                )
-            ).scalars().all()
+            charged = [request_id for request_id, _ in postings]
+            await conn.execute(insert(Posting), [{"kind": "charge", "request_id": r, "created_at": now} for r in charged])
+            ids = dict(  # read back by their unique (request_id, kind): a RETURNING in parameter order costs far more
+                (await conn.execute(
+                    select(Posting.request_id, Posting.id).where(Posting.kind == "charge", Posting.request_id.in_(charged))
+                )).all()
+            )  # fmt: skip
             entries = [
-                {"posting_id": posting_id, "account_id": account, "amount_nanos": amount}
-                for posting_id, (_, lines) in zip(ids, postings, strict=True)
+                {"posting_id": ids[request_id], "account_id": account, "amount_nanos": amount}
+                for request_id, lines in postings
                 for account, amount in lines.items()
             ]
             await conn.execute(insert(Entry), entries)
