@@ -176,3 +176,22 @@ def test_a_key_limited_to_some_models_gets_403_on_others(gateway):
     with pytest.raises(openai.PermissionDeniedError) as caught:
         client(gateway, key).chat.completions.create(model="fake-gpt", messages=USER, max_tokens=10)
     assert caught.value.body["code"] == "model_not_allowed"
+
+
+def test_a_resellers_customer_pays_the_operators_price_plus_the_markup_and_the_reseller_earns_it(gateway):
+    run = lambda *args: emporion(*args, data_dir=gateway.data_dir).stdout.strip()  # noqa: E731
+    parent = run("orgs", "create", "meter-reseller")
+    run("orgs", "set-markup", "meter-reseller", "--percent", "25", "--fixed", "0.000001")
+    child = run("orgs", "create", "meter-retail", "--parent", "meter-reseller")
+    key = run("keys", "create", "--org", "meter-retail")
+    completion = client(gateway, key).chat.completions.create(model="luxury", messages=USER, max_tokens=10)
+    base = nanos(completion.usage.prompt_tokens, completion.usage.completion_tokens)  # the operator's price (no margin here)
+    markup = base // 4 + 1000  # 25% (exact here: prices are whole thousands of nanos) plus $0.000001
+    record = generation(gateway, key, completion.id)["data"]
+    assert record["total_cost_nanos"] == base + markup and record["upstream_inference_cost"] * 10**9 == pytest.approx(base)
+    with sqlite3.connect(gateway.data_dir / "emporion.db") as db:
+        balances = dict(db.execute("SELECT id, balance_nanos FROM accounts WHERE id IN (?, ?, ?)",
+                                   [f"customer:{child}", f"reseller:{parent}", f"customer:{parent}"]))  # fmt: skip
+    assert balances[f"reseller:{parent}"] == markup
+    assert balances[f"customer:{child}"] == 100 * 10**9 - base - markup
+    assert balances[f"customer:{parent}"] == 100 * 10**9  # the reseller's own credit is not touched
