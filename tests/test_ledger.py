@@ -1,5 +1,6 @@
 """The ledger under Hypothesis' stateful testing, on SQLite and on PostgreSQL: top-ups, grants,
-reserve (against a budget too), settle (twice), release, refund, expiry of crashed requests;
+reserve (against a budget too), settle (twice), release, refund, transfer, a crash and restart of
+the process between any two steps, expiry of crashed requests;
 after every step the books sum to zero, no balance or budget is overdrawn, every account's held
 amount is the sum of its open holds, and no request is charged twice or more than its hold."""
 
@@ -115,6 +116,31 @@ class LedgerMachine(RuleBasedStateMachine):
             self.refunded.add(request_id)
         else:
             assert refunded == 0 and self.run(self.ledger.balances()) == before
+
+    @rule(source=st.integers(0, 1), amount=st.integers(1, 5 * 10**7))
+    def transfer(self, source, amount):
+        """A reseller funding a customer: only from what the source has available."""
+        before = self.run(self.ledger.available(self.orgs[source]))
+        try:
+            self.run(self.ledger.transfer(self.orgs[source], self.orgs[1 - source], amount))
+        except InsufficientCredits:
+            assert before < amount and self.run(self.ledger.available(self.orgs[source])) == before
+            return
+        assert before >= amount and self.run(self.ledger.available(self.orgs[source])) == before - amount
+
+    @rule()
+    def the_process_crashes_and_restarts(self):
+        """kill -9 between steps: the writer and every connection are gone without a goodbye; a new
+        process opens the same books. What was acknowledged stays; open holds wait for expiry."""
+        before = self.run(self.ledger.balances())
+        task = self.ledger.writer._task
+        if task is not None:
+            task.cancel()
+            self.run(asyncio.gather(task, return_exceptions=True))
+        self.run(self.db.close())
+        self.db = self.run(open_database(self.url))
+        self.ledger = Ledger(self.db, clock=self.clock)
+        assert self.run(self.ledger.balances()) == before
 
     @rule(seconds=st.integers(0, 120))
     def time_passes_and_the_sweeper_runs(self, seconds):
