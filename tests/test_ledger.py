@@ -274,3 +274,39 @@ def test_one_batch_of_reservations_is_judged_write_by_write(tmp_path):
     assert available == [2 * 10**8, 0, 6 * 10**8]
     assert held == open_holds and budget_spent == 4 * 10**8  # what was undone for the refused is not held
     assert batches == 1  # the 24 reservations were applied together, in one transaction
+
+
+def test_a_running_requests_hold_outlives_its_ttl_but_a_dead_processs_expires(tmp_path):
+    """The sweeper pushes back the expiry of holds of requests still running in its process (a
+    stream longer than the ttl is charged in full), and frees those of a process that died."""
+
+    async def scenario():
+        url = f"sqlite+aiosqlite:///{tmp_path / 'ttl.db'}"
+        db = await open_database(url)
+        clock = Clock()
+        alive, other = Ledger(db, clock=clock), Ledger(db, clock=clock)  # two processes on one database
+        try:
+            org = await _org(db, "streamer")
+            await alive.top_up(org, 10**9)
+            await alive.reserve(org, "long-stream", 10**8, ttl_s=60)
+            await alive.reserve(org, "orphan", 10**8, ttl_s=60)
+            await alive.release("orphan")
+            await other.reserve(org, "dies-with-its-process", 10**8, ttl_s=60)
+            for _ in range(10):  # ten minutes, each process sweeping every 50 s
+                clock.now += 50
+                assert await alive.expire() == 0
+                await other.expire()
+            other._live.clear()  # the other process is killed: what it knew of its requests is gone
+            clock.now += 61
+            expired = await alive.expire()
+            settled = await alive.settle("long-stream", charge(Usage(output_tokens=5), PRICE), upstream="openai")
+            return expired, settled, await alive.available(org)
+        finally:
+            await alive.aclose()
+            await other.aclose()
+            await db.close()
+
+    expired, settled, available = asyncio.run(scenario())
+    assert expired == 1  # the dead process's hold, and only it
+    assert settled is not None and settled.charged == charge(Usage(output_tokens=5), PRICE).total
+    assert available == 10**9 - settled.charged

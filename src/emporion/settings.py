@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Release = Literal["closed", "open-weights", "open-source"]
 Modality = Literal["text", "image", "audio", "file", "embeddings"]
@@ -140,11 +140,17 @@ class MeteringSettings(Strict):
     free_credit_usd: Decimal = Decimal("1")  # granted once to every new organization
     margin_percent: Decimal = Decimal(0)  # the operator's global margin, until one is set with the admin API
     margin_fixed_usd: Decimal = Decimal(0)  # per request
-    hold_ttl_s: Annotated[float, Field(gt=0)] = 900.0  # an open hold older than this belonged to a dead process
-    sweep_interval_s: Annotated[float, Field(gt=0)] = 30.0
+    hold_ttl_s: Annotated[float, Field(ge=1)] = 900.0  # a hold not renewed for this long belonged to a dead process
+    sweep_interval_s: Annotated[float, Field(gt=0)] = 30.0  # each sweep renews the holds of requests still running
     image_tokens: Annotated[int, Field(ge=0)] = 2000  # the worst case counted for one image part
 
     _check = field_validator("free_credit_usd", "margin_percent", "margin_fixed_usd")(_usd)
+
+    @model_validator(mode="after")
+    def _renewed_in_time(self) -> MeteringSettings:
+        if self.sweep_interval_s * 2 > self.hold_ttl_s:
+            raise ValueError("sweep_interval_s must be at most half of hold_ttl_s, or running requests' holds could expire")
+        return self
 
 
 class TierSettings(Strict):

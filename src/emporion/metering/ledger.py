@@ -92,6 +92,7 @@ class _Release:
 @dataclass(frozen=True, slots=True)
 class _Expire:
     now: int
+    live: tuple[tuple[str, int], ...]  # (request id, ttl) of requests still running in this process
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +140,7 @@ class Ledger:
         self.db = db
         self.clock = clock
         self._known: set[str] = set()  # accounts known to exist
+        self._live: dict[str, int] = {}  # request id -> its hold's ttl, for requests running here
         self.writer: GroupCommit[Any] = GroupCommit(db.engine, self._apply)
 
     async def aclose(self) -> None:
@@ -186,8 +188,9 @@ class Ledger:
         insufficient_credits (budget_exceeded)."""
         if amount < 0:
             raise ValueError("a hold is never negative")
-        now = int(self.clock())
-        await self.writer.submit(_Reserve(org_id, request_id, amount, now + max(1, int(ttl_s)), tuple(budgets)))
+        ttl = max(1, int(ttl_s))
+        await self.writer.submit(_Reserve(org_id, request_id, amount, int(self.clock()) + ttl, tuple(budgets)))
+        self._live[request_id] = ttl
 
     async def settle(
         self,
@@ -200,15 +203,23 @@ class Ledger:
         """Charges the real cost against the request's hold, exactly once; a second call (or a
         call after the hold expired or was released) changes nothing and returns None. The
         request's record, when given, is written in the same transaction."""
-        return await self.writer.submit(_Settle(request_id, charge, upstream, tuple(resellers), record))
+        try:
+            return await self.writer.submit(_Settle(request_id, charge, upstream, tuple(resellers), record))
+        finally:
+            self._live.pop(request_id, None)
 
     async def release(self, request_id: str) -> bool:
         """Frees a hold without charging (the request failed before any usage)."""
-        return await self.writer.submit(_Release(request_id))
+        try:
+            return await self.writer.submit(_Release(request_id))
+        finally:
+            self._live.pop(request_id, None)
 
     async def expire(self) -> int:
-        """The sweeper: releases holds past their expiry (requests whose process died)."""
-        return await self.writer.submit(_Expire(int(self.clock())))
+        """The sweeper: releases holds past their expiry (requests whose process died). First it
+        pushes back the expiry of the holds of requests still running in this process (a long
+        stream), so only a dead process's holds ever expire; each replica sweeps for its own."""
+        return await self.writer.submit(_Expire(int(self.clock()), tuple(self._live.items())))
 
     # --- books -----------------------------------------------------------------------------------
 
@@ -241,6 +252,7 @@ class Ledger:
             for i in by_kind[_Release]:
                 results[i] = ops[i].request_id in released
         for index in by_kind[_Expire]:
+            await _extend(conn, ops[index].now, ops[index].live)
             rows = await conn.execute(
                 update(Hold).where(Hold.state == "open", Hold.expires_at <= ops[index].now).values(state="expired")
                 .returning(Hold.account_id, Hold.amount_nanos, Hold.budget_ids)
@@ -417,6 +429,17 @@ class Ledger:
             except IntegrityError:
                 pass  # created meanwhile by another replica
         self._known.add(account_id)
+
+
+async def _extend(conn: AsyncConnection, now: int, live: Sequence[tuple[str, int]]) -> None:
+    """Pushes the expiry of live requests' open holds to ``now + ttl``."""
+    by_ttl: dict[int, list[str]] = defaultdict(list)
+    for request_id, ttl in live:
+        by_ttl[ttl].append(request_id)
+    for ttl, request_ids in by_ttl.items():
+        for start in range(0, len(request_ids), 500):
+            chunk = request_ids[start : start + 500]
+            await conn.execute(update(Hold).where(Hold.request_id.in_(chunk), Hold.state == "open").values(expires_at=now + ttl))
 
 
 async def _post(conn: AsyncConnection, kind: str, request_id: str | None, lines: dict[str, int], now: int) -> bool:
