@@ -310,3 +310,100 @@ def test_a_running_requests_hold_outlives_its_ttl_but_a_dead_processs_expires(tm
     assert expired == 1  # the dead process's hold, and only it
     assert settled is not None and settled.charged == charge(Usage(output_tokens=5), PRICE).total
     assert available == 10**9 - settled.charged
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'books.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+def test_a_batch_that_fails_is_undone_whole_and_each_write_then_applies_once(any_url):
+    """A write that fails (here a reservation reusing a request id) rolls its whole batch back:
+    the top-up, the new organization's grant and the transfer batched with it apply once, when
+    retried alone, and the failed write gets a clean 503."""
+
+    async def scenario():
+        db = await open_database(any_url)
+        ledger = Ledger(db)
+        try:
+            await _empty(db)
+            old, new = await _org(db, "old-" + secrets.token_hex(3)), await _org(db, "new-" + secrets.token_hex(3))
+            await ledger.top_up(old, 10**9)
+            outcomes = await asyncio.gather(
+                ledger.top_up(old, 777, reference="pay-1"),
+                ledger.grant(new, 500, reference="welcome"),
+                ledger.transfer(old, new, 100),
+                ledger.reserve(old, "dup", 10),
+                ledger.reserve(old, "dup", 10),
+                return_exceptions=True,
+            )
+            again = await ledger.grant(new, 500, reference="welcome")
+            return outcomes, again, await ledger.balances(), await _held(db)
+        finally:
+            await ledger.aclose()
+            await db.close()
+
+    outcomes, again, balances, (held, open_holds) = asyncio.run(scenario())
+    assert outcomes[:4] == [True, True, True, None] and type(outcomes[4]).__name__ == "ServiceUnavailable"
+    assert again is False  # the grant was applied once, and is remembered
+    assert sum(balances.values()) == 0 and held == open_holds
+    assert sorted(v for k, v in balances.items() if k.startswith("customer:")) == [600, 10**9 + 777 - 100]
+
+
+def test_closing_the_writer_commits_what_is_queued(any_url):
+    async def scenario():
+        db = await open_database(any_url)
+        ledger = Ledger(db)
+        try:
+            await _empty(db)
+            org = await _org(db, "drain-" + secrets.token_hex(3))
+            writes = [asyncio.create_task(ledger.top_up(org, 1)) for _ in range(300)]
+            await asyncio.sleep(0)  # queued, and the first batch started
+            await ledger.aclose()
+            available = await ledger.available(org)  # committed before aclose returned
+            return all(await asyncio.gather(*writes)), available
+        finally:
+            await db.close()
+
+    assert asyncio.run(scenario()) == (True, 300)
+
+
+def test_two_processes_crossing_batches_on_postgresql_never_fail(postgres_url):
+    """Two writers (two replicas) reserving and settling across the same accounts in opposite
+    orders: rows are locked in one order, so neither deadlocks into a failed request."""
+
+    async def replica(url: str, orgs: list[str], flip: bool) -> list[object]:
+        db = await open_database(url)
+        ledger = Ledger(db)
+        order = orgs[::-1] if flip else orgs
+
+        async def lifecycle(number: int) -> None:
+            org = order[number % len(order)]
+            request_id = f"x-{flip}-{number}"
+            await ledger.reserve(org, request_id, 1000)
+            await ledger.settle(request_id, charge(Usage(output_tokens=10), PRICE), upstream="openai")
+
+        try:
+            return await asyncio.gather(*(lifecycle(n) for n in range(400)), return_exceptions=True)
+        finally:
+            await ledger.aclose()
+            await db.close()
+
+    async def scenario():
+        db = await open_database(postgres_url)
+        ledger = Ledger(db)
+        await _empty(db)
+        orgs = [await _org(db, f"cross-{i}-{secrets.token_hex(2)}") for i in range(4)]
+        for org in orgs:
+            await ledger.top_up(org, 10**9)
+        await ledger.aclose()
+        results = await asyncio.gather(replica(postgres_url, orgs, False), replica(postgres_url, orgs, True))
+        balances, held = await Ledger(db).balances(), await _held(db)
+        await db.close()
+        return [r for rs in results for r in rs], balances, held
+
+    outcomes, balances, (held, open_holds) = asyncio.run(scenario())
+    assert [o for o in outcomes if o is not None] == []
+    assert sum(balances.values()) == 0 and held == open_holds == {}

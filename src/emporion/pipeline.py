@@ -130,7 +130,11 @@ async def admit(deps: Deps, principal: Principal, wire: Sampling | EmbeddingRequ
         for scope, most in _concurrency(deps, principal):
             await slots.enter_async_context(deps.limiter.concurrency(scope, most))
         hold = worst_case(principal, deps.pricebook, models, bound, outputs)
-        await deps.ledger.reserve(principal.org_id, request_id, hold, metering.hold_ttl_s, budgets_of(principal, time.time()))
+        try:
+            await deps.ledger.reserve(principal.org_id, request_id, hold, metering.hold_ttl_s, budgets_of(principal, time.time()))
+        except asyncio.CancelledError:
+            deps.ledger.release_soon(request_id)
+            raise
     except BaseException:
         await slots.aclose()
         raise

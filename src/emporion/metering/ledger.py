@@ -16,13 +16,14 @@ write goes through one group-commit writer (store/group_commit.py).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import BigInteger, bindparam, case, insert, literal, select, update
+from sqlalchemy import BigInteger, bindparam, case, insert, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -141,7 +142,8 @@ class Ledger:
         self.clock = clock
         self._known: set[str] = set()  # accounts known to exist
         self._live: dict[str, int] = {}  # request id -> its hold's ttl, for requests running here
-        self.writer: GroupCommit[Any] = GroupCommit(db.engine, self._apply)
+        self._background: set[asyncio.Task[Any]] = set()
+        self.writer: GroupCommit[Any] = GroupCommit(db.engine, self._apply, on_rollback=self._known.clear)
 
     async def aclose(self) -> None:
         await self.writer.aclose()
@@ -215,6 +217,13 @@ class Ledger:
         finally:
             self._live.pop(request_id, None)
 
+    def release_soon(self, request_id: str) -> None:
+        """For a caller cancelled while reserving (its reservation may commit all the same): the
+        release is queued behind the reservation, so it frees it whatever happened."""
+        task = asyncio.create_task(self.release(request_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def expire(self) -> int:
         """The sweeper: releases holds past their expiry (requests whose process died). First it
         pushes back the expiry of the holds of requests still running in this process (a long
@@ -233,6 +242,8 @@ class Ledger:
     async def _apply(self, conn: AsyncConnection, ops: Sequence[Any]) -> list[Any]:
         """Applies a batch in order of kind: moves, transfers, refunds, reserves, settles, releases, expiries."""
         results: list[Any] = [None] * len(ops)
+        if conn.dialect.name == "postgresql":
+            await _lock_rows(conn, ops)
         deltas = _Deltas()
         by_kind: dict[type, list[int]] = defaultdict(list)
         for index, op in enumerate(ops):
@@ -429,6 +440,44 @@ class Ledger:
             except IntegrityError:
                 pass  # created meanwhile by another replica
         self._known.add(account_id)
+
+
+async def _lock_rows(conn: AsyncConnection, ops: Sequence[Any]) -> None:
+    """PostgreSQL: locks every account and budget row the batch will change, in one sorted order,
+    before changing any, so two replicas' batches queue behind each other instead of deadlocking
+    (a deadlock left is retried by the writer)."""
+    accounts: set[str] = set()
+    budgets: set[str] = set()
+    closing, refunded, expire_at = [], [], None
+    for op in ops:
+        if isinstance(op, _Move):
+            accounts.update(account for account, _ in op.lines)
+        elif isinstance(op, _Transfer):
+            accounts.update((customer(op.source), customer(op.target)))
+        elif isinstance(op, _Reserve):
+            accounts.add(customer(op.org_id))
+            budgets.update(budget for budget, _ in op.budgets)
+        elif isinstance(op, _Settle):
+            accounts.update((provider(op.upstream), OPERATOR, *(reseller(org) for org in op.resellers)))
+            closing.append(op.request_id)
+        elif isinstance(op, _Release):
+            closing.append(op.request_id)
+        elif isinstance(op, _Refund):
+            refunded.append(op.request_id)
+        elif isinstance(op, _Expire):
+            expire_at = op.now
+    if closing or expire_at is not None:
+        due = Hold.request_id.in_(closing) if expire_at is None else or_(Hold.request_id.in_(closing), Hold.expires_at <= expire_at)
+        for account, budget_ids in await conn.execute(select(Hold.account_id, Hold.budget_ids).where(Hold.state == "open", due)):
+            accounts.add(account)
+            budgets.update(budget_ids.split())
+    if refunded:
+        charged = select(Entry.account_id).join(Posting, Posting.id == Entry.posting_id)
+        accounts.update((await conn.execute(charged.where(Posting.kind == "charge", Posting.request_id.in_(refunded)))).scalars())
+    if accounts:
+        await conn.execute(select(Account.id).where(Account.id.in_(sorted(accounts))).order_by(Account.id).with_for_update())
+    if budgets:
+        await conn.execute(select(Budget.id).where(Budget.id.in_(sorted(budgets))).order_by(Budget.id).with_for_update())
 
 
 async def _extend(conn: AsyncConnection, now: int, live: Sequence[tuple[str, int]]) -> None:

@@ -6,8 +6,10 @@ commit ran and applies it at once: throughput grows with load and no caller wait
 one commit behind the queue. Each caller awaits its own result, which exists only once the
 transaction holding it has committed, so nothing acknowledged can be lost.
 
-If a batch fails as a whole (a deadlock between replicas, a constraint), each of its writes is
-tried again alone, so one bad write fails only its own caller.
+A batch lost to a deadlock or a serialization failure between replicas is tried again as a
+whole (twice); a batch that fails otherwise (a constraint) has each of its writes tried again
+alone, so one bad write fails only its own caller. On SQLite the transaction takes the write lock
+at BEGIN (``writer`` execution option, see store/session.py).
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from emporion.errors import EmporionError, ServiceUnavailable
 
 log = logging.getLogger("emporion.store")
 
@@ -28,10 +33,11 @@ MAX_BATCH = 256
 
 
 class GroupCommit(Generic[Op]):
-    def __init__(self, engine: AsyncEngine, apply: Apply[Op]) -> None:
+    def __init__(self, engine: AsyncEngine, apply: Apply[Op], on_rollback: Callable[[], None] = lambda: None) -> None:
         self.engine = engine
         self.apply = apply  # returns one result (or an exception instance) per op, in order
-        self._queue: asyncio.Queue[tuple[Op, asyncio.Future[Any]]] | None = None
+        self.on_rollback = on_rollback  # forget what the rolled-back transaction seemed to create
+        self._queue: asyncio.Queue[tuple[Op, asyncio.Future[Any]] | None] | None = None
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
         self.ops = 0
@@ -49,44 +55,71 @@ class GroupCommit(Generic[Op]):
         return result
 
     async def aclose(self) -> None:
-        """Applies what is queued, then stops."""
+        """Applies what is queued (the batch being committed included), then stops."""
         if self._task is None:
             return
         assert self._queue is not None
-        while not self._queue.empty() and not self._task.done():
-            await asyncio.sleep(0.001)
-        self._task.cancel()
+        self._queue.put_nowait(None)
         try:
             await self._task
-        except asyncio.CancelledError:
-            pass
-        self._task = None
+        finally:
+            self._task = None
 
-    async def _run(self, queue: asyncio.Queue[tuple[Op, asyncio.Future[Any]]]) -> None:
-        while True:
-            batch = [await queue.get()]
-            while len(batch) < MAX_BATCH and not queue.empty():
-                batch.append(queue.get_nowait())
-            results = await self._commit([op for op, _ in batch])
-            if len(batch) > 1 and isinstance(results, BaseException):
-                results = [await self._commit([op]) for op, _ in batch]
-                results = [r if isinstance(r, BaseException) else r[0] for r in results]
-            for (_, future), result in zip(batch, _spread(results, len(batch)), strict=True):
-                if not future.done():
-                    future.set_result(result)
-            self.batches += 1
-            self.ops += len(batch)
+    async def _run(self, queue: asyncio.Queue[tuple[Op, asyncio.Future[Any]] | None]) -> None:
+        stopping = False
+        while not stopping:
+            batch: list[tuple[Op, asyncio.Future[Any]]] = []
+            item = await queue.get()
+            while True:
+                if item is None:
+                    stopping = True
+                else:
+                    batch.append(item)
+                if len(batch) >= MAX_BATCH or queue.empty():
+                    break
+                item = queue.get_nowait()
+            if batch:
+                await self._apply_batch(batch)
+
+    async def _apply_batch(self, batch: list[tuple[Op, asyncio.Future[Any]]]) -> None:
+        ops = [op for op, _ in batch]
+        results = await self._try(ops)
+        if len(ops) > 1 and isinstance(results, BaseException):
+            results = [r if isinstance(r, BaseException) else r[0] for r in [await self._try([op]) for op in ops]]
+        for (_, future), result in zip(batch, _spread(results, len(batch)), strict=True):
+            if isinstance(result, Exception) and not isinstance(result, EmporionError):
+                log.warning("ledger write failed: %r", result)
+                result = ServiceUnavailable("The billing database failed this request (nothing was charged); try again.")
+            if not future.done():
+                future.set_result(result)
+        self.batches += 1
+        self.ops += len(batch)
+
+    async def _try(self, ops: list[Op]) -> list[Any] | BaseException:
+        """Commits the batch; again, up to twice, when it lost a deadlock to another replica."""
+        for _ in range(2):
+            results = await self._commit(ops)
+            if not _contended(results):
+                return results
+        return await self._commit(ops)
 
     async def _commit(self, ops: list[Op]) -> list[Any] | BaseException:
         try:
-            async with self.engine.begin() as conn:
-                return await self.apply(conn, ops)
+            async with self.engine.connect() as conn:
+                await conn.execution_options(writer=True)
+                async with conn.begin():
+                    return await self.apply(conn, ops)
         except asyncio.CancelledError:
+            self.on_rollback()
             raise
         except Exception as exc:  # the transaction rolled back: no write of this batch happened
-            if len(ops) == 1:
-                log.warning("ledger write failed: %s", exc)
+            self.on_rollback()
             return exc
+
+
+def _contended(results: list[Any] | BaseException) -> bool:
+    """A deadlock or serialization failure: the whole batch may well pass when tried again."""
+    return isinstance(results, DBAPIError) and getattr(results.orig, "sqlstate", None) in ("40P01", "40001")
 
 
 def _spread(results: list[Any] | BaseException, count: int) -> list[Any]:

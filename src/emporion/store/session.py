@@ -21,6 +21,7 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(url)
         if url.startswith("sqlite"):
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     async def migrate(self) -> None:
@@ -64,3 +65,13 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
+    # The sqlite3 module opens a transaction only before INSERT/UPDATE/DELETE, so a SAVEPOINT
+    # first in a transaction would start (and its RELEASE commit) one of its own: SQLAlchemy
+    # emits BEGIN itself instead (_sqlite_begin), and a transaction is one transaction.
+    dbapi_connection.isolation_level = None
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    # IMMEDIATE for writers (the write lock from the start: no deadlock upgrading a read lock,
+    # busy_timeout applies); readers stay deferred so they never wait for a writer (WAL).
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("writer") else "BEGIN")
