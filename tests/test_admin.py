@@ -189,7 +189,7 @@ async def test_reseller_admin_manages_its_sub_organizations(admin):
     reseller = await admin.org("reseller")
     boss = await admin.key(reseller["id"], "admin")
     customer = await admin.org("customer", key=boss)  # under its own tree by default
-    assert customer["parent_id"] == reseller["id"] and customer["balance_usd"] == "1"
+    assert customer["parent_id"] == reseller["id"] and customer["balance_usd"] == "0"  # funded by its reseller, not free
     grandchild = await admin.org("customer-team", parent_id=customer["id"], key=boss)
     names = {o["name"] for o in (await admin.ok("GET", "/admin/v1/organizations", key=boss))["data"]}
     assert names == {"reseller", "customer", "customer-team"}
@@ -206,7 +206,7 @@ async def test_reseller_admin_manages_its_sub_organizations(admin):
     error_of(await admin.call("POST", "/admin/v1/organizations", boss, {"name": "x", "tier": "tier-5"}), 403, "operator_key_required")
     error_of(await admin.call("POST", f"/admin/v1/organizations/{reseller['id']}/suspend", boss, {}), 403, "own_organization")
     error_of(await admin.call("POST", path + "/keys", boss, {"kind": "operator"}), 403, "operator_key_required")
-    assert (await admin.ok("GET", path + "/credits", key=boss))["available_usd"] == "1"
+    assert (await admin.ok("GET", path + "/credits", key=boss))["available_usd"] == "0"
 
     await admin.ok("POST", path + "/members", {"email": "cto@customer.example", "role": "owner"}, key=boss)
     api = await admin.key(customer["id"], key=boss, label="prod", budget_usd="0.5")
@@ -216,8 +216,15 @@ async def test_reseller_admin_manages_its_sub_organizations(admin):
     await admin.ok("POST", path + "/suspend", {"reason": "card declined"}, key=boss)
     for key in (api, sub_api):  # a sub-organization of a suspended one is suspended with it
         error_of(await admin.client.get("/v1/models", headers={"authorization": f"Bearer {key}"}), 403, "account_suspended")
+    denied = error_of(await admin.client.get("/v1/models", headers={"authorization": f"Bearer {sub_api}"}), 403, "account_suspended")
+    assert "customer" not in denied["message"] and "card declined" not in denied["message"]  # not its own: nothing told
     await admin.ok("POST", path + "/restore", key=boss)
     assert (await admin.client.get("/v1/models", headers={"authorization": f"Bearer {api}"})).status_code == 200
+    await admin.ok("POST", path + "/suspend", {"reason": "fraud"})  # the operator's suspension...
+    error_of(await admin.call("POST", path + "/restore", boss), 403, "operator_key_required")  # ...is the operator's to lift
+    error_of(await admin.call("POST", path + "/suspend", boss, {"reason": "other"}), 403, "operator_key_required")
+    assert (await admin.ok("GET", path))["suspended_reason"] == "fraud"
+    await admin.ok("POST", path + "/restore")
     key_id = (await admin.ok("GET", path + "/keys", key=boss))["data"][0]["id"]
     await admin.ok("DELETE", f"/admin/v1/keys/{key_id}", key=boss)
     error_of(await admin.client.get("/v1/models", headers={"authorization": f"Bearer {api}"}), 401, "invalid_api_key")
@@ -233,9 +240,9 @@ async def test_a_reseller_funds_its_customers_by_transfer_from_what_it_has(admin
     path = f"/admin/v1/organizations/{customer['id']}/credits"
 
     moved = await admin.ok("POST", path, {"amount_usd": "4", "kind": "transfer", "reference": "inv-7"}, key=boss)
-    assert (moved["applied"], moved["balance_usd"], moved["available_usd"]) == (True, "5", "5")  # 1 free + 4
+    assert (moved["applied"], moved["balance_usd"], moved["available_usd"]) == (True, "4", "4")
     again = await admin.ok("POST", path, {"amount_usd": "4", "kind": "transfer", "reference": "inv-7"}, key=boss)
-    assert (again["applied"], again["balance_usd"]) == (False, "5")
+    assert (again["applied"], again["balance_usd"]) == (False, "4")
     error_of(await admin.call("POST", path, boss, {"amount_usd": "7.000000001", "kind": "transfer"}), 402, "insufficient_credits")
     error_of(await admin.call("POST", path, own, {"amount_usd": "1", "kind": "transfer"}), 403, "not_reseller")
     error_of(await admin.call("POST", path, api, {"amount_usd": "1", "kind": "transfer"}), 403, "admin_key_required")
@@ -302,7 +309,7 @@ async def test_an_admin_key_on_another_tenants_ids_gets_404_and_learns_nothing(a
     assert [o["name"] for o in listed] == ["tenant-a"] and listed[0]["parent_id"] is None  # its reseller is not named
     for target, member_id, _key_id in targets.values():  # and nothing of theirs changed
         seen = await admin.ok("GET", f"/admin/v1/organizations/{target['id']}")
-        assert not seen["suspended"] and seen["tier"] == "free" and seen["resale_percent"] == "0" and seen["balance_usd"] == "1"
+        assert not seen["suspended"] and seen["tier"] == "free" and seen["resale_percent"] == "0" and seen["balance_usd"] == target["balance_usd"]
         assert [k["revoked_at"] for k in (await admin.ok("GET", f"/admin/v1/organizations/{target['id']}/keys"))["data"]] == [None]
         assert [m["id"] for m in (await admin.ok("GET", f"/admin/v1/organizations/{target['id']}/members"))["data"]] == [member_id]
     names = {o["name"] for o in (await admin.ok("GET", "/admin/v1/organizations"))["data"]}
@@ -409,6 +416,11 @@ async def test_bad_input_is_a_400_with_its_param_and_conflicts_are_409(admin):
              404, "model_not_found")  # fmt: skip
     error_of(await admin.call("POST", "/admin/v1/margins", admin.operator, {"model": "nope"}), 404, "model_not_found")
     error_of(await admin.call("GET", "/admin/v1/organizations/org_nope", admin.operator), 404, "organization_not_found")
+    nul = [("GET", "/admin/v1/organizations/org%00x"), ("DELETE", "/admin/v1/keys/key%00x"),
+           ("GET", "/admin/v1/prices?model=a%00"), ("DELETE", path + "/members/m%00")]  # PostgreSQL refuses NUL in text
+    for method, url in nul:
+        error_of(await admin.call(method, url, admin.operator), 400, "invalid_value")
+    error_of(await admin.call("POST", "/admin/v1/organizations", admin.operator, {"name": "nul\u0000"}), 400, "invalid_value")
     error_of(await admin.call("DELETE", "/admin/v1/keys/key_nope", admin.operator), 404, "key_not_found")
     error_of(await admin.call("DELETE", path + "/members/mem_nope", admin.operator), 404, "member_not_found")
     error_of(await admin.call("POST", "/admin/v1/organizations", admin.operator, {"name": "strict"}), 409, "organization_exists")
@@ -442,7 +454,7 @@ def test_cli_manages_accounts_end_to_end(tmp_path):
     run("credits", "top-up", "acme", "0.5")
     assert "tier: tier-1" in run("orgs", "show", "acme").stdout
     run("credits", "transfer", "acme-shop", "2.5")  # from its reseller, acme
-    assert run("credits", "balance", "acme-shop").stdout.splitlines()[0] == "balance: $3.5"
+    assert run("credits", "balance", "acme-shop").stdout.splitlines()[0] == "balance: $2.5"  # a sub-organization has no free credit
     assert run("credits", "balance", "acme").stdout.splitlines()[0] == "balance: $4"
     short = run("credits", "transfer", "acme-shop", "4.01", check=False)
     assert short.returncode == 1 and "Insufficient credits" in short.stderr

@@ -216,7 +216,8 @@ def test_usage_range_defaults_to_the_last_30_days_and_refuses_bad_dates():
     assert parse_range(None, None, today) == (dt.date(2026, 2, 9), today)
     assert parse_range("2026-01-01", "2026-01-31") == (dt.date(2026, 1, 1), dt.date(2026, 1, 31))
     for start, end, param in (("2026-13-01", None, "start"), ("2026-1-1", None, "start"), (None, "yesterday", "end"),
-                              ("2026-02-01", "2026-01-01", "start"), ("2000-01-01", "2026-01-01", "start")):  # fmt: skip
+                              ("2026-02-01", "2026-01-01", "start"), ("2000-01-01", "2026-01-01", "start"),
+                              (None, "0001-01-01", "end"), ("２０２６-０１-０１", None, "start")):  # fmt: skip
         with pytest.raises(Exception) as raised:
             parse_range(start, end, today)
         assert raised.value.status == 400 and raised.value.param == param  # type: ignore[attr-defined]
@@ -268,7 +269,7 @@ async def test_statement_refuses_bad_months(tmp_path):
     try:
         async with db.session() as session, session.begin():
             org = await repos.create_org(session, "m")
-        for month in ("2026-13", "2026-1", "26-01", "2026-00", "January", "2026-01-01"):
+        for month in ("2026-13", "2026-1", "26-01", "2026-00", "January", "2026-01-01", "٢٠٢٦-٠١", "0000-01"):
             with pytest.raises(Exception) as raised:
                 await statements.statement(db, org.id, month)
             assert raised.value.status == 400 and raised.value.param == "month"  # type: ignore[attr-defined]

@@ -39,6 +39,13 @@ async def parse_body(request: Request, schema: type[Schema], limit: int) -> Sche
         raise invalid_request(exc) from None
 
 
+def no_nul(text: str, param: str) -> str:
+    """Text bound for the database: PostgreSQL refuses NUL characters in text, so they are a 400 here."""
+    if "\x00" in text:
+        raise InvalidRequest(f"Invalid '{param}': it contains a NUL character.", param=param, code="invalid_value")
+    return text
+
+
 def invalid_request(exc: ValidationError) -> InvalidRequest:
     errors = exc.errors(include_url=False)
     if any(err["type"] == "json_invalid" for err in errors):

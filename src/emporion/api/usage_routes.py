@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from emporion.api.body import no_nul
 from emporion.api.openai.routes import authenticate, json_response
 from emporion.auth.scope import require_admin, visible_org
 from emporion.errors import InvalidRequest, NotFound
@@ -42,6 +43,8 @@ def _row(row: UsageRow) -> dict[str, object]:
 
 
 async def _report(db: Database, org_id: str, query: QueryParams) -> Response:
+    for name, value in query.items():
+        no_nul(value, name)
     group_by = query.get("group_by") or "day"
     if group_by not in GROUPS:
         raise InvalidRequest(f"`group_by` is one of {', '.join(GROUPS)}.", param="group_by")
@@ -66,7 +69,7 @@ async def _statement(db: Database, org_id: str, request: Request) -> Response:
     form = request.query_params.get("format") or "json"
     if form not in FORMATS:
         raise InvalidRequest(f"`format` is one of {', '.join(FORMATS)}.", param="format")
-    done = await statements.statement(db, org_id, request.path_params["month"])
+    done = await statements.statement(db, org_id, no_nul(request.path_params["month"], "month"))
     filename = f"statement-{done.month}-{done.org_id}"
     if form == "csv":
         return Response(statements.to_csv(done), media_type="text/csv; charset=utf-8", headers=_attachment(filename + ".csv"))
@@ -84,7 +87,7 @@ async def _reached(request: Request) -> tuple[Database, str]:
     deps, principal = await authenticate(request)
     require_admin(principal)
     try:
-        org = await visible_org(deps.db, principal, request.path_params["org_id"])
+        org = await visible_org(deps.db, principal, no_nul(request.path_params["org_id"], "org_id"))
     except NotFound:
         raise NotFound("No such organization.", param="org_id", code="organization_not_found") from None
     return deps.db, org.id

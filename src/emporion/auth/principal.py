@@ -109,7 +109,10 @@ class Authenticator:
 
 def principal_of(key: ApiKey, org: Organization, ancestors: list[Organization]) -> Principal:
     """``ancestors``: the organization's resellers, its parent first."""
-    suspended = next((f"{o.name}: {o.suspended_reason or 'suspended by the operator'}" for o in [org, *ancestors] if o.suspended_at), None)
+    if org.suspended_at:
+        suspended = org.suspended_reason or "suspended by the operator"
+    else:  # a reseller's customers are not told who their reseller is, nor why it was suspended
+        suspended = "suspended by your provider" if any(o.suspended_at for o in ancestors) else None
     resellers = tuple((o.id, Margin(Decimal(o.resale_percent), Decimal(o.resale_fixed))) for o in reversed(ancestors))
     return Principal(
         org_id=org.id,

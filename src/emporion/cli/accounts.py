@@ -71,7 +71,7 @@ def orgs_create(
     data_dir: DataDir = None,
     config: ConfigFile = None,
 ) -> None:
-    """Create an organization (with the free credit); its id is printed on standard output."""
+    """Create an organization (a top-level one with the free credit); its id is printed on standard output."""
     settings = load(data_dir, config)
     spec = validated(schemas.CreateOrganization, name=name, tier=tier)
     _check_tier(settings, spec.tier)
@@ -83,7 +83,7 @@ def orgs_create(
                 fail(f"an organization named {spec.name!r} already exists")
             org = await repos.create_org(session, spec.name, parent_id=parent_id, tier=spec.tier or next(iter(settings.tiers)))
             org.tier_pinned = spec.tier is not None
-        await credit.welcome(ledger, settings, org.id)
+        await credit.welcome(ledger, settings, org.id, org.parent_id)
         return org
 
     org = books(settings, work)
@@ -152,6 +152,7 @@ def orgs_suspend(
     def change(found: Organization) -> None:
         found.suspended_at = found.suspended_at or int(time.time())
         found.suspended_reason = spec.reason or None
+        found.suspended_by_operator = True  # the CLI is the operator
 
     found = _change_org(settings, org, change)
     err.print(f"suspended '{found.name}' ({found.id}); running servers notice within {settings.server.auth_cache_s:g}s")
@@ -163,7 +164,7 @@ def orgs_restore(org: OrgRef, data_dir: DataDir = None, config: ConfigFile = Non
     settings = load(data_dir, config)
 
     def change(found: Organization) -> None:
-        found.suspended_at, found.suspended_reason = None, None
+        found.suspended_at, found.suspended_reason, found.suspended_by_operator = None, None, False
 
     found = _change_org(settings, org, change)
     err.print(f"restored '{found.name}' ({found.id})")

@@ -15,11 +15,13 @@ from emporion.store.tables import Account, Entry, Organization, Posting
 DAY_S = 86_400
 
 
-async def welcome(ledger: Ledger, settings: Settings, org_id: str) -> None:
-    """The free credit every new organization gets, once (the grant's reference makes it idempotent)."""
+async def welcome(ledger: Ledger, settings: Settings, org_id: str, parent_id: str | None = None) -> None:
+    """The free credit every new top-level organization gets, once (the grant's reference makes it
+    idempotent). A reseller's sub-organizations get none: it funds them by transfer, so making
+    sub-organizations never makes money."""
     amount = to_nanos(settings.metering.free_credit_usd)
-    if amount > 0:
-        await ledger.grant(org_id, amount, reference=f"welcome:{org_id}")
+    if amount > 0 and parent_id is None:
+        await ledger.grant(org_id, amount, reference="welcome")
 
 
 def earned_tier(settings: Settings, paid_nanos: int, age_s: float, current: str) -> str:

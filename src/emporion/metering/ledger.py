@@ -152,7 +152,8 @@ class Ledger:
 
     async def top_up(self, org_id: str, amount: Nanos, reference: str | None = None) -> bool:
         """Prepaid credit bought: cash -> customer. ``reference`` (a payment id) makes it
-        idempotent: a second top-up with the same reference changes nothing and returns False."""
+        idempotent: a second top-up of the organization with the same reference changes nothing
+        and returns False."""
         return await self._move("topup", reference, CASH, org_id, amount)
 
     async def grant(self, org_id: str, amount: Nanos, reference: str | None = None) -> bool:
@@ -163,15 +164,15 @@ class Ledger:
         if amount <= 0:
             raise InvalidRequest("An amount of credit must be positive.", param="amount")
         lines = ((source, -amount), (customer(org_id), amount))
-        return await self.writer.submit(_Move(kind, reference, lines, org_id))
+        return await self.writer.submit(_Move(kind, _scoped(org_id, reference), lines, org_id))
 
     async def transfer(self, source_org: str, target_org: str, amount: Nanos, reference: str | None = None) -> bool:
         """Credit moved between organizations (a reseller funding its customer): customer ->
         customer, only from what the source has available (402 insufficient_credits otherwise).
-        Idempotent by ``reference`` like a top-up."""
+        Idempotent by ``reference`` (per source organization) like a top-up."""
         if amount <= 0:
             raise InvalidRequest("An amount of credit must be positive.", param="amount")
-        return await self.writer.submit(_Transfer(source_org, target_org, amount, reference))
+        return await self.writer.submit(_Transfer(source_org, target_org, amount, _scoped(source_org, reference)))
 
     async def refund(self, request_id: str) -> Nanos:
         """Gives a settled request's charge back, every share reversed; once. Returns the amount."""
@@ -440,6 +441,12 @@ class Ledger:
             except IntegrityError:
                 pass  # created meanwhile by another replica
         self._known.add(account_id)
+
+
+def _scoped(org_id: str, reference: str | None) -> str | None:
+    """A payment reference is unique per organization (the one credited; for a transfer, the
+    one paying), so one tenant's references can neither block nor reveal another's."""
+    return None if reference is None else f"{org_id}:{reference}"
 
 
 async def _lock_rows(conn: AsyncConnection, ops: Sequence[Any]) -> None:

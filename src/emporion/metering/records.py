@@ -17,10 +17,12 @@ async def find(db: Database, org_id: str, request_id: str) -> RequestRecord | No
         return await session.scalar(select(RequestRecord).where(RequestRecord.id == request_id, RequestRecord.org_id == org_id))
 
 
-def to_wire(record: RequestRecord) -> dict[str, Any]:
-    """OpenRouter's generation object, with Emporion's deployment and ledger fields."""
+def to_wire(record: RequestRecord, wholesale: bool = True) -> dict[str, Any]:
+    """OpenRouter's generation object, with Emporion's deployment and ledger fields. Without
+    ``wholesale`` (for a reseller's customers) what the upstream and the operator were paid, and
+    the price versions behind them, are left out: they would give the reseller's markup away."""
     prompt = record.input_tokens + record.cached_input_tokens + record.cache_write_tokens
-    return {
+    wire = {
         "id": record.id,
         "model": record.model,
         "provider_name": record.provider,
@@ -47,3 +49,7 @@ def to_wire(record: RequestRecord) -> dict[str, Any]:
         "attempts": record.attempts,
         "latency": record.latency_ms,
     }
+    if not wholesale:
+        for name in ("upstream_inference_cost", "price_id", "margin_id"):
+            del wire[name]
+    return wire

@@ -25,7 +25,7 @@ from emporion.metering.money import Nanos, format_usd
 from emporion.store.session import Database
 from emporion.store.tables import Account, Entry, Organization, Posting, RequestRecord
 
-MONTH = re.compile(r"(\d{4})-(\d{2})")
+MONTH = re.compile(r"([0-9]{4})-([0-9]{2})")  # ASCII digits only
 CREDIT_KINDS = ("topup", "grant", "transfer_in")
 UNRECORDED = "(no request record)"
 LINES_PER_PAGE = 40

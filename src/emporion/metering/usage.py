@@ -62,11 +62,14 @@ def _date(name: str, text: str | None) -> dt.date | None:
     if not text:
         return None
     try:
-        if len(text) != 10:
+        if len(text) != 10 or not text.isascii():
             raise ValueError(text)
-        return dt.date.fromisoformat(text)
+        day = dt.date.fromisoformat(text)
+        if not 1970 <= day.year <= 9998:
+            raise ValueError(text)
+        return day
     except ValueError:
-        raise InvalidRequest(f"`{name}` is a date written YYYY-MM-DD, not {text[:20]!r}.", param=name) from None
+        raise InvalidRequest(f"`{name}` is a date written YYYY-MM-DD (1970 on), not {text[:20]!r}.", param=name) from None
 
 
 def day_of(epoch_s: int) -> str:

@@ -28,6 +28,7 @@ class Organization(Base):
     tier_pinned: Mapped[bool] = mapped_column(Boolean, default=False)  # set by hand: never moved automatically
     suspended_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     suspended_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    suspended_by_operator: Mapped[bool] = mapped_column(Boolean, default=False)  # then only the operator lifts it
     resale_percent: Mapped[str] = mapped_column(String(40), default="0")  # its markup to its sub-organizations
     resale_fixed: Mapped[str] = mapped_column(String(40), default="0")  # USD per request, exact decimal text
     requests_per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True)  # null: the tier's (org) / none (key)

@@ -23,7 +23,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from emporion.api.admin import schemas
-from emporion.api.body import invalid_request, read_body
+from emporion.api.body import invalid_request, no_nul, read_body
 from emporion.api.openai.routes import authenticate, json_response
 from emporion.auth.principal import Principal
 from emporion.auth.scope import require_admin, require_operator, visible_org
@@ -60,6 +60,8 @@ async def _operator(request: Request) -> tuple[Deps, Principal]:
 async def _body(request: Request, deps: Deps, schema: type[schemas.Body], optional: bool = False) -> Any:
     """The body validated into ``schema``; ``optional``: no body at all means every default."""
     raw = await read_body(request, deps.settings.server.max_body_bytes)
+    if b"\\u0000" in raw:
+        raise InvalidRequest("Invalid body: text cannot contain NUL characters (\\u0000).", code="invalid_value")
     if optional and not raw.strip():
         return schema()
     try:
@@ -87,12 +89,17 @@ async def _visible(deps: Deps, principal: Principal, org_id: str, param: str = "
 
 
 async def _reached(deps: Deps, principal: Principal, request: Request) -> Organization:
-    return await _visible(deps, principal, request.path_params["org_id"])
+    return await _visible(deps, principal, no_nul(request.path_params["org_id"], "org_id"))
 
 
 def _not_own(principal: Principal, org: Organization, what: str) -> None:
     if org.id == principal.org_id:
         raise PermissionDenied(f"A key cannot {what} its own organization.", code="own_organization")
+
+
+def _operators_suspension(principal: Principal, org: Organization) -> None:
+    if org.suspended_at and org.suspended_by_operator and principal.key_kind != "operator":
+        raise PermissionDenied("The operator suspended this organization; only the operator can change that.", code="operator_key_required")
 
 
 def _check_tier(deps: Deps, tier: str | None) -> None:
@@ -187,7 +194,7 @@ async def create_org(request: Request) -> Response:
             raise Conflict(f"An organization named `{body.name}` already exists.", param="name", code="organization_exists")
         org = await repos.create_org(session, body.name, parent_id=parent_id, tier=body.tier or next(iter(deps.settings.tiers)))
         org.tier_pinned = body.tier is not None
-    await credits.welcome(deps.ledger, deps.settings, org.id)
+    await credits.welcome(deps.ledger, deps.settings, org.id, org.parent_id)
     async with deps.db.session() as session:
         return json_response(org_object(principal, org, await orgs.balance_of(session, org.id)))
 
@@ -239,8 +246,10 @@ async def suspend_org(request: Request) -> Response:
     async with _writing(deps) as session:
         row = await session.get(Organization, org.id)
         assert row is not None
+        _operators_suspension(principal, row)
         row.suspended_at = row.suspended_at or int(time.time())
         row.suspended_reason = body.reason or None
+        row.suspended_by_operator = principal.key_kind == "operator"
     deps.auth.forget()
     return json_response(org_object(principal, row))
 
@@ -252,7 +261,8 @@ async def restore_org(request: Request) -> Response:
     async with _writing(deps) as session:
         row = await session.get(Organization, org.id)
         assert row is not None
-        row.suspended_at, row.suspended_reason = None, None
+        _operators_suspension(principal, row)
+        row.suspended_at, row.suspended_reason, row.suspended_by_operator = None, None, False
     deps.auth.forget()
     return json_response(org_object(principal, row))
 
@@ -300,7 +310,7 @@ async def list_members(request: Request) -> Response:
 async def remove_member(request: Request) -> Response:
     deps, principal = await _admin(request)
     org = await _reached(deps, principal, request)
-    member_id = request.path_params["member_id"]
+    member_id = no_nul(request.path_params["member_id"], "member_id")
     async with _writing(deps) as session:
         member = await session.get(Member, member_id)
         if member is None or member.org_id != org.id:
@@ -337,7 +347,7 @@ async def list_keys(request: Request) -> Response:
 
 async def revoke_key(request: Request) -> Response:
     deps, principal = await _admin(request)
-    key_id = request.path_params["key_id"]
+    key_id = no_nul(request.path_params["key_id"], "key_id")
     unknown = NotFound("No such API key.", param="key_id", code="key_not_found")
     async with deps.db.session() as session:
         key = await session.get(ApiKey, key_id)
@@ -403,7 +413,7 @@ async def get_credits(request: Request) -> Response:
 
 async def refund_generation(request: Request) -> Response:
     deps, _ = await _operator(request)
-    request_id = request.path_params["request_id"]
+    request_id = no_nul(request.path_params["request_id"], "request_id")
     async with deps.db.session() as session:
         charged, refunded = await orgs.charge_state(session, request_id)
     if not charged:
@@ -437,7 +447,7 @@ async def set_price(request: Request) -> Response:
 async def list_prices(request: Request) -> Response:
     deps, _ = await _operator(request)
     async with deps.db.session() as session:
-        rows = await orgs.price_rows(session, request.query_params.get("model") or None)
+        rows = await orgs.price_rows(session, no_nul(request.query_params.get("model") or "", "model") or None)
     return _list([price_object(row) for row in rows])
 
 
@@ -454,7 +464,7 @@ async def set_margin(request: Request) -> Response:
 async def list_margins(request: Request) -> Response:
     deps, _ = await _operator(request)
     async with deps.db.session() as session:
-        rows = await orgs.margin_rows(session, request.query_params.get("model") or None)
+        rows = await orgs.margin_rows(session, no_nul(request.query_params.get("model") or "", "model") or None)
     return _list([margin_object(row) for row in rows])
 
 

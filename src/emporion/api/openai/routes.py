@@ -12,7 +12,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from emporion import pipeline
-from emporion.api.body import parse_body
+from emporion.api.body import no_nul, parse_body
 from emporion.api.openai.render import new_id, provenance, render_completion, render_stream
 from emporion.api.openai.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from emporion.api.openai.sse import EventStream
@@ -92,13 +92,13 @@ def _encode_vector(vector: np.ndarray, encoding: str) -> list[float] | str:
 async def generation(request: Request) -> Response:
     """OpenRouter's ``GET /v1/generation?id=``: the stored record of one of the organization's requests."""
     deps, principal = await authenticate(request)
-    request_id = request.query_params.get("id", "")
+    request_id = no_nul(request.query_params.get("id", ""), "id")
     if not request_id:
         raise InvalidRequest("Pass the id of a response as `id`.", param="id")
     record = await records.find(deps.db, principal.org_id, request_id)
     if record is None:
         raise NotFound(f"No generation with id `{request_id}`.", param="id", code="generation_not_found")
-    return json_response({"data": records.to_wire(record)})
+    return json_response({"data": records.to_wire(record, wholesale=not principal.resellers)})
 
 
 async def list_models(request: Request) -> Response:
