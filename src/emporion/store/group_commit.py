@@ -67,7 +67,7 @@ class GroupCommit(Generic[Op]):
 
     async def _run(self, queue: asyncio.Queue[tuple[Op, asyncio.Future[Any]] | None]) -> None:
         stopping = False
-        while not stopping:
+        while not stopping or not queue.empty():  # what was queued after the stop is applied too
             batch: list[tuple[Op, asyncio.Future[Any]]] = []
             item = await queue.get()
             while True:
