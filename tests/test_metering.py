@@ -183,6 +183,7 @@ def test_a_resellers_customer_pays_the_operators_price_plus_the_markup_and_the_r
     parent = run("orgs", "create", "meter-reseller")
     run("orgs", "set-markup", "meter-reseller", "--percent", "25", "--fixed", "0.000001")
     child = run("orgs", "create", "meter-retail", "--parent", "meter-reseller")
+    run("credits", "transfer", "meter-retail", "10")  # a sub-organization has what its reseller gives it
     key = run("keys", "create", "--org", "meter-retail")
     completion = client(gateway, key).chat.completions.create(model="luxury", messages=USER, max_tokens=10)
     base = nanos(completion.usage.prompt_tokens, completion.usage.completion_tokens)  # the operator's price (no margin here)
@@ -194,5 +195,5 @@ def test_a_resellers_customer_pays_the_operators_price_plus_the_markup_and_the_r
         balances = dict(db.execute("SELECT id, balance_nanos FROM accounts WHERE id IN (?, ?, ?)",
                                    [f"customer:{child}", f"reseller:{parent}", f"customer:{parent}"]))  # fmt: skip
     assert balances[f"reseller:{parent}"] == markup
-    assert balances[f"customer:{child}"] == 100 * 10**9 - base - markup
-    assert balances[f"customer:{parent}"] == 100 * 10**9  # the reseller's own credit is not touched
+    assert balances[f"customer:{child}"] == 10 * 10**9 - base - markup
+    assert balances[f"customer:{parent}"] == 90 * 10**9  # the reseller's own credit paid only the transfer
