@@ -248,6 +248,8 @@ async def test_a_reseller_funds_its_customers_by_transfer_from_what_it_has(admin
     error_of(await admin.call("POST", path, api, {"amount_usd": "1", "kind": "transfer"}), 403, "admin_key_required")
     left = await admin.ok("GET", f"/admin/v1/organizations/{reseller['id']}/credits", key=boss)
     assert left["available_usd"] == "7"  # 1 free + 10 - 4; the refused transfers moved nothing
+    assert moved["tier"] == "free" and (await admin.ok("POST", path, {"amount_usd": "1", "kind": "transfer"}, key=boss))["tier"] == "tier-1"
+    assert (await admin.ok("GET", f"/admin/v1/organizations/{reseller['id']}", key=boss))["tier"] == "tier-1"  # paid $10, gave $5
     books = await admin.deps.ledger.balances()
     assert sum(books.values()) == 0
 

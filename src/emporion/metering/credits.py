@@ -45,7 +45,8 @@ async def refresh_tiers(db: Database, settings: Settings, now: float | None = No
                     select(Account.org_id, func.coalesce(func.sum(Entry.amount_nanos), 0))
                     .join(Entry, Entry.account_id == Account.id)
                     .join(Posting, Posting.id == Entry.posting_id)
-                    .where(Posting.kind == "topup", Account.kind == "customer")
+                    # paid: top-ups, and for a reseller's customer what its reseller transferred to it
+                    .where(Posting.kind.in_(("topup", "transfer")), Entry.amount_nanos > 0, Account.kind == "customer")
                     .group_by(Account.org_id)
                 )
             ).all()

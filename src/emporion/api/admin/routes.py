@@ -391,7 +391,7 @@ async def add_credit(request: Request) -> Response:
         require_operator(principal)
         move = deps.ledger.top_up if body.kind == "top_up" else deps.ledger.grant
         applied = await move(org.id, amount, body.reference)
-    if body.kind == "top_up":
+    if body.kind != "grant":  # money paid moves tiers
         await credits.refresh_tiers(deps.db, deps.settings)
         deps.auth.forget()
     async with deps.db.session() as session:
