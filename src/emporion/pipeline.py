@@ -29,7 +29,7 @@ from emporion.providers.base import PARAMETERS, Adapter, Chunk, Completion, Endp
 from emporion.providers.usage import Usage
 from emporion.routing.candidates import Candidate, Preferences
 from emporion.routing.router import Route, Router
-from emporion.settings import Settings
+from emporion.settings import Settings, TierSettings
 from emporion.store.session import Database
 
 
@@ -53,7 +53,6 @@ class Generation:
     route: Route
     completion: Completion
     cost: Nanos = Nanos(0)  # what the customer paid
-    upstream_cost: Nanos = Nanos(0)  # what the upstream is owed
     headers: dict[str, str] = field(default_factory=dict)  # x-ratelimit-*
 
 
@@ -93,6 +92,7 @@ class Admission:
     limiter: Limiter
     limits: list[Limit]
     tokens_estimate: int  # what the tokens-per-minute buckets were charged
+    prompt_estimate: int  # its prompt part (what a stream without usage is billed for its prompt)
 
     async def close(self, served: Route | Served | None, usage: Usage, status: Status, source: UsageSource, finish: str | None = None):
         if isinstance(served, Route):
@@ -122,7 +122,8 @@ async def admit(deps: Deps, principal: Principal, wire: Sampling | EmbeddingRequ
     metering = deps.settings.metering
     bound = prompt_bound(body, metering.image_tokens)
     outputs = 0 if kind == "embedding" else _output_bound(wire, models[0], body)  # type: ignore[arg-type]
-    tokens = prompt_guess(body, metering.image_tokens) + outputs
+    guess = prompt_guess(body, metering.image_tokens)
+    tokens = guess + outputs
     buckets = _limits(deps, principal, tokens)
     decision = await limits.admit(deps.limiter, buckets)
     slots = contextlib.AsyncExitStack()
@@ -139,7 +140,7 @@ async def admit(deps: Deps, principal: Principal, wire: Sampling | EmbeddingRequ
         await slots.aclose()
         raise
     tab = Tab(deps.ledger, deps.pricebook, principal, request_id, endpoint_of(wire) if kind == "chat" else "embedding", streamed, hold)
-    return Admission(tab, decision, slots, deps.limiter, buckets, tokens)
+    return Admission(tab, decision, slots, deps.limiter, buckets, tokens, guess)
 
 
 def _output_bound(wire: Sampling, model: Model, body: dict) -> int:
@@ -150,8 +151,12 @@ def _output_bound(wire: Sampling, model: Model, body: dict) -> int:
     return per_choice * (wire.n or 1) * prompts
 
 
+def _tier(deps: Deps, principal: Principal) -> TierSettings:
+    return deps.settings.tiers.get(principal.tier) or next(iter(deps.settings.tiers.values()))
+
+
 def _limits(deps: Deps, principal: Principal, tokens: int) -> list[Limit]:
-    tier = deps.settings.tiers.get(principal.tier) or next(iter(deps.settings.tiers.values()))
+    tier = _tier(deps, principal)
     org, key = principal.org_limits, principal.key_limits
     found = [
         Limit(f"org:{principal.org_id}", "requests", Rate(org.requests_per_minute or tier.requests_per_minute), 1),
@@ -165,7 +170,7 @@ def _limits(deps: Deps, principal: Principal, tokens: int) -> list[Limit]:
 
 
 def _concurrency(deps: Deps, principal: Principal) -> list[tuple[str, int]]:
-    tier = deps.settings.tiers.get(principal.tier) or next(iter(deps.settings.tiers.values()))
+    tier = _tier(deps, principal)
     found = [(f"org:{principal.org_id}", principal.org_limits.max_concurrent or tier.max_concurrent)]
     if principal.key_limits.max_concurrent:
         found.append((f"key:{principal.key_id}", principal.key_limits.max_concurrent))
@@ -184,8 +189,7 @@ async def generate(
     finish = generation.completion.choices[0].get("finish_reason") if generation.completion.choices else None
     settled = await admission.close(generation.route, generation.completion.usage, "completed", "upstream", finish)
     charged = settled.charged if settled else Nanos(0)
-    upstream = admission.tab.charge(generation.route.model, generation.route.candidate.deployment, generation.completion.usage)
-    return replace(generation, cost=charged, upstream_cost=Nanos(min(upstream.provider, charged)), headers=ratelimit_headers(admission.decision))
+    return replace(generation, cost=charged, headers=ratelimit_headers(admission.decision))
 
 
 async def generate_stream(
@@ -197,7 +201,7 @@ async def generate_stream(
     except BaseException:
         await admission.close(None, Usage(), "failed", "none")
         raise
-    meter = StreamMeter(stream, admission, prompt_guess(wire.model_dump(exclude_none=True), deps.settings.metering.image_tokens))
+    meter = StreamMeter(stream, admission)
     resources = contextlib.AsyncExitStack()
     resources.push_async_callback(meter.settle)  # last: after the upstream is closed
     resources.push_async_callback(stream.aclose)
@@ -212,10 +216,9 @@ class StreamMeter:
     content chunk, the prompt at its estimate), and how it ended; settles once: when the
     upstream's stream ends, or else when the stream is closed (client gone, upstream failed)."""
 
-    def __init__(self, stream: Stream, admission: Admission, prompt_estimate: int) -> None:
+    def __init__(self, stream: Stream, admission: Admission) -> None:
         self.stream = stream
         self.admission = admission
-        self.prompt_estimate = prompt_estimate
         self.usage: Usage | None = None
         self.counted = 0
         self.finish: str | None = None
@@ -250,7 +253,7 @@ class StreamMeter:
         if self.usage is not None:
             usage, source = self.usage, "upstream"
         else:
-            usage, source = Usage(input_tokens=self.prompt_estimate, output_tokens=self.counted), "counted"
+            usage, source = Usage(input_tokens=self.admission.prompt_estimate, output_tokens=self.counted), "counted"
         await self.admission.close(self.stream.route, usage, self.status, source, self.finish)  # type: ignore[arg-type]
 
 

@@ -60,7 +60,9 @@ class Tab:
         return self.pricebook.priced(model, deployment)
 
     def charge(self, model: Model, deployment: Deployment, usage: Usage) -> Charge:
-        priced = self.priced(model, deployment)
+        return self._bill(self.priced(model, deployment), usage)
+
+    def _bill(self, priced: Priced, usage: Usage) -> Charge:
         return charge(usage, priced.price, priced.margin, [markup for _, markup in self.principal.resellers])
 
     def cost(self, model: Model, deployment: Deployment, usage: Usage) -> Nanos:
@@ -84,7 +86,7 @@ class Tab:
             model, deployment, provider, attempts = served
             model_id, upstream, upstream_model = model.id, deployment.upstream, deployment.model
             priced = self.priced(model, deployment)
-            bill = charge(usage, priced.price, priced.margin, [markup for _, markup in self.principal.resellers])
+            bill = self._bill(priced, usage)
         record: dict[str, Any] = {
             "org_id": self.principal.org_id, "key_id": self.principal.key_id, "model": model_id, "upstream": upstream,
             "upstream_model": upstream_model, "provider": provider, "endpoint": self.endpoint, "streamed": self.streamed,
