@@ -81,7 +81,7 @@ class Books:
     async def key(self, name: str, org: str, kind: str = "api") -> str:
         async with self.db.session() as session, session.begin():
             found = await orgs.find_org(session, self.org_ids[org])
-            new, row = await repos.create_key(session, found, label=name)
+            new, row = await orgs.create_key(session, found, orgs.KeyColumns(label=name))
             row.kind = kind
         self.key_ids[name], self.keys[name] = row.id, new.plaintext
         return row.id

@@ -41,7 +41,6 @@ class Principal:
     key_limits: KeyLimits = KeyLimits()
     org_limits: KeyLimits = KeyLimits()
     resellers: tuple[tuple[str, Margin], ...] = ()  # (reseller org id, its markup), outermost first
-    org_created_at: int = 0
     suspended: str | None = field(default=None, compare=False)  # why, when the key's organization (or its reseller) is suspended
 
 
@@ -127,7 +126,6 @@ def principal_of(key: ApiKey, org: Organization, ancestors: list[Organization]) 
         key_limits=KeyLimits(key.requests_per_minute, key.tokens_per_minute, key.max_concurrent),
         org_limits=KeyLimits(org.requests_per_minute, org.tokens_per_minute, org.max_concurrent),
         resellers=resellers,
-        org_created_at=org.created_at,
         suspended=suspended,
     )
 

@@ -116,7 +116,7 @@ async def _first_start(settings: Settings) -> None:
             if await repos.count_organizations(session):
                 return
             org = await repos.get_or_create_org(session, repos.DEFAULT_ORG)
-            new, _ = await repos.create_key(session, org, label="first key")
+            new, _ = await orgs.create_key(session, org, orgs.KeyColumns(label="first key"))
         await credit.welcome(ledger, settings, org.id)
     finally:
         await ledger.aclose()

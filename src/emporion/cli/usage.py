@@ -3,27 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from emporion.cli.options import ConfigFile, DataDir, err, fail, load
+from emporion.cli.options import ConfigFile, DataDir, err, fail, find_org, load, out
 from emporion.errors import EmporionError
 from emporion.metering import statements
 from emporion.metering import usage as metering_usage
 from emporion.metering.money import Nanos, format_usd
 from emporion.settings import Settings
-from emporion.store import orgs
 from emporion.store.session import Database, open_database
 from emporion.store.tables import Organization
 
 usage_app = typer.Typer(help="Usage reports and monthly statements.", no_args_is_help=True)
-out = Console(width=None if sys.stdout.isatty() else 200)
 
 T = TypeVar("T")
 OrgOption = Annotated[str, typer.Option("--org", help="Organization id or name.")]
@@ -47,10 +43,7 @@ def _run(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
 
 async def _org(db: Database, ref: str) -> Organization:
     async with db.session() as session:
-        found = await orgs.find_org(session, ref)
-    if found is None:
-        fail(f"no organization with id or name {ref!r}")
-    return found
+        return await find_org(session, ref)
 
 
 @usage_app.command("show")

@@ -4,7 +4,6 @@ budgets and scopes, account balances, and the versioned price and margin rows.""
 from __future__ import annotations
 
 import json
-import secrets
 import time
 from dataclasses import dataclass
 
@@ -12,6 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from emporion.auth.keys import NewKey, generate_key
+from emporion.store.repos import new_id
 from emporion.store.tables import (
     Account,
     ApiKey,
@@ -21,10 +21,6 @@ from emporion.store.tables import (
     Posting,
     PriceRow,
 )
-
-
-def new_id(kind: str) -> str:
-    return f"{kind}_{secrets.token_hex(12)}"
 
 
 async def find_org(session: AsyncSession, id_or_name: str) -> Organization | None:

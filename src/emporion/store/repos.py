@@ -8,13 +8,12 @@ import time
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from emporion.auth.keys import NewKey, generate_key
 from emporion.store.tables import ApiKey, LocalModel, Organization
 
 DEFAULT_ORG = "default"
 
 
-def _new_id(kind: str) -> str:
+def new_id(kind: str) -> str:
     return f"{kind}_{secrets.token_hex(12)}"
 
 
@@ -32,27 +31,12 @@ async def get_or_create_org(session: AsyncSession, name: str) -> Organization:
 async def create_org(session: AsyncSession, name: str, parent_id: str | None = None, tier: str = "free") -> Organization:
     """A new organization (its free credit is granted by ``metering.credits.welcome`` once committed)."""
     org = Organization(
-        id=_new_id("org"), name=name, created_at=int(time.time()), parent_id=parent_id, tier=tier, tier_pinned=False,
+        id=new_id("org"), name=name, created_at=int(time.time()), parent_id=parent_id, tier=tier, tier_pinned=False,
         resale_percent="0", resale_fixed="0",
     )  # fmt: skip
     session.add(org)
     await session.flush()
     return org
-
-
-async def create_key(session: AsyncSession, org: Organization, label: str = "") -> tuple[NewKey, ApiKey]:
-    new = generate_key()
-    row = ApiKey(
-        id=_new_id("key"),
-        org_id=org.id,
-        key_hash=new.key_hash,
-        prefix=new.prefix,
-        label=label,
-        created_at=int(time.time()),
-    )
-    session.add(row)
-    await session.flush()
-    return new, row
 
 
 async def find_active_key(session: AsyncSession, key_hash: str) -> tuple[ApiKey, Organization] | None:
