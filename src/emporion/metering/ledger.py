@@ -161,8 +161,7 @@ class Ledger:
         return await self._move("grant", reference, GRANTS, org_id, amount)
 
     async def _move(self, kind: str, reference: str | None, source: str, org_id: str, amount: Nanos) -> bool:
-        if amount <= 0:
-            raise InvalidRequest("An amount of credit must be positive.", param="amount")
+        _positive(amount)
         lines = ((source, -amount), (customer(org_id), amount))
         return await self.writer.submit(_Move(kind, _scoped(org_id, reference), lines, org_id))
 
@@ -170,8 +169,7 @@ class Ledger:
         """Credit moved between organizations (a reseller funding its customer): customer ->
         customer, only from what the source has available (402 insufficient_credits otherwise).
         Idempotent by ``reference`` (per source organization) like a top-up."""
-        if amount <= 0:
-            raise InvalidRequest("An amount of credit must be positive.", param="amount")
+        _positive(amount)
         return await self.writer.submit(_Transfer(source_org, target_org, amount, _scoped(source_org, reference)))
 
     async def refund(self, request_id: str) -> Nanos:
@@ -359,17 +357,22 @@ class Ledger:
 
     async def _reserve_alone(self, conn: AsyncConnection, op: _Reserve) -> EmporionError | None:
         account = customer(op.org_id)
-        if not await _hold_on(conn, account, op.amount):
+        if not await _hold_totals(conn, {account: op.amount}):
             await self._ensure(conn, account, op.org_id)
-            if not await _hold_on(conn, account, op.amount):
+            if not await _hold_totals(conn, {account: op.amount}):
                 available = await _available(conn, account)
                 return InsufficientCredits(
                     f"Insufficient credits: this request may cost up to ${format_usd(Nanos(op.amount))} but "
                     f"${format_usd(Nanos(max(available, 0)))} is available. Add credits, or lower max_tokens."
                 )
-        refused = await _hold_budgets(conn, op.budgets, op.amount)
-        if refused is not None:
-            await conn.execute(update(Account).where(Account.id == account).values(held_nanos=Account.held_nanos - op.amount))
+        held = await _hold_budget_totals(conn, {budget: op.amount for budget, _ in op.budgets}, dict(op.budgets))
+        refused = next((budget for budget, _ in op.budgets if budget not in held), None)
+        if refused is not None:  # every budget or none: give back what was held
+            undo = _Deltas()
+            undo.held[account] -= op.amount
+            for budget in held:
+                undo.budget_held[budget] -= op.amount
+            await _apply_deltas(conn, undo)
             return BudgetExceeded(
                 f"This API key's budget ({refused}) cannot cover this request (up to ${format_usd(Nanos(op.amount))})."
             )
@@ -441,6 +444,11 @@ class Ledger:
             except IntegrityError:
                 pass  # created meanwhile by another replica
         self._known.add(account_id)
+
+
+def _positive(amount: int) -> None:
+    if amount <= 0:
+        raise InvalidRequest("An amount of credit must be positive.", param="amount")
 
 
 def _scoped(org_id: str, reference: str | None) -> str | None:
@@ -554,42 +562,6 @@ async def _hold_budget_totals(conn: AsyncConnection, totals: dict[str, int], lim
         .returning(Budget.id)
     )
     return set(rows.scalars().all())
-
-async def _hold_on(conn: AsyncConnection, account: str, amount: int) -> bool:
-    result = await conn.execute(
-        update(Account)
-        .where(Account.id == account, Account.balance_nanos - Account.held_nanos >= amount)
-        .values(held_nanos=Account.held_nanos + amount)
-    )
-    return result.rowcount == 1
-
-
-async def _hold_budgets(conn: AsyncConnection, budgets: Sequence[tuple[str, int]], amount: int) -> str | None:
-    """Holds ``amount`` on every budget, or none of them: returns the first that cannot cover it."""
-    done: list[str] = []
-    for budget, limit in budgets:
-        for attempt in range(2):
-            result = await conn.execute(
-                update(Budget)
-                .where(Budget.id == budget, Budget.used_nanos + Budget.held_nanos + amount <= limit)
-                .values(held_nanos=Budget.held_nanos + amount, limit_nanos=limit)
-            )
-            if result.rowcount == 1 or attempt == 1:
-                break
-            if (await conn.execute(select(Budget.id).where(Budget.id == budget))).first() is not None:
-                break
-            try:
-                async with conn.begin_nested():
-                    await conn.execute(insert(Budget).values(id=budget, limit_nanos=limit, used_nanos=0, held_nanos=0))
-            except IntegrityError:
-                pass
-        if result.rowcount != 1:
-            for undo in done:
-                await conn.execute(update(Budget).where(Budget.id == undo).values(held_nanos=Budget.held_nanos - amount))
-            return budget
-        done.append(budget)
-    return None
-
 
 async def _close_holds(conn: AsyncConnection, request_ids: list[str], state: str, deltas: _Deltas) -> set[str]:
     rows = await conn.execute(
