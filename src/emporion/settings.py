@@ -137,7 +137,7 @@ def _usd(value: Decimal) -> Decimal:
 
 
 class MeteringSettings(Strict):
-    free_credit_usd: Decimal = Decimal("1")  # granted once to every new organization
+    free_credit_usd: Decimal = Decimal("1")  # granted once to every new top-level organization
     margin_percent: Decimal = Decimal(0)  # the operator's global margin, until one is set with the admin API
     margin_fixed_usd: Decimal = Decimal(0)  # per request
     hold_ttl_s: Annotated[float, Field(ge=1)] = 900.0  # a hold not renewed for this long belonged to a dead process
@@ -159,7 +159,7 @@ class TierSettings(Strict):
     requests_per_minute: Annotated[int, Field(ge=1)]
     tokens_per_minute: Annotated[int, Field(ge=1)]
     max_concurrent: Annotated[int, Field(ge=1)]
-    min_paid_usd: Decimal = Decimal(0)  # credit bought (grants do not count)
+    min_paid_usd: Decimal = Decimal(0)  # paid: top-ups and transfers from a reseller (grants do not count)
     min_age_days: Annotated[int, Field(ge=0)] = 0
 
     _check = field_validator("min_paid_usd")(_usd)
