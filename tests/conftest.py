@@ -28,6 +28,7 @@ from tests.fakes.server import ThreadedServer
 
 QUEUE_SIZE = 4
 PARALLEL = 4
+DEFAULT_MAX_TOKENS = 48  # where the engine stops a generation that names no max_tokens
 ADDED_MODEL = "gemma-added"
 
 
@@ -126,6 +127,7 @@ def gateway(tmp_path_factory, fake_openai, fake_anthropic, fake_gemini) -> Gatew
 [engine]
 parallel = {PARALLEL}
 queue_size = {QUEUE_SIZE}
+default_max_tokens = {DEFAULT_MAX_TOKENS}
 
 [[upstreams]]
 name = "fake"

@@ -35,6 +35,7 @@ from emporion.store.session import open_database
 from tests.conftest import emporion
 
 MODEL = "fake-gpt"
+OTHER_MODEL = "other-gpt"
 USER = [{"role": "user", "content": "hello"}]
 
 
@@ -45,7 +46,10 @@ def settings_for(data_dir: Path) -> Settings:
         engine=EngineSettings(enabled=False),
         embeddings=EmbeddingSettings(enabled=False),
         upstreams=[UpstreamConfig(name="fake", base_url="http://127.0.0.1:9/v1")],
-        models={MODEL: ModelConfig(upstream="fake", pricing=Pricing(prompt=Decimal("0.000001"), completion=Decimal("0.000002")))},
+        models={
+            MODEL: ModelConfig(upstream="fake", pricing=Pricing(prompt=Decimal("0.000001"), completion=Decimal("0.000002"))),
+            OTHER_MODEL: ModelConfig(upstream="fake"),
+        },
         metering=MeteringSettings(free_credit_usd=Decimal(1)),
     )
 
@@ -349,7 +353,7 @@ async def test_a_key_is_shown_once_and_stored_only_as_its_hash(admin):
 
 async def test_key_scopes_and_budgets_apply_on_the_request_path(admin):
     org = await admin.org("scoped")
-    headers = {"authorization": f"Bearer {await admin.key(org['id'], allowed_models=['gemma-3-270m'])}"}
+    headers = {"authorization": f"Bearer {await admin.key(org['id'], allowed_models=[OTHER_MODEL])}"}
     response = await admin.client.post("/v1/chat/completions", headers=headers, json={"model": MODEL, "messages": USER})
     error_of(response, 403, "model_not_allowed")
     headers = {"authorization": f"Bearer {await admin.key(org['id'], budget_usd='0')}"}
@@ -432,6 +436,129 @@ async def test_bad_input_is_a_400_with_its_param_and_conflicts_are_409(admin):
     error_of(await admin.call("POST", "/admin/v1/organizations/operator/suspend", admin.operator), 404)
     operator_org = next(o for o in (await admin.ok("GET", "/admin/v1/organizations"))["data"] if o["name"] == "operator")
     error_of(await admin.call("POST", f"/admin/v1/organizations/{operator_org['id']}/suspend", admin.operator), 403, "own_organization")
+
+
+# --- references and names --------------------------------------------------------------------------
+
+
+async def test_a_reference_reused_with_another_amount_is_422_and_the_same_again_a_no_op(admin):
+    org = await admin.org("payer")
+    path = f"/admin/v1/organizations/{org['id']}/credits"
+    first = await admin.ok("POST", path, {"amount_usd": "25", "kind": "top_up", "reference": "invoice-42"})
+    assert first["applied"] and first["balance_usd"] == "26"
+    same = await admin.ok("POST", path, {"amount_usd": "25", "kind": "top_up", "reference": "invoice-42"})
+    assert not same["applied"] and same["balance_usd"] == "26"  # the same payment again: a no-op
+    other = error_of(await admin.call("POST", path, admin.operator, {"amount_usd": "2500", "kind": "top_up", "reference": "invoice-42"}),
+                     422, "reference_reused")  # fmt: skip
+    assert other["param"] == "reference" and "$25" in other["message"] and "$2500" in other["message"]
+    error_of(await admin.call("POST", path, admin.operator, {"amount_usd": "2", "kind": "grant", "reference": "welcome"}), 422, "reference_reused")
+    assert (await admin.ok("POST", path, {"amount_usd": "3", "kind": "grant", "reference": "invoice-42"}))["applied"]  # per kind
+
+    boss = await admin.key(org["id"], "admin")
+    shop, mall = await admin.org("shop", key=boss), await admin.org("mall", key=boss)
+    moved = await admin.ok("POST", f"/admin/v1/organizations/{shop['id']}/credits", {"amount_usd": "4", "kind": "transfer", "reference": "t-1"}, key=boss)
+    assert moved["applied"]
+    for target, amount in ((shop, "5"), (mall, "4")):  # another amount, or the same reference to another customer
+        error_of(await admin.call("POST", f"/admin/v1/organizations/{target['id']}/credits", boss,
+                                  {"amount_usd": amount, "kind": "transfer", "reference": "t-1"}), 422, "reference_reused")  # fmt: skip
+    assert not (await admin.ok("POST", f"/admin/v1/organizations/{shop['id']}/credits", {"amount_usd": "4", "kind": "transfer", "reference": "t-1"}, key=boss))["applied"]
+    assert (await admin.ok("GET", path))["balance_usd"] == "25"  # 1 + 25 + 3 - 4: nothing else moved
+    assert sum((await admin.deps.ledger.balances()).values()) == 0
+
+    run = lambda *args: emporion(*args, data_dir=admin.data_dir, check=False)  # noqa: E731
+    assert run("credits", "top-up", org["id"], "25", "--reference", "invoice-42").returncode == 1  # credited before: unchanged
+    reused = run("credits", "top-up", org["id"], "30", "--reference", "invoice-42")
+    assert reused.returncode == 1 and "already used for a top-up of $25" in reused.stderr and "$30" in reused.stderr
+    assert (await admin.ok("GET", path))["balance_usd"] == "25"
+
+
+async def test_names_are_unique_within_a_parent_so_no_admin_learns_another_tenants_names(admin):
+    alpha, beta = await admin.org("alpha-resale"), await admin.org("beta-resale")
+    a_boss, b_boss = await admin.key(alpha["id"], "admin"), await admin.key(beta["id"], "admin")
+    mine = await admin.org("acme-customer", key=a_boss)
+    theirs = await admin.org("acme-customer", key=b_boss)  # another tenant's name: no 409 that would tell it exists
+    assert mine["id"] != theirs["id"] and theirs["parent_id"] == beta["id"]
+    assert (await admin.org("alpha-resale", key=b_boss))["parent_id"] == beta["id"]  # even a top-level organization's name
+    again = error_of(await admin.call("POST", "/admin/v1/organizations", b_boss, {"name": "acme-customer"}), 409, "organization_exists")
+    assert alpha["id"] not in str(again) and mine["id"] not in str(again)  # a conflict within its own parent stays a 409
+    nested = await admin.org("acme-customer", parent_id=theirs["id"], key=b_boss)  # one level down is another parent
+    assert nested["parent_id"] == theirs["id"]
+    error_of(await admin.call("POST", "/admin/v1/organizations", admin.operator, {"name": "alpha-resale"}), 409, "organization_exists")
+    assert (await admin.org("acme-customer"))["parent_id"] is None  # top-level names are unique among top-level ones
+    error_of(await admin.call("POST", "/admin/v1/organizations", admin.operator, {"name": "acme-customer"}), 409, "organization_exists")
+    b_names = sorted(o["name"] for o in (await admin.ok("GET", "/admin/v1/organizations", key=b_boss))["data"])
+    assert b_names == ["acme-customer", "acme-customer", "alpha-resale", "beta-resale"]
+
+    run = lambda *args: emporion(*args, data_dir=admin.data_dir, check=False)  # noqa: E731
+    shown = run("orgs", "show", "acme-customer")
+    assert shown.returncode == 0 and "reseller: -" in shown.stdout  # the top-level one is preferred
+    assert run("orgs", "create", "dup", "--parent", alpha["id"]).returncode == 0
+    assert run("orgs", "create", "dup", "--parent", beta["id"]).returncode == 0
+    exists = run("orgs", "create", "dup", "--parent", beta["id"])
+    assert exists.returncode == 1 and "already exists under" in exists.stderr
+    ambiguous = run("credits", "balance", "dup")
+    assert ambiguous.returncode == 1 and "2 sub-organizations are named 'dup'" in ambiguous.stderr
+    assert "under 'alpha-resale'" in ambiguous.stderr and "under 'beta-resale'" in ambiguous.stderr
+    only = run("orgs", "show", "alpha-resale")  # a top-level name, also a sub-organization's: the top-level one
+    assert only.returncode == 0 and alpha["id"] in only.stdout
+    assert run("orgs", "create", "solo", "--parent", "alpha-resale").returncode == 0  # the parent by its (top-level) name
+    solo = run("orgs", "show", "solo")  # a name only one sub-organization has
+    assert solo.returncode == 0 and "reseller: alpha-resale" in solo.stdout
+    async with admin.deps.db.session() as session:
+        assert (await repos.get_or_create_org(session, "alpha-resale")).id == alpha["id"]  # top-level, as `keys create --org` finds it
+        assert (await orgs.org_named(session, "dup", beta["id"])).parent_id == beta["id"]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'migrated.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+async def test_migration_0005_keeps_every_row_and_scopes_names_to_their_parent(database_url):
+    """From 0004 (names globally unique) with organizations, keys and accounts in it: every row
+    stays, foreign keys still hold, and names become unique per parent (NULL parents included)."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+    from sqlalchemy.exc import IntegrityError
+
+    from emporion.store.session import MIGRATIONS, Database
+
+    def upgrade(revision: str):
+        def run(connection) -> None:
+            config = Config()
+            config.set_main_option("script_location", str(MIGRATIONS))
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+
+        return run
+
+    db = Database(database_url)
+    try:
+        async with db.engine.begin() as conn:
+            await conn.run_sync(upgrade("0004"))
+        async with db.engine.begin() as conn:
+            await conn.execute(text("insert into organizations (id, name, created_at, parent_id) values ('o1', 'acme', 1, null), ('o2', 'shop', 1, 'o1')"))
+            await conn.execute(text("insert into api_keys (id, org_id, key_hash, prefix, label, created_at) values ('k1', 'o1', 'h1', 'p', '', 1), ('k2', 'o2', 'h2', 'p', '', 1)"))
+            await conn.execute(text("insert into accounts (id, kind, org_id, balance_nanos, held_nanos) values ('customer:o2', 'customer', 'o2', 5, 0)"))
+        await db.migrate()  # to head
+        async with db.engine.begin() as conn:
+            assert (await conn.execute(text("select id, name, parent_id from organizations order by id"))).all() == [("o1", "acme", None), ("o2", "shop", "o1")]
+            assert (await conn.execute(text("select id, org_id from api_keys order by id"))).all() == [("k1", "o1"), ("k2", "o2")]
+            await conn.execute(text("insert into organizations (id, name, created_at, parent_id) values ('o3', 'shop', 1, null), ('o4', 'shop', 1, 'o3')"))
+        refused = [
+            "insert into organizations (id, name, created_at, parent_id) values ('o5', 'acme', 1, null)",  # a top-level name
+            "insert into organizations (id, name, created_at, parent_id) values ('o6', 'shop', 1, 'o1')",  # within one parent
+            "insert into api_keys (id, org_id, key_hash, prefix, label, created_at) values ('k9', 'nope', 'h9', 'p', '', 1)",  # foreign keys
+        ]
+        for statement in refused:
+            with pytest.raises(IntegrityError):
+                async with db.engine.begin() as conn:
+                    await conn.execute(text(statement))
+    finally:
+        await db.close()
 
 
 # --- the CLI -------------------------------------------------------------------------------------

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import time
 
 import httpx
 import openai
 import pytest
 
-from tests.conftest import PARALLEL, QUEUE_SIZE
+from tests.conftest import DEFAULT_MAX_TOKENS, PARALLEL, QUEUE_SIZE, emporion
 
 GEMMA = "gemma-3-270m"
 
@@ -117,3 +118,78 @@ def test_operator_added_gguf_is_served_by_its_own_engine(gateway):
     )
     assert response.parse().usage.completion_tokens <= 4
     assert response.headers["x-emporion-upstream"] == f"local:{ADDED_MODEL}"
+
+
+# --- hardening: clients that leave, inputs the model cannot read, generations without max_tokens --
+
+
+def new_key(gateway, org: str) -> str:
+    return emporion("keys", "create", "--org", org, data_dir=gateway.data_dir).stdout.strip()
+
+
+def records_of(gateway, key: str) -> list[tuple]:
+    with sqlite3.connect(gateway.data_dir / "emporion.db") as db:
+        org = db.execute("SELECT org_id FROM api_keys WHERE prefix = ?", [key[:8]]).fetchone()[0]
+        return db.execute(
+            "SELECT status, usage_source, input_tokens, output_tokens, finish_reason FROM requests WHERE org_id = ? ORDER BY created_at",
+            [org],
+        ).fetchall()
+
+
+def test_a_client_leaving_a_non_streamed_request_stops_the_generation_and_pays_for_what_was_made(gateway):
+    key = new_key(gateway, "impatient")
+    with httpx.Client(base_url=gateway.url, headers={"authorization": f"Bearer {key}"}, timeout=httpx.Timeout(30, read=2.0)) as http:
+        with pytest.raises(httpx.ReadTimeout):
+            http.post("/v1/completions", json={"model": GEMMA, "prompt": "Once upon a time", "max_tokens": 4000, "temperature": 0.9})
+    wait_until(lambda: slots_busy(gateway) == 0, timeout_s=10)  # not the minute 4,000 tokens would take
+    wait_until(lambda: len(records_of(gateway, key)) == 1, timeout_s=10)
+    [(status, source, prompt_tokens, output_tokens, _)] = records_of(gateway, key)
+    assert (status, source) == ("cancelled", "counted")
+    assert prompt_tokens == gateway.client().completions.create(model=GEMMA, prompt="Once upon a time", max_tokens=1).usage.prompt_tokens
+    assert 0 < output_tokens < 4000
+
+
+def test_a_non_streamed_local_answer_is_whole(gateway):
+    """Emporion streams from the engine itself and folds the answer back: the client cannot tell."""
+    completion = gateway.client().completions.create(model=GEMMA, prompt="The capital of France is", max_tokens=8, seed=3, temperature=0)
+    streamed = gateway.client().completions.create(model=GEMMA, prompt="The capital of France is", max_tokens=8, seed=3, temperature=0, stream=True)
+    assert completion.choices[0].text == "".join(chunk.choices[0].text for chunk in streamed if chunk.choices)
+    assert completion.choices[0].finish_reason == "length" and completion.usage.completion_tokens == 8
+    chat = gateway.client().chat.completions.create(model=GEMMA, messages=[{"role": "user", "content": "Hi"}], max_tokens=5)
+    assert chat.choices[0].message.role == "assistant" and chat.choices[0].message.content and chat.usage.prompt_tokens > 0
+
+
+def test_images_for_the_text_only_local_model_are_a_400_and_take_the_model_away_from_nobody(gateway):
+    key = new_key(gateway, "shutterbug")
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    for _ in range(7):  # more than the breaker's threshold (5)
+        with pytest.raises(openai.BadRequestError) as refused:
+            openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=key, max_retries=0).chat.completions.create(
+                model=GEMMA, messages=[{"role": "user", "content": [{"type": "text", "text": "What is this?"}, image]}], max_tokens=5
+            )
+        assert refused.value.code == "unsupported_modality"
+    assert records_of(gateway, key) == []  # refused before anything was held or sent
+    assert gateway.client().chat.completions.create(model=GEMMA, messages=[{"role": "user", "content": "Hi"}], max_tokens=3).choices
+
+
+def test_a_local_generation_without_max_tokens_stops_at_the_configured_default(gateway):
+    completion = gateway.client().completions.create(model=GEMMA, prompt="A very long story begins. Chapter one:", temperature=0.9, seed=1)
+    assert completion.usage.completion_tokens <= DEFAULT_MAX_TOKENS
+    if completion.usage.completion_tokens == DEFAULT_MAX_TOKENS:
+        assert completion.choices[0].finish_reason == "length"
+
+
+def test_an_aborted_stream_bills_its_prompt_at_the_engines_real_token_count(gateway):
+    key = new_key(gateway, "quitter")
+    messages = [{"role": "user", "content": "Tell me everything about the history of the city of Lyon, from the Romans to today."}]
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=key, max_retries=0)
+    stream = client.chat.completions.create(model=GEMMA, messages=messages, max_tokens=2000, stream=True)
+    for received, _chunk in enumerate(stream):
+        if received == 3:
+            break
+    stream.close()
+    wait_until(lambda: len(records_of(gateway, key)) == 1, timeout_s=10)
+    [(status, source, prompt_tokens, output_tokens, _)] = records_of(gateway, key)
+    assert (status, source) == ("cancelled", "counted") and output_tokens >= 2
+    real = client.chat.completions.create(model=GEMMA, messages=messages, max_tokens=1).usage.prompt_tokens
+    assert prompt_tokens == real  # not the characters / 4 estimate

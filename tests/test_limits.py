@@ -6,13 +6,14 @@ import asyncio
 import json
 import logging
 import math
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import replace
 
@@ -511,3 +512,237 @@ def test_memory_limiter_forgets_full_buckets() -> None:
     clock.advance(2.0)
     limiter.check_now([Limit("key:late", "requests", Rate(1, 1.0), 1)])  # 101 > max_buckets
     assert list(limiter.tats) == ["requests:key:late"]
+
+
+# --- bursts: a busy pool or event loop is back-pressure, not an outage -------------------------
+
+BURST = 300  # above redis-py's default pool of 100 connections, which once overflowed into fallback
+HOURLY = Rate(60, 3600)  # 60 at once; at one a minute the refill during a burst is nil: exact counts
+
+
+def degraded(*limiters: RedisLimiter) -> list[int | None]:
+    return [getattr(limiter, "degraded_decisions", None) for limiter in limiters]
+
+
+async def admitted_in_a_burst(limiters: list[RedisLimiter], limit: Limit, n: int = BURST) -> int:
+    async def one(i: int) -> bool:
+        try:
+            await admit(limiters[i % len(limiters)], [limit])
+        except LimitExceeded:
+            return False
+        return True
+
+    return sum(await asyncio.gather(*(one(i) for i in range(n))))
+
+
+async def peak_in_a_burst(limiters: list[RedisLimiter], scope: str, most: int, n: int = BURST) -> tuple[int, int]:
+    """``n`` requests at once through ``limiters`` into ``most`` slots, each holding its slot until
+    every one has got in or been turned away: the most ever inside together, and how many got in."""
+    inside = peak = entered = decided = 0
+    everyone_decided = asyncio.Event()
+
+    def one_decided() -> None:
+        nonlocal decided
+        decided += 1
+        if decided == n:
+            everyone_decided.set()
+
+    async def one(i: int) -> None:
+        nonlocal inside, peak, entered
+        try:
+            async with limiters[i % len(limiters)].concurrency(scope, most):
+                inside, entered = inside + 1, entered + 1
+                peak = max(peak, inside)
+                one_decided()
+                try:
+                    await asyncio.wait_for(everyone_decided.wait(), 10)
+                finally:
+                    inside -= 1
+        except LimitExceeded:
+            one_decided()
+
+    await asyncio.gather(*(one(i) for i in range(n)))
+    return peak, entered
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+async def test_a_burst_admits_exactly_the_limit(redis_url: str, prefix: str, replicas: int) -> None:
+    """300 requests at once for 60 a period, through one replica or two in one process: 60."""
+    limiters = [RedisLimiter(redis_url, prefix=prefix, replicas=replicas) for _ in range(replicas)]
+    try:
+        admitted = await admitted_in_a_burst(limiters, Limit("org:burst", "requests", HOURLY, 1))
+        again = await admitted_in_a_burst(limiters, Limit("org:burst", "requests", HOURLY, 1))
+    finally:
+        for limiter in limiters:
+            await limiter.aclose()
+    assert (admitted, again) == (60, 0)
+    assert degraded(*limiters) == [0] * replicas and not any(limiter.outage for limiter in limiters)
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+async def test_a_burst_never_holds_more_than_max_concurrent(redis_url: str, prefix: str, replicas: int) -> None:
+    limiters = [RedisLimiter(redis_url, prefix=prefix, replicas=replicas) for _ in range(replicas)]
+    try:
+        peak, entered = await peak_in_a_burst(limiters, "org:burst", 6)
+        async with AsyncExitStack() as stack:  # every slot was given back
+            for i in range(6):
+                await stack.enter_async_context(limiters[i % replicas].concurrency("org:burst", 6))
+    finally:
+        for limiter in limiters:
+            await limiter.aclose()
+    assert (peak, entered) == (6, 6)
+    assert degraded(*limiters) == [0] * replicas and not any(limiter.outage for limiter in limiters)
+
+
+BURST_REPLICA = textwrap.dedent(
+    """
+    import asyncio, json, sys, time
+    from emporion.limits import Limit, Rate
+    from emporion.limits.redis import RedisLimiter
+
+    async def main(url, prefix, start_at, n):
+        limiter = RedisLimiter(url, prefix=prefix, replicas=2)
+        limit = [Limit("org:burst", "requests", Rate(60, 3600), 1)]
+        await limiter.check([])  # loaded: the burst starts on time
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        decisions = await asyncio.gather(*(limiter.check(limit) for _ in range(n)))
+        await limiter.aclose()
+        report = {"admitted": sum(d.allowed for d in decisions), "outage": limiter.outage,
+                  "degraded": getattr(limiter, "degraded_decisions", None)}
+        print(json.dumps(report))
+
+    asyncio.run(main(sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])))
+    """
+)
+
+
+def test_a_burst_through_two_replica_processes_admits_exactly_the_limit(redis_url: str, prefix: str) -> None:
+    """250 requests at once in each of two processes, for 60 a period shared through Redis: 60."""
+    command = [sys.executable, "-c", BURST_REPLICA, redis_url, prefix, str(time.time() + 1.5), "250"]
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    replicas = [subprocess.Popen(command, **pipes) for _ in range(2)]
+    reports = []
+    for replica in replicas:
+        out, err = replica.communicate(timeout=30)
+        assert replica.returncode == 0, err
+        reports.append(json.loads(out))
+    assert sum(report["admitted"] for report in reports) == 60, reports
+    assert all(report["degraded"] == 0 and not report["outage"] for report in reports), reports
+
+
+@pytest.mark.parametrize("hogging", ["once", "throughout"])
+async def test_a_busy_event_loop_is_not_taken_for_a_redis_outage(redis_url: str, prefix: str, hogging: str) -> None:
+    """The loop kept busy past the command timeout while Redis answered, by one long callback or by
+    every turn of the loop taking longer than the timeout (on new connections, then on pooled ones):
+    the answers are read, and the fallback admits nobody on top of what Redis charged."""
+    limiter = RedisLimiter(redis_url, prefix=prefix, timeout_s=0.1)
+    checked = asyncio.Event()
+
+    async def hog() -> None:  # a handler hogging the loop, on purpose
+        await asyncio.sleep(0.005)  # the checks are on the wire
+        while True:
+            time.sleep(0.3 if hogging == "once" else 0.15)  # noqa: ASYNC251
+            if hogging == "once" or checked.is_set():
+                return
+            await asyncio.sleep(0)
+
+    async def burst(limit: Limit) -> list[Decision]:
+        try:
+            return await asyncio.gather(*(limiter.check([limit]) for _ in range(30)))
+        finally:
+            checked.set()
+
+    try:
+        for round_ in range(2):
+            checked.clear()
+            limit = Limit(f"org:busy{round_}", "requests", Rate(10, 3600), 1)
+            decisions, _ = await asyncio.gather(burst(limit), hog())
+            assert sum(d.allowed for d in decisions) == 10
+            assert limiter.fallback.tats == {}, "the fallback decided too"
+            assert (await limiter.check([replace(limit, cost=0)])).quotas["requests"].remaining == 0
+        assert degraded(limiter) == [0] and not limiter.outage
+    finally:
+        await limiter.aclose()
+
+
+@pytest.fixture
+def own_redis(tmp_path) -> Iterator[tuple[int, subprocess.Popen]]:
+    """A Redis of this test's own, to close or stop (SIGSTOP) without touching the shared one."""
+    port = free_port()
+    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    process = subprocess.Popen([*command, "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.2).ping()
+                break
+            except redis.RedisError:
+                assert time.monotonic() < deadline and process.poll() is None, "redis-server did not start"
+                time.sleep(0.05)
+        yield port, process
+    finally:
+        process.send_signal(signal.SIGCONT)
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.mark.parametrize("how", ["closed", "stopped"])
+async def test_a_burst_while_redis_is_really_down_degrades_within_about_a_second(own_redis, how: str) -> None:
+    """Port closed (refused at once) or process stopped (silent): a burst of 300 is decided by
+    each replica's share within about a second, and every such decision is counted."""
+    port, process = own_redis
+    limiter = RedisLimiter(f"redis://127.0.0.1:{port}/0", replicas=2, retry_interval_s=0.2)
+    limit = Limit("org:down", "requests", HOURLY, 1)
+    assert (await limiter.check([limit])).allowed and limiter.degraded_decisions == 0  # connected
+    if how == "closed":
+        process.terminate()
+        process.wait(timeout=10)
+    else:
+        process.send_signal(signal.SIGSTOP)
+    try:
+        began = time.monotonic()
+        decisions = await asyncio.gather(*(limiter.check([limit]) for _ in range(BURST)))
+        elapsed = time.monotonic() - began
+        assert elapsed < 1.2 and limiter.outage, elapsed
+        assert sum(d.allowed for d in decisions) == 30 and limiter.degraded_decisions == BURST  # 60 / 2
+        if how == "stopped":
+            process.send_signal(signal.SIGCONT)
+            await asyncio.sleep(0.25)  # past retry_interval_s: the next request tries Redis again
+            back = await limiter.check([limit])
+            assert not limiter.outage and back.quotas["requests"].limit == 60
+            assert limiter.degraded_decisions == BURST
+    finally:
+        process.send_signal(signal.SIGCONT)
+        await limiter.aclose()
+
+
+async def test_a_replica_with_no_connection_free_in_time_turns_requests_away(redis_url: str, prefix: str) -> None:
+    """Redis busy (a slow script of another client) and one connection: the requests that wait
+    longer than busy_timeout_s for it get a 429, and none is decided by the fallback."""
+    limiter = RedisLimiter(redis_url, prefix=prefix, max_connections=1, timeout_s=1.0, busy_timeout_s=0.1)
+    direct = redis.asyncio.Redis.from_url(redis_url)
+    busy = (  # 0.4 s of Redis's time
+        "local t = redis.call('TIME'); local stop = t[1] + t[2] / 1e6 + 0.4\n"
+        "repeat t = redis.call('TIME') until t[1] + t[2] / 1e6 >= stop\nreturn 1"
+    )
+    limit = Limit("org:crowded", "requests", Rate(60, 3600), 1)
+
+    async def one() -> str:
+        try:
+            return "allowed" if (await limiter.check([limit])).allowed else "rejected"
+        except LimitExceeded as exc:
+            assert exc.status == 429 and exc.headers()["retry-after"] == "1"
+            return "overloaded"
+
+    try:
+        slow = asyncio.ensure_future(direct.eval(busy, 0))
+        await asyncio.sleep(0.05)  # the script is running: Redis answers nobody for 0.35 s more
+        outcomes = await asyncio.gather(*(one() for _ in range(20)))
+        await slow
+    finally:
+        await limiter.aclose()
+        await direct.aclose()
+    assert outcomes.count("allowed") >= 1 and outcomes.count("overloaded") >= 10, outcomes
+    assert limiter.overloaded_rejections == outcomes.count("overloaded")
+    assert limiter.degraded_decisions == 0 and not limiter.outage and limiter.fallback.tats == {}

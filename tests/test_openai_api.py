@@ -166,3 +166,20 @@ def test_completion_with_several_prompts_counts_every_prompt(gateway):
             texts[choice.index] += choice.text
     assert [texts[0], texts[1]] == [c.text for c in both.choices]
     assert chunks[-1].usage.completion_tokens == both.usage.completion_tokens
+
+
+def test_embedding_inputs_given_as_token_ids_are_read_as_the_text_they_spell(gateway):
+    """LangChain's OpenAIEmbeddings sends cl100k_base token ids by default: [15339, 1917] is "hello world"."""
+    client = gateway.client()
+    as_text = client.embeddings.create(model=MINILM, input=["hello world", "stock markets fell"])
+    as_ids = client.embeddings.create(model=MINILM, input=[[15339, 1917], [13787, 11987, 11299]])
+    one = client.embeddings.create(model=MINILM, input=[15339, 1917])
+    assert np.allclose(as_ids.data[0].embedding, as_text.data[0].embedding, atol=1e-5)
+    assert np.allclose(one.data[0].embedding, as_text.data[0].embedding, atol=1e-5)
+    assert as_ids.usage.prompt_tokens > 0
+    raw = gateway.http().post("/v1/embeddings", json={"model": MINILM, "input": [[15339, 1917]]})
+    assert raw.headers["x-emporion-cost"] == "0"
+    for bad in ([[]], [[-1]], [[2**31]], [[10**7]], [["a", 1]]):
+        response = gateway.http().post("/v1/embeddings", json={"model": MINILM, "input": bad})
+        assert response.status_code == 400, (bad, response.text)
+        assert "constrained" not in response.text and "pydantic" not in response.text

@@ -13,13 +13,16 @@ from dataclasses import replace
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from emporion.api.admin.routes import routes as admin_routes
 from emporion.api.anthropic.routes import routes as anthropic_routes
+from emporion.api.disconnect import CancelOnDisconnect
 from emporion.api.errors import handlers
+from emporion.api.middleware import Edge
 from emporion.api.openai.routes import json_response
 from emporion.api.openai.routes import routes as openai_routes
 from emporion.api.usage_routes import routes as usage_routes
@@ -43,6 +46,7 @@ from emporion.providers.registry import load_adapter
 from emporion.routing.router import Router
 from emporion.settings import Settings
 from emporion.store import repos
+from emporion.store.idempotency import purge_expired
 from emporion.store.session import open_database
 
 log = logging.getLogger("emporion")
@@ -71,7 +75,8 @@ def build_app(settings: Settings) -> Starlette:
         *openai_routes, *anthropic_routes, *admin_routes, *usage_routes,
         Route("/healthz", healthz), Route("/readyz", readyz),
     ]  # fmt: skip
-    return Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)  # type: ignore[arg-type]
+    middleware = [Middleware(Edge, cors_origins=settings.server.cors_origins), Middleware(CancelOnDisconnect)]
+    return Starlette(routes=routes, middleware=middleware, exception_handlers=handlers, lifespan=lifespan)  # type: ignore[arg-type]
 
 
 def _tune_gc() -> None:
@@ -155,7 +160,8 @@ def _limiter(settings: Settings) -> Limiter:
 
 async def sweep(deps: Deps) -> None:
     """Every few seconds: release holds of requests whose process died, move organizations to
-    the tier they earned, and pick up prices set by other replicas. A failure is logged and
+    the tier they earned, pick up prices set by other replicas, and forget idempotency keys
+    older than a day. A failure is logged and
     retried on the next round; it never stops the gateway."""
     while True:
         await asyncio.sleep(deps.settings.metering.sweep_interval_s)
@@ -166,6 +172,7 @@ async def sweep(deps: Deps) -> None:
             if await refresh_tiers(deps.db, deps.settings):
                 deps.auth.forget()
             await deps.pricebook.load()
+            await purge_expired(deps.db)
         except Exception as exc:
             log.warning("sweeper round failed: %s", exc)
 

@@ -3,13 +3,17 @@
     EmporionError (500 server_error)
     ├── InvalidRequest (400 invalid_request_error)
     │   ├── ContextLengthExceeded (400, code context_length_exceeded)
-    │   └── PayloadTooLarge (413)
+    │   ├── PayloadTooLarge (413)
+    │   └── RequestTimeout (408, code request_timeout; the connection is closed)
     ├── AuthenticationFailed (401, code invalid_api_key)
     ├── PermissionDenied (403)
     ├── NotFound (404)
     │   └── ModelNotFound (404, code model_not_found)
+    ├── Conflict (409, code conflict; Retry-After when it is worth retrying)
+    ├── Unprocessable (422: understood, but it contradicts what was done before)
     ├── RateLimited (429, Retry-After)
     └── UpstreamError (502 by default; carries retryable and retry_after_s)
+        ├── UpstreamNotFound (404: the upstream refused the request; not its failure)
         ├── UpstreamRateLimited (429, Retry-After)
         ├── UpstreamTimeout (504)
         └── ServiceUnavailable (503, Retry-After)
@@ -71,6 +75,15 @@ class PayloadTooLarge(InvalidRequest):
     status, code = 413, "request_too_large"
 
 
+class RequestTimeout(InvalidRequest):
+    """The client sent its request too slowly; what is left of it is not read, so the connection closes."""
+
+    status, code = 408, "request_timeout"
+
+    def headers(self) -> dict[str, str]:
+        return {**super().headers(), "connection": "close"}
+
+
 class AuthenticationFailed(EmporionError):
     status, type, code = 401, "invalid_request_error", "invalid_api_key"
 
@@ -87,6 +100,14 @@ class ModelNotFound(NotFound):
     code = "model_not_found"
 
 
+class Conflict(EmporionError):
+    status, type, code = 409, "invalid_request_error", "conflict"
+
+
+class Unprocessable(EmporionError):
+    status, type, code = 422, "invalid_request_error", "unprocessable"
+
+
 class RateLimited(EmporionError):
     status, type, code = 429, "rate_limit_exceeded", "rate_limit_exceeded"
 
@@ -99,6 +120,16 @@ class UpstreamError(EmporionError):
     def __init__(self, message: str, *, retryable: bool = True, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
         self.retryable = retryable
+
+
+class UpstreamNotFound(UpstreamError):
+    """The upstream answered 404 (no such model or route there): the next deployment may serve,
+    but it is no failure of the upstream, so no circuit breaker counts it."""
+
+    status, type, code = 404, "invalid_request_error", "upstream_not_found"
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        super().__init__(message, retryable=False, **kwargs)
 
 
 class UpstreamRateLimited(UpstreamError):

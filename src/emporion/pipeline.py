@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from emporion import limits
 from emporion.api.openai.schemas import ROUTING_FIELDS, ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Sampling
@@ -18,18 +19,20 @@ from emporion.auth.principal import Authenticator, Principal
 from emporion.catalog.models import Catalog, Model, ModelKind
 from emporion.engine.embeddings import Embedded, Embedder
 from emporion.engine.llama_server import LlamaServer
+from emporion.engine.openai_tokens import texts_of
 from emporion.errors import ContextLengthExceeded, InvalidRequest, PermissionDenied, ServiceUnavailable
 from emporion.limits import Decision, Limit, Limiter, Rate, ratelimit_headers
-from emporion.metering.estimate import prompt_bound, prompt_guess
-from emporion.metering.ledger import Ledger
-from emporion.metering.meter import Served, Status, Tab, UsageSource, budgets_of, worst_case
+from emporion.metering.estimate import MEDIA_PARTS, prompt_bound, prompt_guess
+from emporion.metering.ledger import BudgetExceeded, InsufficientCredits, Ledger
+from emporion.metering.meter import Served, Status, Tab, UsageSource, affordable_output, budgets_of, worst_case
 from emporion.metering.money import Nanos
 from emporion.metering.pricebook import PriceBook
 from emporion.providers.base import PARAMETERS, Adapter, Chunk, Completion, Endpoint, Request
+from emporion.providers.folding import Fold
 from emporion.providers.usage import Usage
 from emporion.routing.candidates import Candidate, Preferences
 from emporion.routing.router import Route, Router
-from emporion.settings import Settings, TierSettings
+from emporion.settings import Settings
 from emporion.store.session import Database
 
 
@@ -61,10 +64,13 @@ class Stream:
     still plain HTTP errors, or fall back), and ``aclose`` frees the engine slot and the
     upstream connection, then settles what was generated."""
 
-    def __init__(self, route: Route, chunks: AsyncIterator[Chunk], resources: contextlib.AsyncExitStack) -> None:
+    def __init__(
+        self, route: Route, chunks: AsyncIterator[Chunk], resources: contextlib.AsyncExitStack, request: Request | None = None
+    ) -> None:
         self.route = route
         self._chunks = chunks
         self._resources = resources
+        self.request = request  # as the upstream got it (to count its prompt where usage never came)
         self.headers: dict[str, str] = {}
         self.cost_of: Callable[[Usage], Nanos] = lambda usage: Nanos(0)
 
@@ -93,6 +99,7 @@ class Admission:
     limits: list[Limit]
     tokens_estimate: int  # what the tokens-per-minute buckets were charged
     prompt_estimate: int  # its prompt part (what a stream without usage is billed for its prompt)
+    output_cap: int | None = None  # max_tokens imposed on each choice where the request set none
 
     async def close(self, served: Route | Served | None, usage: Usage, status: Status, source: UsageSource, finish: str | None = None):
         if isinstance(served, Route):
@@ -101,13 +108,31 @@ class Admission:
             return await self.tab.settle(served, usage, status=status, source=source, finish_reason=finish)
         finally:
             await self.slots.aclose()
+            # the tokens-per-minute buckets keep what was used, not what was feared (nor less)
             unused = self.tokens_estimate - usage.prompt_tokens - usage.output_tokens
-            if unused > 0:  # the tokens-per-minute buckets keep what was used, not what was feared
+            if unused > 0:
                 await self.limiter.refund(self.limits, {"tokens": unused})
+            elif unused < 0:
+                await self.limiter.debit(self.limits, {"tokens": -unused})
+
+    def capped(self, wire: W) -> W:
+        """The request as it goes upstream: with the output cap where it named no max_tokens."""
+        if self.output_cap is None:
+            return wire
+        return wire.model_copy(update={"max_tokens": self.output_cap})
+
+
+W = TypeVar("W", ChatCompletionRequest, CompletionRequest)
 
 
 async def admit(deps: Deps, principal: Principal, wire: Sampling | EmbeddingRequest, request_id: str, streamed: bool) -> Admission:
-    """Limits (429), the key's model scope (403), then a hold of the worst case (402)."""
+    """Limits (429), the key's model scope (403), then a hold of the worst case (402).
+
+    A request without ``max_tokens`` is charged to the tokens-per-minute buckets for its prompt
+    only, and for its output once that is known; its hold covers the most it may generate (the
+    model's context, or ``[engine] default_max_tokens`` on the local engine) or, when the credit
+    cannot cover that, as many output tokens as the credit can pay for, and the generation is
+    capped there: a request never costs more than its hold."""
     kind: ModelKind = "embedding" if isinstance(wire, EmbeddingRequest) else "chat"
     name = wire.model if kind == "embedding" else _split_suffix(deps.catalog, wire.model)[0]
     models = [deps.catalog.require(name, kind)]
@@ -119,49 +144,113 @@ async def admit(deps: Deps, principal: Principal, wire: Sampling | EmbeddingRequ
     body = wire.model_dump(exclude_none=True)
     if kind == "embedding":
         body = {"prompt": body.get("input")}
+    else:
+        _check_inputs(models, body)
     metering = deps.settings.metering
     bound = prompt_bound(body, metering.image_tokens)
-    outputs = 0 if kind == "embedding" else _output_bound(wire, models[0], body)  # type: ignore[arg-type]
     guess = prompt_guess(body, metering.image_tokens)
-    tokens = guess + outputs
+    asked = None if kind == "embedding" else wire.output_limit()  # type: ignore[union-attr]
+    per_choice = 0 if kind == "embedding" else _output_bound(deps, wire, models[0])  # type: ignore[arg-type]
+    choices = 1 if kind == "embedding" else _choices(wire, body)  # type: ignore[arg-type]
+    tokens = guess + (asked or 0) * choices
     buckets = _limits(deps, principal, tokens)
     decision = await limits.admit(deps.limiter, buckets)
     slots = contextlib.AsyncExitStack()
     try:
         for scope, most in _concurrency(deps, principal):
             await slots.enter_async_context(deps.limiter.concurrency(scope, most))
-        hold = worst_case(principal, deps.pricebook, models, bound, outputs)
-        try:
-            await deps.ledger.reserve(principal.org_id, request_id, hold, metering.hold_ttl_s, budgets_of(principal, time.time()))
-        except asyncio.CancelledError:
-            deps.ledger.release_soon(request_id)
-            raise
+        held_per_choice, hold = await _hold(deps, principal, request_id, models, bound, per_choice, choices, flexible=asked is None)
     except BaseException:
         await slots.aclose()
+        await deps.limiter.refund(buckets, {"tokens": tokens})
         raise
     tab = Tab(deps.ledger, deps.pricebook, principal, request_id, endpoint_of(wire) if kind == "chat" else "embedding", streamed, hold)
-    return Admission(tab, decision, slots, deps.limiter, buckets, tokens, guess)
+    cap = None
+    if kind == "chat" and asked is None and (held_per_choice < per_choice or _local(models[0])):
+        cap = held_per_choice  # what the credit covers, or the local engine's default
+    return Admission(tab, decision, slots, deps.limiter, buckets, tokens, guess, cap)
 
 
-def _output_bound(wire: Sampling, model: Model, body: dict) -> int:
-    """Every output token the request may generate: max_tokens (or the context) for each choice
-    of each prompt."""
-    per_choice = min(wire.output_limit() or model.context_length, model.context_length)
-    prompts = len(body["prompt"]) if isinstance(body.get("prompt"), list) and body["prompt"] and not isinstance(body["prompt"][0], int) else 1
-    return per_choice * (wire.n or 1) * prompts
+async def _hold(
+    deps: Deps, principal: Principal, request_id: str, models: list[Model], bound: int, per_choice: int, choices: int, *, flexible: bool
+) -> tuple[int, Nanos]:
+    """Holds the worst case of ``per_choice`` output tokens a choice; when that is more than the
+    credit (or a budget) covers and the request set no max_tokens (``flexible``), holds what the
+    credit covers instead. Returns the output tokens a choice may make, and the hold."""
+    budgets = budgets_of(principal, time.time())
+    ttl = deps.settings.metering.hold_ttl_s
+    hold = worst_case(principal, deps.pricebook, models, bound, per_choice * choices)
+    try:
+        await _reserve(deps, principal, request_id, hold, ttl, budgets)
+        return per_choice, hold
+    except (InsufficientCredits, BudgetExceeded):
+        if not flexible:
+            raise
+        available = await deps.ledger.available(principal.org_id)
+        affordable = affordable_output(lambda n: worst_case(principal, deps.pricebook, models, bound, n * choices), per_choice, available)
+        if affordable < 1:
+            raise
+    hold = worst_case(principal, deps.pricebook, models, bound, affordable * choices)
+    await _reserve(deps, principal, request_id, hold, ttl, budgets)
+    return affordable, hold
 
 
-def _tier(deps: Deps, principal: Principal) -> TierSettings:
-    return deps.settings.tiers.get(principal.tier) or next(iter(deps.settings.tiers.values()))
+async def _reserve(deps: Deps, principal: Principal, request_id: str, hold: Nanos, ttl: float, budgets: list[tuple[str, int]]) -> None:
+    try:
+        await deps.ledger.reserve(principal.org_id, request_id, hold, ttl, budgets)
+    except asyncio.CancelledError:
+        deps.ledger.release_soon(request_id)
+        raise
+
+
+def _check_inputs(models: list[Model], body: dict) -> None:
+    """Images for a local text-only model are refused here, before anything is held or sent: the
+    catalog knows exactly what a local engine reads (an upstream's own models may read more than
+    the catalog says, so theirs is the upstream's to refuse)."""
+    for model in models:
+        if "image" not in model.input_modalities and _local(model) and _has_media(body.get("messages") or ()):
+            raise InvalidRequest(
+                f"The model `{model.id}` reads text only: remove the image parts, or use a model with image input.",
+                param="messages",
+                code="unsupported_modality",
+            )
+
+
+def _has_media(messages: Iterable[dict]) -> bool:
+    return any(
+        isinstance(part, dict) and part.get("type") in MEDIA_PARTS
+        for message in messages
+        if isinstance(message.get("content"), list)
+        for part in message["content"]
+    )
+
+
+def _local(model: Model) -> bool:
+    return all(deployment.upstream.startswith("local:") for deployment in model.deployments)
+
+
+def _output_bound(deps: Deps, wire: Sampling, model: Model) -> int:
+    """The output tokens one choice may generate: its max_tokens, else the context (on the local
+    engine, ``[engine] default_max_tokens``)."""
+    default = min(deps.settings.engine.default_max_tokens, model.context_length) if _local(model) else model.context_length
+    return min(wire.output_limit() or default, model.context_length)
+
+
+def _choices(wire: Sampling, body: dict) -> int:
+    """Choices the request makes: n for each prompt."""
+    prompt = body.get("prompt")
+    prompts = len(prompt) if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) else 1
+    return (wire.n or 1) * prompts
 
 
 def _limits(deps: Deps, principal: Principal, tokens: int) -> list[Limit]:
-    tier = _tier(deps, principal)
-    org, key = principal.org_limits, principal.key_limits
-    found = [
-        Limit(f"org:{principal.org_id}", "requests", Rate(org.requests_per_minute or tier.requests_per_minute), 1),
-        Limit(f"org:{principal.org_id}", "tokens", Rate(org.tokens_per_minute or tier.tokens_per_minute), tokens),
-    ]
+    """The rate buckets of the request: the organization's own limits, else its tier's; the key's."""
+    tier, org, key = deps.settings.tier(principal.tier), principal.org_limits, principal.key_limits
+    found = []
+    if rpm := org.requests_per_minute or (tier and tier.requests_per_minute):
+        found.append(Limit(f"org:{principal.org_id}", "requests", Rate(rpm), 1))
+    if tpm := org.tokens_per_minute or (tier and tier.tokens_per_minute):
+        found.append(Limit(f"org:{principal.org_id}", "tokens", Rate(tpm), tokens))
     if key.requests_per_minute:
         found.append(Limit(f"key:{principal.key_id}", "requests", Rate(key.requests_per_minute), 1))
     if key.tokens_per_minute:
@@ -170,8 +259,10 @@ def _limits(deps: Deps, principal: Principal, tokens: int) -> list[Limit]:
 
 
 def _concurrency(deps: Deps, principal: Principal) -> list[tuple[str, int]]:
-    tier = _tier(deps, principal)
-    found = [(f"org:{principal.org_id}", principal.org_limits.max_concurrent or tier.max_concurrent)]
+    tier = deps.settings.tier(principal.tier)
+    found = []
+    if most := principal.org_limits.max_concurrent or (tier and tier.max_concurrent):
+        found.append((f"org:{principal.org_id}", most))
     if principal.key_limits.max_concurrent:
         found.append((f"key:{principal.key_id}", principal.key_limits.max_concurrent))
     return found
@@ -181,8 +272,13 @@ async def generate(
     deps: Deps, principal: Principal, wire: ChatCompletionRequest | CompletionRequest, request_id: str
 ) -> Generation:
     admission = await admit(deps, principal, wire, request_id, streamed=False)
+    progress = Progress()
     try:
-        generation = await _generate(deps, principal, wire)
+        generation = await _generate(deps, principal, admission.capped(wire), progress)
+    except asyncio.CancelledError:  # the client left (api/disconnect.py): what was made is billed
+        usage = await _counted_usage(deps, progress.route, progress.request, admission.prompt_estimate, progress.output_chunks)
+        await admission.close(progress.route, usage, "cancelled", "counted" if progress.route else "none")
+        raise
     except BaseException:
         await admission.close(None, Usage(), "failed", "none")
         raise
@@ -192,20 +288,40 @@ async def generate(
     return replace(generation, cost=charged, headers=ratelimit_headers(admission.decision))
 
 
+@dataclass
+class Progress:
+    """How far a non-streamed request had got, for billing it if its client leaves mid-way:
+    where it went, what was sent, the pieces of output made (when Emporion streams it itself)."""
+
+    route: Route | None = None
+    request: Request | None = None
+    output_chunks: int = 0
+
+
+async def _counted_usage(deps: Deps, route: Route | None, request: Request | None, estimate: int, output_chunks: int) -> Usage:
+    """Usage of a request that stopped before its upstream reported any: the prompt as the local
+    engine tokenizes it (else its estimate), one output token per piece of output seen."""
+    if route is None:
+        return Usage()
+    engine = deps.engines.get(route.candidate.upstream.name)
+    counted = await engine.count_prompt_tokens(request.body) if engine is not None and request is not None else None
+    return Usage(input_tokens=counted if counted is not None else estimate, output_tokens=output_chunks)
+
+
 async def generate_stream(
     deps: Deps, principal: Principal, wire: ChatCompletionRequest | CompletionRequest, request_id: str
 ) -> Stream:
     admission = await admit(deps, principal, wire, request_id, streamed=True)
     try:
-        stream = await _generate_stream(deps, principal, wire)
+        stream = await _generate_stream(deps, principal, admission.capped(wire))
     except BaseException:
         await admission.close(None, Usage(), "failed", "none")
         raise
-    meter = StreamMeter(stream, admission)
+    meter = StreamMeter(deps, stream, admission)
     resources = contextlib.AsyncExitStack()
     resources.push_async_callback(meter.settle)  # last: after the upstream is closed
     resources.push_async_callback(stream.aclose)
-    metered = Stream(stream.route, meter.chunks(), resources)
+    metered = Stream(stream.route, meter.chunks(), resources, stream.request)
     metered.headers = ratelimit_headers(admission.decision)
     metered.cost_of = meter.cost_of
     return metered
@@ -213,10 +329,14 @@ async def generate_stream(
 
 class StreamMeter:
     """Watches a stream go by: the usage it reports, else the output it carried (one token per
-    content chunk, the prompt at its estimate), and how it ended; settles once: when the
-    upstream's stream ends, or else when the stream is closed (client gone, upstream failed)."""
+    content chunk; the prompt as the local engine tokenizes it, else its estimate), and how it
+    ended: ``completed``, ``partial`` (the upstream failed after output: recorded with the last
+    finish reason seen, else ``error``), ``failed`` (before any output) or ``cancelled`` (the
+    client left). Settles once: when the upstream's stream ends, or else when the stream is
+    closed (client gone, upstream failed)."""
 
-    def __init__(self, stream: Stream, admission: Admission) -> None:
+    def __init__(self, deps: Deps, stream: Stream, admission: Admission) -> None:
+        self.deps = deps
         self.stream = stream
         self.admission = admission
         self.usage: Usage | None = None
@@ -237,7 +357,8 @@ class StreamMeter:
                     self.finish = choice.get("finish_reason") or self.finish
                 yield chunk
         except Exception:
-            self.status = "failed"
+            self.status = "partial" if self.counted else "failed"
+            self.finish = self.finish or "error"
             raise
         self.status = "completed"
         await self.settle()  # before the client gets its last chunk and [DONE]: what it saw is charged
@@ -253,18 +374,19 @@ class StreamMeter:
         if self.usage is not None:
             usage, source = self.usage, "upstream"
         else:
-            usage, source = Usage(input_tokens=self.admission.prompt_estimate, output_tokens=self.counted), "counted"
+            usage = await _counted_usage(self.deps, self.stream.route, self.stream.request, self.admission.prompt_estimate, self.counted)
+            source = "counted"
         await self.admission.close(self.stream.route, usage, self.status, source, self.finish)  # type: ignore[arg-type]
 
 
 # --- routing and generation ------------------------------------------------------------------------
 
 
-async def _generate(deps: Deps, principal: Principal, wire: ChatCompletionRequest | CompletionRequest) -> Generation:
+async def _generate(deps: Deps, principal: Principal, wire: ChatCompletionRequest | CompletionRequest, progress: Progress) -> Generation:
     parts = _split_prompts(wire)
     if len(parts) == 1:
-        return await _generate_one(deps, principal, wire)
-    results = await asyncio.gather(*(_generate_one(deps, principal, part) for part in parts), return_exceptions=True)
+        return await _generate_one(deps, principal, wire, progress)
+    results = await asyncio.gather(*(_generate_one(deps, principal, part, progress) for part in parts), return_exceptions=True)
     for result in results:
         if isinstance(result, BaseException):
             raise result
@@ -293,15 +415,34 @@ async def _generate_stream(deps: Deps, principal: Principal, wire: ChatCompletio
 def _split_prompts(wire: ChatCompletionRequest | CompletionRequest) -> list[ChatCompletionRequest | CompletionRequest]:
     """A list of prompts is one upstream request per prompt: each gets its own engine slot and
     exact usage, which upstreams do not all report for batched prompts."""
-    if isinstance(wire, CompletionRequest) and isinstance(wire.prompt, list) and len(wire.prompt) > 1:
-        return [wire.model_copy(update={"prompt": prompt}) for prompt in wire.prompt]
+    if isinstance(wire, CompletionRequest) and len(prompts := wire.prompts()) > 1:
+        return [wire.model_copy(update={"prompt": prompt}) for prompt in prompts]
     return [wire]
 
 
-async def _generate_one(deps: Deps, principal: Principal, wire: ChatCompletionRequest | CompletionRequest) -> Generation:
+async def _generate_one(
+    deps: Deps, principal: Principal, wire: ChatCompletionRequest | CompletionRequest, progress: Progress
+) -> Generation:
     plan = _plan(deps, principal, wire)
+    if plan.folds():
+        return await _folded(deps, plan, progress)
     attempted, completion = await deps.router.executor.complete(plan.candidates, plan.request_for)
     return Generation(Route(attempted.candidate.model, attempted.candidate, attempted.attempts), completion)
+
+
+async def _folded(deps: Deps, plan: Plan, progress: Progress) -> Generation:
+    """One answer made from a stream (the local engine: so that a client who leaves stops the
+    generation at once, and ``progress`` knows what was made until then)."""
+    fold = Fold(plan.endpoint)
+    async with contextlib.AsyncExitStack() as resources:
+        attempted, chunks = await deps.router.executor.stream(plan.candidates, plan.request_for, resources)
+        route = Route(attempted.candidate.model, attempted.candidate, attempted.attempts)
+        progress.route, progress.request = route, plan.request_for(attempted.candidate)
+        async for chunk in chunks:
+            before = fold.output_chunks
+            fold.feed(chunk)
+            progress.output_chunks += fold.output_chunks - before
+    return Generation(route, fold.completion())
 
 
 async def _stream_one(deps: Deps, principal: Principal, wire: ChatCompletionRequest | CompletionRequest) -> Stream:
@@ -312,7 +453,10 @@ async def _stream_one(deps: Deps, principal: Principal, wire: ChatCompletionRequ
     except BaseException:
         await resources.aclose()
         raise
-    return Stream(Route(attempted.candidate.model, attempted.candidate, attempted.attempts), chunks, resources)
+    return Stream(Route(attempted.candidate.model, attempted.candidate, attempted.attempts), chunks, resources, plan.request_for(attempted.candidate))
+
+
+LOCAL_ENGINE = "local:"  # the upstream names of the local engine's models
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,6 +464,12 @@ class Plan:
     candidates: list[Candidate]
     endpoint: Endpoint
     body: dict
+
+    def folds(self) -> bool:
+        """Whether one answer is made from a stream: on the local engine, unless the request
+        asks for what only a whole answer carries (logprobs, an echoed prompt)."""
+        on_engine = all(candidate.upstream.name.startswith(LOCAL_ENGINE) for candidate in self.candidates)
+        return on_engine and not self.body.keys() & {"logprobs", "top_logprobs", "echo"}
 
     def request_for(self, candidate: Candidate) -> Request:
         """The request as this deployment receives it: its model name, its quirks."""
@@ -345,7 +495,8 @@ def _plan(deps: Deps, principal: Principal, wire: ChatCompletionRequest | Comple
     body = wire.model_dump(exclude_none=True, exclude=set(ROUTING_FIELDS))
     used = {key for key in PARAMETERS if key in body}
     prefs = Preferences.from_wire(wire.provider, suffix)
-    policy = deps.settings.policies.get(principal.org_name)
+    # by name, which only top-level organizations hold uniquely (a reseller's customer may share one)
+    policy = None if principal.resellers else deps.settings.policies.get(principal.org_name)
     candidates = deps.router.candidates([model, *fallbacks], prefs, policy, used, wire.user)
     return Plan(candidates=candidates, endpoint=endpoint_of(wire), body=body)
 
@@ -399,6 +550,8 @@ class Billed:
 
 
 async def embed(deps: Deps, principal: Principal, wire: EmbeddingRequest, request_id: str) -> tuple[Model, Embedded, Billed]:
+    if not isinstance(wire.input, str) and not isinstance(wire.input[0], str):  # token ids: read as the text they spell, first
+        wire = wire.model_copy(update={"input": texts_of(wire.inputs())})
     admission = await admit(deps, principal, wire, request_id, streamed=False)
     try:
         model, embedded = await _embed(deps, wire)
@@ -423,4 +576,4 @@ async def _embed(deps: Deps, wire: EmbeddingRequest) -> tuple[Model, Embedded]:
         raise InvalidRequest(
             f"Too many inputs: at most {deps.settings.embeddings.max_inputs} per request.", param="input"
         )
-    return model, await embedder.embed(inputs)
+    return model, await embedder.embed(inputs)  # type: ignore[arg-type]  # texts: embed() decoded any token ids

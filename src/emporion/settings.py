@@ -24,6 +24,9 @@ class ServerSettings(Strict):
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
     max_body_bytes: Annotated[int, Field(gt=0)] = 8 * 1024 * 1024
     auth_cache_s: Annotated[float, Field(ge=0)] = 5.0
+    cors_origins: list[str] = []  # browser origins allowed to call the API ("https://app.example"); none: no CORS headers
+    header_timeout_s: Annotated[float, Field(gt=0)] = 10.0  # a request's headers must arrive within this (else 408)
+    body_timeout_s: Annotated[float, Field(gt=0)] = 30.0  # and its body within this, once read (else 408)
 
 
 class EngineSettings(Strict):
@@ -39,6 +42,7 @@ class EngineSettings(Strict):
     queue_size: Annotated[int, Field(ge=0)] = 32
     startup_timeout_s: Annotated[float, Field(gt=0)] = 180.0
     restart_backoff_s: Annotated[float, Field(gt=0)] = 1.0
+    default_max_tokens: Annotated[int, Field(ge=1)] = 1024  # a local generation that names no max_tokens stops here
 
 
 class EmbeddingSettings(Strict):
@@ -165,6 +169,8 @@ class TierSettings(Strict):
     _check = field_validator("min_paid_usd")(_usd)
 
 
+OPERATOR_TIER = "operator"  # the operator's own organizations: no tier limits unless [tiers.operator] sets them
+
 # As OpenAI widens access: paid spend and account age move an organization up, never down.
 DEFAULT_TIERS = {
     "free": TierSettings(requests_per_minute=20, tokens_per_minute=40_000, max_concurrent=4),
@@ -189,6 +195,21 @@ class Settings(Strict):
     limits: LimitSettings = LimitSettings()
     metering: MeteringSettings = MeteringSettings()
     tiers: dict[str, TierSettings] = DEFAULT_TIERS  # in order, lowest first; the first is where organizations start
+
+    def tier(self, name: str) -> TierSettings | None:
+        """A tier's limits. The operator's own tier (``OPERATOR_TIER``, the first organization's)
+        has none unless ``[tiers.operator]`` sets them; an unknown name gets the first tier's."""
+        found = self.tiers.get(name)
+        if found is None and name != OPERATOR_TIER:
+            found = next(iter(self.tiers.values()))
+        return found
+
+    def knows_tier(self, name: str) -> bool:
+        return name in self.tiers or name == OPERATOR_TIER
+
+    @property
+    def tier_names(self) -> list[str]:
+        return [*self.tiers, *([] if OPERATOR_TIER in self.tiers else [OPERATOR_TIER])]
 
     @property
     def database_url(self) -> str:

@@ -14,6 +14,8 @@ from emporion.errors import EmporionError, InvalidRequest, NotFound
 
 log = logging.getLogger("emporion.api")
 
+INTERNAL_ERROR = "The server had an error while processing your request. Sorry about that!"
+
 
 def render(request: Request, error: EmporionError, status: int | None = None) -> Response:
     """OpenAI's envelope, or Anthropic's on Anthropic's route (its SDK reads that one)."""
@@ -40,8 +42,7 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 async def unexpected_error(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
-    error = EmporionError("The server had an error while processing your request. Sorry about that!")
-    return render(request, error)
+    return render(request, EmporionError(INTERNAL_ERROR))
 
 
 handlers = {EmporionError: emporion_error, HTTPException: http_error, Exception: unexpected_error}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 from emporion.catalog.models import LOCAL_PROVIDER, Catalog, Deployment, Model
 from emporion.settings import ModelConfig, Pricing, Settings
@@ -100,17 +101,42 @@ def configured_model(model_id: str, config: ModelConfig, settings: Settings) -> 
 
 
 def build_catalog(settings: Settings, gemma_file: str, added: list[LocalModel]) -> Catalog:
+    """What this gateway serves. A local model whose engine is disabled (``[engine] enabled =
+    false``, ``[embeddings] enabled = false``) is not listed at all, nor are its deployments in
+    other models; a config table that only tunes such a model (its price, say) is ignored."""
     models = {model.id: model for model in builtin_models(settings, gemma_file)}
     for row in added:
         models[row.id] = added_model(row)
-    if not settings.engine.enabled:
-        models = {key: model for key, model in models.items() if not model.gguf}
-    if not settings.embeddings.enabled:
-        models.pop(MINILM_ID)
+    disabled = {model.id for model in models.values() if not _enabled(settings, model)}
     for model_id, config in settings.models.items():
         known = models.get(model_id)
+        if config.gguf is not None and not settings.engine.enabled:
+            disabled.add(model_id)
+        if model_id in disabled and config.upstream is None and not config.deployments:
+            continue
         models[model_id] = known.with_config(config) if known else configured_model(model_id, config, settings)
+    models = {key: model for key, model in models.items() if key not in disabled or not _is_local(model)}
+    if disabled:
+        models = {key: _without(model, disabled) for key, model in models.items()}
+        models = {key: model for key, model in models.items() if model.deployments}
     for model in models.values():
         if model.gguf and model.context_length > settings.engine.ctx_per_request:
             models[model.id] = model.with_config(ModelConfig(context_length=settings.engine.ctx_per_request))
     return Catalog(list(models.values()))
+
+
+def _is_local(model: Model) -> bool:
+    return all(d.upstream.startswith("local:") for d in model.deployments)
+
+
+def _enabled(settings: Settings, model: Model) -> bool:
+    if model.upstream == EMBEDDINGS_UPSTREAM:
+        return settings.embeddings.enabled
+    return settings.engine.enabled or not _is_local(model)
+
+
+def _without(model: Model, disabled: set[str]) -> Model:
+    """The model without its deployments on the disabled local engines."""
+    gone = {local_upstream(model_id) for model_id in disabled} | ({EMBEDDINGS_UPSTREAM} if MINILM_ID in disabled else set())
+    kept = tuple(d for d in model.deployments if d.upstream not in gone)
+    return model if kept == model.deployments else replace(model, deployments=kept)

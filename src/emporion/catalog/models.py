@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from emporion.errors import InvalidRequest, ModelNotFound
 from emporion.settings import ModelConfig, Pricing
 
 ModelKind = Literal["chat", "embedding"]
+
+
+class ListPrice(Protocol):
+    """USD per token and per request, as a price list shows them."""
+
+    prompt: Decimal
+    completion: Decimal
+    request: Decimal
 
 LOCAL_PROVIDER = "emporion-local"
 
@@ -52,8 +60,14 @@ class Model:
         """The first deployment's upstream (the only one, for most models)."""
         return self.deployments[0].upstream
 
-    def to_openai(self) -> dict[str, Any]:
-        """OpenAI's model object plus the marketplace fields OpenRouter users expect."""
+    def to_openai(self, price: ListPrice | None = None) -> dict[str, Any]:
+        """OpenAI's model object plus the marketplace fields OpenRouter users expect; ``price``:
+        what the caller pays (default: the configured price)."""
+        pricing = {"prompt": _usd(self.pricing.prompt), "completion": _usd(self.pricing.completion)}
+        if price is not None:
+            pricing = {"prompt": _usd(price.prompt), "completion": _usd(price.completion)}
+            if price.request:
+                pricing["request"] = _usd(price.request)
         return {
             "id": self.id,
             "object": "model",
@@ -62,7 +76,7 @@ class Model:
             "name": self.name,
             "description": self.description,
             "context_length": self.context_length,
-            "pricing": {"prompt": _usd(self.pricing.prompt), "completion": _usd(self.pricing.completion)},
+            "pricing": pricing,
             "architecture": {
                 "input_modalities": list(self.input_modalities),
                 "output_modalities": list(self.output_modalities),

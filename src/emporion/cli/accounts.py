@@ -59,13 +59,13 @@ def _change_org(settings: Settings, ref: str, change: Callable[[Organization], N
 
 
 def _check_tier(settings: Settings, tier: str | None) -> None:
-    if tier is not None and tier not in settings.tiers:
-        fail(f"unknown tier {tier!r}; the tiers are {', '.join(settings.tiers)}", 2)
+    if tier is not None and not settings.knows_tier(tier):
+        fail(f"unknown tier {tier!r}; the tiers are {', '.join(settings.tier_names)}", 2)
 
 
 @orgs_app.command("create")
 def orgs_create(
-    name: Annotated[str, typer.Argument(help="A unique name.")],
+    name: Annotated[str, typer.Argument(help="A name, unique among the parent's sub-organizations (or among top-level ones).")],
     parent: Annotated[str | None, typer.Option(help="The reseller (id or name) this organization buys through.")] = None,
     tier: Annotated[str | None, typer.Option(help="Set the tier by hand (pinned); default: the first tier, floating.")] = None,
     data_dir: DataDir = None,
@@ -79,8 +79,8 @@ def orgs_create(
     async def work(db: Database, ledger: Ledger) -> Organization:
         async with db.session() as session, session.begin():
             parent_id = None if parent is None else (await find_org(session, parent)).id
-            if await orgs.org_named(session, spec.name) is not None:
-                fail(f"an organization named {spec.name!r} already exists")
+            if await orgs.org_named(session, spec.name, parent_id) is not None:  # names are unique within a parent
+                fail(f"an organization named {spec.name!r} already exists " + ("at the top level" if parent is None else f"under {parent!r}"))
             org = await repos.create_org(session, spec.name, parent_id=parent_id, tier=spec.tier or next(iter(settings.tiers)))
             org.tier_pinned = spec.tier is not None
         await credit.welcome(ledger, settings, org.id, org.parent_id)
@@ -315,13 +315,10 @@ def _credit(settings: Settings, org: str, amount: str, reference: str | None, ki
     async def work(db: Database, ledger: Ledger):
         async with db.session() as session:
             found = await find_org(session, org)
-        try:
-            if kind == "transfer":
-                if found.parent_id is None:
-                    fail(f"'{found.name}' has no reseller to transfer credit from")
-                applied = await ledger.transfer(found.parent_id, found.id, nanos, spec.reference)
-            else:
-                applied = await (ledger.top_up if kind == "top_up" else ledger.grant)(found.id, nanos, spec.reference)
+        if kind == "transfer" and found.parent_id is None:
+            fail(f"'{found.name}' has no reseller to transfer credit from")
+        try:  # a reference used before for another amount: refused, with what it was used for
+            applied = await credit.add_credit(ledger, spec.kind, found.id, nanos, spec.reference, source_org=found.parent_id)
         except EmporionError as exc:
             fail(exc.message)
         await credit.refresh_tiers(db, settings)

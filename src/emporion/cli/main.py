@@ -33,6 +33,7 @@ from emporion.cli.options import (
     date,
     err,
     fail,
+    find_org,
     load,
     out,
     validated,
@@ -44,7 +45,7 @@ from emporion.engine.gemma import ensure_gemma
 from emporion.engine.gguf_info import read_gguf_info
 from emporion.metering import credits as credit
 from emporion.metering.ledger import Ledger
-from emporion.settings import Settings
+from emporion.settings import OPERATOR_TIER, Settings
 from emporion.store import orgs, repos
 from emporion.store.session import Database, open_database
 from emporion.store.tables import LocalModel
@@ -75,6 +76,7 @@ def serve(
     """Start the gateway with the local models (no configuration needed)."""
     import uvicorn
 
+    from emporion.api.protocol import edge_protocol
     from emporion.app import StartupError, build_app
 
     settings = load(data_dir, config)
@@ -97,7 +99,7 @@ def serve(
             host=settings.server.host,
             port=settings.server.port,
             loop="uvloop",
-            http="httptools",
+            http=edge_protocol(settings.server.header_timeout_s),
             access_log=access_log,
             log_level="info",
             timeout_graceful_shutdown=10,
@@ -116,6 +118,7 @@ async def _first_start(settings: Settings) -> None:
             if await repos.count_organizations(session):
                 return
             org = await repos.get_or_create_org(session, repos.DEFAULT_ORG)
+            org.tier, org.tier_pinned = OPERATOR_TIER, True  # the operator's own: no tier limits
             new, _ = await orgs.create_key(session, org, orgs.KeyColumns(label="first key"))
         await credit.welcome(ledger, settings, org.id)
     finally:
@@ -166,7 +169,7 @@ def keys_create(
 
     async def work(db: Database, ledger: Ledger):
         async with db.session() as session, session.begin():
-            organization = await orgs.org_named(session, org)
+            organization = await find_org(session, org, missing_ok=True)  # an existing one by id or name; else a new top-level one
             created = organization is None
             if organization is None:
                 organization = await repos.create_org(session, org, tier=next(iter(settings.tiers)))

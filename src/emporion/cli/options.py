@@ -95,12 +95,19 @@ def validated(schema: type[Schema], **fields: Any) -> Schema:
         fail(exc.message, 2)
 
 
-async def find_org(session: AsyncSession, ref: str) -> Organization:
-    """The organization with this id or name, or exit 1."""
-    found = await orgs.find_org(session, ref)
-    if found is None:
+async def find_org(session: AsyncSession, ref: str, *, missing_ok: bool = False) -> Organization:
+    """The organization with this id or name, or exit 1 (None with ``missing_ok``). A name is unique only within its parent:
+    the top-level organization of that name is taken, else the one sub-organization of that name;
+    when several share it (under different resellers), the message lists them to pick one by id."""
+    try:
+        found = await orgs.find_org(session, ref)
+    except orgs.AmbiguousName as exc:
+        parents = [await session.get(Organization, org.parent_id or "") for org in exc.matches]
+        listed = ", ".join(f"{org.id} (under '{parent.name if parent else '?'}')" for org, parent in zip(exc.matches, parents, strict=True))
+        fail(f"{len(exc.matches)} sub-organizations are named {ref!r} and no top-level one is: {listed}; name it by id")
+    if found is None and not missing_ok:
         fail(f"no organization with id or name {ref!r}")
-    return found
+    return found  # type: ignore[return-value]
 
 
 def catalog(settings: Settings) -> Catalog:

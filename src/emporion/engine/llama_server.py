@@ -118,6 +118,23 @@ class LlamaServer:
             "parallel": self.settings.parallel,
         }
 
+    async def count_prompt_tokens(self, body: dict[str, Any]) -> int | None:
+        """The real token count of a request's prompt, as this engine formats and tokenizes it
+        (for billing a request that stopped before the engine reported usage); None when the
+        engine cannot tell."""
+        base = f"http://127.0.0.1:{self.port}"
+        try:
+            async with httpx.AsyncClient(timeout=5.0) as client:
+                if "messages" in body:
+                    templated = await client.post(f"{base}/apply-template", json={"messages": body["messages"]})
+                    prompt = templated.raise_for_status().json()["prompt"]
+                else:
+                    prompt = body.get("prompt")
+                tokenized = await client.post(f"{base}/tokenize", json={"content": prompt, "add_special": True, "parse_special": True})
+                return len(tokenized.raise_for_status().json()["tokens"])
+        except (httpx.HTTPError, KeyError, TypeError, ValueError):
+            return None
+
     async def _spawn_and_wait(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log_file:

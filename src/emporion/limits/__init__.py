@@ -89,6 +89,12 @@ class Limiter(Protocol):
         of that kind in ``limits``; a bucket's TAT moves back, never before now."""
         ...
 
+    async def debit(self, limits: Sequence[Limit], units: Mapping[Kind, int]) -> None:
+        """Charge units used beyond what was charged at admission (``{"tokens": actual -
+        estimate}``) to every bucket of that kind in ``limits``, even past a full bucket: the
+        requests after it wait for the debt."""
+        ...
+
     def concurrency(self, scope: str, max_concurrent: int) -> AbstractAsyncContextManager[None]:
         """Hold one of ``max_concurrent`` slots while inside; ``LimitExceeded`` when all are held."""
         ...

@@ -73,6 +73,12 @@ def refund(tat: float, now: float, rate: Rate, units: int) -> float:
     return max(tat - units * rate.interval_s, now)
 
 
+def debit(tat: float | None, now: float, rate: Rate, units: int) -> float:
+    """Charge ``units`` used after the fact (output a request did not announce): the TAT moves on
+    unconditionally, past a full period if need be, so later requests wait for the debt."""
+    return max(now if tat is None else tat, now) + units * rate.interval_s
+
+
 def _remaining(tat: float, now: float, rate: Rate) -> int:
     """The largest ``k`` for which a request of ``k`` units would pass ``gcra`` at ``now``."""
     base, interval, limit_s = max(tat, now), rate.interval_s, rate.period_s + TOLERANCE_S

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 
 from emporion.limits import Decision, Kind, Limit, decide
-from emporion.limits.gcra import refund
+from emporion.limits.gcra import debit, refund
 from emporion.limits.headers import concurrency_exceeded
 
 
@@ -54,6 +54,12 @@ class MemoryLimiter:
             tat = self.tats.get(limit.key)
             if given > 0 and tat is not None:
                 self.tats[limit.key] = refund(tat, now, limit.rate, given)
+
+    async def debit(self, limits: Sequence[Limit], units: Mapping[Kind, int]) -> None:
+        now = self.clock()
+        for limit in limits:
+            if (used := units.get(limit.kind, 0)) > 0:
+                self.tats[limit.key] = debit(self.tats.get(limit.key), now, limit.rate, used)
 
     @asynccontextmanager
     async def concurrency(self, scope: str, max_concurrent: int) -> AsyncIterator[None]:

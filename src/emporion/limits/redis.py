@@ -13,13 +13,28 @@ same Redis (and ``prefix``) shares the same buckets exactly:
   (ZCARD) and adds (ZADD); leaving the block removes the slot. A crashed replica's slots lapse
   with their leases.
 
-Fallback: on any Redis error, refused connection or timeout (``timeout_s``, 0.25 s, for connect
-and for each command; no client-side retries), the request goes to ``fallback``, a
-``MemoryLimiter``, with every rate and concurrency limit divided by ``replicas`` (at least 1 each):
-the replicas together then admit about what the shared limit would. A warning is logged once per
-outage; Redis is tried again ``retry_interval_s`` (1 s) after the last failure, and once it
-answers it is used again (logged too). Redis errors never reach the caller. During an outage a
-request costing more than a replica's share is rejected as too large.
+Bursts are back-pressure, not outages. At most ``max_connections`` (64) commands are on the wire
+at once, one per pooled connection (a ``BlockingConnectionPool`` of that size, which therefore
+never runs dry); the rest of a burst waits its turn, up to ``busy_timeout_s`` (5 s), and a request
+still waiting then is turned away with a 429 (``overloaded_rejections`` counts them) rather than
+decided anywhere but in Redis. The wait is not part of any timeout. A command (with its connect,
+if its connection is new) gets ``timeout_s`` (0.5 s), and then a ``GRACE_S`` more once the event
+loop runs again, since a loop kept busy past the deadline may hold an answer it has not read yet;
+it is abandoned only if Redis has also answered nothing else for ``timeout_s`` by then (while Redis
+answers others a slow answer is waited for, up to ``busy_timeout_s``). So hundreds of requests
+on one loop, however slow the loop, are all decided in Redis, while a Redis whose port is closed
+(refused at once) or whose process is stopped (silent) is found out within about ``timeout_s``.
+No client-side retries: a command that timed out may have been charged already.
+
+Degraded mode: on such a failure (refused or reset connection, connect or answer timeout, any
+error Redis answers with), the request goes to ``fallback``, a ``MemoryLimiter``, with every rate
+and concurrency limit divided by ``replicas`` (at least 1 each): the replicas together then admit
+about what the shared limit would. A warning is logged once per outage; requests waiting for a
+connection when it begins go to the fallback at once; Redis is tried again, by one request at a
+time, ``retry_interval_s`` (1 s) after the last failure, and once it answers it is used again
+(logged too, with how many decisions the fallback made). ``degraded_decisions`` counts every
+check and concurrency slot decided by the fallback. Redis errors never reach the caller. During
+an outage a request costing more than a replica's share is rejected as too large.
 Keys of one request are not hash-tagged: on Redis Cluster give all of them one hash slot.
 """
 
@@ -29,23 +44,27 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from typing import Any
 from urllib.parse import urlsplit
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import MaxConnectionsError, RedisError, ResponseError
 
 from emporion.limits import Decision, Kind, Limit, decide
 from emporion.limits.gcra import TOLERANCE_S
-from emporion.limits.headers import concurrency_exceeded
+from emporion.limits.headers import CONCURRENCY_RETRY_S, LimitExceeded, concurrency_exceeded, format_duration
 from emporion.limits.memory import MemoryLimiter
 
 log = logging.getLogger(__name__)
 REDIS_ERRORS = (RedisError, OSError)  # OSError covers refused connections and asyncio timeouts
+GRACE_S = 0.05  # after a deadline, once the loop runs again: time to read an answer already there
+LOOKS = 3  # and turns of the loop after it, each one looking at the sockets, before Redis is "silent"
 
 _NOW = """
 local time = redis.call('TIME')
@@ -102,6 +121,14 @@ return 1
 """
 
 
+class Unavailable(Exception):
+    """Redis is not to be asked now (an outage, or it just failed): decide with the fallback."""
+
+
+class Overloaded(Exception):
+    """No connection came free within ``busy_timeout_s``: too many requests for this replica."""
+
+
 class RedisLimiter:
     def __init__(
         self,
@@ -110,68 +137,81 @@ class RedisLimiter:
         replicas: int = 1,
         fallback: MemoryLimiter | None = None,
         prefix: str = "emporion:limits:",
-        timeout_s: float = 0.25,
+        timeout_s: float = 0.5,
         retry_interval_s: float = 1.0,
         lease_s: float = 600.0,
+        max_connections: int = 64,
+        busy_timeout_s: float = 5.0,
     ) -> None:
         self.where = _where(url)  # for logs: no password
         self.replicas = max(1, replicas)
         self.fallback = fallback if fallback is not None else MemoryLimiter()
         self.prefix = prefix
+        self.timeout_s = timeout_s
+        self.busy_timeout_s = busy_timeout_s
+        self._answer_cap_s = max(timeout_s, busy_timeout_s)  # for an answer while Redis answers others
         self.retry_interval_s = retry_interval_s
         self.lease_ms = max(1, round(lease_s * 1000))
-        self.client = Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0)
-        )
+        # Our own deadlines (``_answer``) govern; the socket timeouts are only a backstop.
+        pool = BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=None, retry=Retry(NoBackoff(), 0),
+            socket_timeout=2 * self._answer_cap_s, socket_connect_timeout=2 * self._answer_cap_s,
+        )  # fmt: skip
+        pool.connection_class = _listening(pool.connection_class, self._heard)  # the URL's class, listened to
+        self.client = Redis.from_pool(pool)
         self._check = self.client.register_script(CHECK_LUA)
         self._refund = self.client.register_script(REFUND_LUA)
         self._acquire = self.client.register_script(ACQUIRE_LUA)
+        self._wire = asyncio.Semaphore(max_connections)  # commands on the wire: one per connection
         self.outage = False  # True from the first failure until Redis answers again
+        self.degraded_decisions = 0  # checks and concurrency slots decided by the fallback
+        self.overloaded_rejections = 0  # requests turned away: no connection came free in time
         self._retry_at = 0.0
+        self._probing = False  # during an outage: one request at a time tries Redis again
+        self._heard_at = -float("inf")  # loop time of Redis's latest reply, on any connection
+        self._outage_decisions = 0  # degraded_decisions when the outage began
 
     async def check(self, limits: Sequence[Limit]) -> Decision:
+        """``Limiter.check``; raises ``LimitExceeded`` (429) when this replica is overloaded."""
         if not limits:
             return Decision(True)
-        if self._reachable():
-            args: list[str | int] = [n for limit in limits for n in _bucket_args(limit, limit.cost)]
-            try:
-                reply = await self._check(keys=self._keys(limits), args=[*args, repr(TOLERANCE_S)])
-            except REDIS_ERRORS as exc:
-                self._failed(exc)
-            else:
-                self._answered()
-                now, stored = float(reply[1]), reply[2:]
-                tats = {limit.key: float(raw) for limit, raw in zip(limits, stored, strict=True) if raw}
-                return decide(limits, tats, now)[0]
-        return await self.fallback.check(self._shares(limits))
+        args: list[str | int] = [n for limit in limits for n in _bucket_args(limit, limit.cost)]
+        keys = self._keys(limits)
+        try:
+            reply = await self._call(lambda: self._check(keys=keys, args=[*args, repr(TOLERANCE_S)]))
+        except Unavailable:
+            self.degraded_decisions += 1
+            return await self.fallback.check(self._shares(limits))
+        except Overloaded:
+            raise self._overloaded() from None
+        now, stored = float(reply[1]), reply[2:]
+        tats = {limit.key: float(raw) for limit, raw in zip(limits, stored, strict=True) if raw}
+        return decide(limits, tats, now)[0]
 
     async def refund(self, limits: Sequence[Limit], units: Mapping[Kind, int]) -> None:
         given = [(limit, units.get(limit.kind, 0)) for limit in limits if units.get(limit.kind, 0) > 0]
         if not given:
             return
-        if self._reachable():
-            args = [n for limit, n_units in given for n in _bucket_args(limit, n_units)]
-            try:
-                await self._refund(keys=self._keys([limit for limit, _ in given]), args=args)
-            except REDIS_ERRORS as exc:
-                self._failed(exc)
-            else:
-                self._answered()
-                return
-        await self.fallback.refund(self._shares(limits), units)
+        args = [n for limit, n_units in given for n in _bucket_args(limit, n_units)]
+        keys = self._keys([limit for limit, _ in given])
+        try:
+            await self._call(lambda: self._refund(keys=keys, args=args))
+        except Unavailable:
+            await self.fallback.refund(self._shares(limits), units)
+        except Overloaded:
+            log.info("refund of %s dropped: no Redis connection came free in time", keys)
 
     @asynccontextmanager
     async def concurrency(self, scope: str, max_concurrent: int) -> AsyncIterator[None]:
         key, slot = f"{self.prefix}concurrency:{scope}", secrets.token_hex(12)
-        acquired: bool | None = None
-        if self._reachable():
-            try:
-                acquired = bool(await self._acquire(keys=[key], args=[max_concurrent, self.lease_ms, slot]))
-            except REDIS_ERRORS as exc:
-                self._failed(exc)
-            else:
-                self._answered()
+        try:
+            acquired = bool(await self._call(lambda: self._acquire(keys=[key], args=[max_concurrent, self.lease_ms, slot])))
+        except Unavailable:
+            acquired = None
+        except Overloaded:
+            raise self._overloaded() from None
         if acquired is None:
+            self.degraded_decisions += 1
             async with self.fallback.concurrency(scope, max(1, max_concurrent // self.replicas)):
                 yield
             return
@@ -187,10 +227,88 @@ class RedisLimiter:
         await self.fallback.aclose()
 
     async def _release(self, key: str, slot: str) -> None:
+        try:  # tried even during an outage: else the slot is held until its lease runs out
+            await self._call(lambda: self.client.zrem(key, slot), during_outage=True)
+        except (Unavailable, Overloaded):  # the slot's lease runs out instead
+            pass
+
+    async def _call(self, command: Callable[[], Awaitable[Any]], *, during_outage: bool = False) -> Any:
+        """One command, on a connection of its own once one is free. Raises ``Unavailable`` when
+        Redis is not to be asked (an outage, unless ``during_outage``, and not this request's turn
+        to try it again) or has just failed, ``Overloaded`` when no connection came free in time."""
+        probe = False
+        if self.outage and not during_outage:
+            if self._probing or time.monotonic() < self._retry_at:
+                raise Unavailable
+            probe = self._probing = True
         try:
-            await self.client.zrem(key, slot)
-        except REDIS_ERRORS as exc:  # the slot's lease runs out instead
-            self._failed(exc)
+            try:
+                async with asyncio.timeout(self.busy_timeout_s):
+                    await self._wire.acquire()
+            except TimeoutError:
+                self.overloaded_rejections += 1
+                raise Overloaded from None
+            try:
+                if self.outage and not (probe or during_outage):  # it began while we waited
+                    raise Unavailable
+                reply = await self._answer(command)
+            except MaxConnectionsError as exc:  # not with a blocking pool; never taken for an outage
+                raise Overloaded from exc
+            except REDIS_ERRORS as exc:
+                self._failed(exc)
+                raise Unavailable from exc
+            finally:
+                self._wire.release()
+        finally:
+            if probe:
+                self._probing = False
+        self._answered()
+        return reply
+
+    async def _answer(self, command: Callable[[], Awaitable[Any]]) -> Any:
+        """Await ``command``. It is abandoned (``TimeoutError``) only when Redis has sent nothing,
+        to it or to any other command, for ``timeout_s``, and nothing still, ``GRACE_S`` and
+        ``LOOKS`` turns of the loop after that deadline: a loop too busy to read answers that came
+        (one long callback, or every turn longer than ``timeout_s``) reads them in those turns.
+        Abandoned after ``busy_timeout_s`` (at least ``timeout_s``) whatever else Redis answers."""
+        loop = asyncio.get_running_loop()
+        task = asyncio.ensure_future(command())
+        started = loop.time()
+        deadline = started + self.timeout_s
+        try:
+            while True:
+                await asyncio.wait({task}, timeout=max(0.0, deadline - loop.time()))
+                if not task.done():
+                    last = self._heard_at
+                    await asyncio.wait({task}, timeout=GRACE_S)
+                    for _ in range(LOOKS):
+                        if task.done():
+                            break
+                        await asyncio.sleep(0)
+                    if task.done():
+                        return task.result()
+                    now = loop.time()
+                    if (self._heard_at == last and now - max(last, started) >= self.timeout_s) or (
+                        now - started >= self._answer_cap_s
+                    ):
+                        raise TimeoutError(f"Redis sent nothing for {format_duration(now - max(last, started))}")
+                    deadline = min(max(self._heard_at, started) + self.timeout_s, started + self._answer_cap_s)
+                    continue
+                return task.result()
+        finally:
+            if not task.done():
+                task.cancel()  # redis-py drops the connection: a late answer is never read
+                await asyncio.gather(task, return_exceptions=True)
+
+    def _heard(self) -> None:
+        self._heard_at = asyncio.get_running_loop().time()
+
+    def _overloaded(self) -> LimitExceeded:
+        message = (
+            "Too many requests at once for the rate limiter of this server. "
+            f"Please try again in {format_duration(CONCURRENCY_RETRY_S)}."
+        )
+        return LimitExceeded(message, retry_after_s=CONCURRENCY_RETRY_S)
 
     def _keys(self, limits: Sequence[Limit]) -> list[str]:
         return [f"{self.prefix}{limit.key}" for limit in limits]
@@ -198,13 +316,11 @@ class RedisLimiter:
     def _shares(self, limits: Sequence[Limit]) -> list[Limit]:
         return [replace(limit, rate=limit.rate.share(self.replicas)) for limit in limits]
 
-    def _reachable(self) -> bool:
-        return not self.outage or time.monotonic() >= self._retry_at
-
     def _failed(self, exc: BaseException) -> None:
         self._retry_at = time.monotonic() + self.retry_interval_s
         if not self.outage:
             self.outage = True
+            self._outage_decisions = self.degraded_decisions
             log.warning(
                 "Redis at %s failed (%s: %s); rate limits fall back to this replica's share "
                 "(each limit / %d replicas) until it answers again",
@@ -214,7 +330,29 @@ class RedisLimiter:
     def _answered(self) -> None:
         if self.outage:
             self.outage = False
-            log.warning("Redis at %s answers again; rate limits are shared again", self.where)
+            log.warning(
+                "Redis at %s answers again; rate limits are shared again (%d decisions were made "
+                "by this replica's fallback meanwhile)",
+                self.where, self.degraded_decisions - self._outage_decisions,
+            )  # fmt: skip
+
+
+def _listening(base: type[AbstractConnection], heard: Callable[[], None]) -> type[AbstractConnection]:
+    """``base`` calling ``heard`` on every reply that Redis sends it: to commands, to the
+    handshake of a new connection, and errors (an error is an answer too)."""
+
+    class Listening(base):  # type: ignore[misc, valid-type]
+        async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+            try:
+                response = await super().read_response(*args, **kwargs)
+            except ResponseError:
+                heard()
+                raise
+            if response is not None or kwargs.get("timeout") is None:  # None with a timeout: nothing came
+                heard()
+            return response
+
+    return Listening
 
 
 def _bucket_args(limit: Limit, units: int) -> tuple[int, str, int]:

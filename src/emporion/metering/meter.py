@@ -9,7 +9,7 @@ request's record in the same transaction; a request that produced nothing settle
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -22,7 +22,7 @@ from emporion.metering.pricebook import PriceBook, Priced
 from emporion.metering.prices import Charge, charge
 from emporion.providers.usage import Usage
 
-Status = Literal["completed", "cancelled", "failed"]
+Status = Literal["completed", "partial", "cancelled", "failed"]  # partial: cut after some output
 UsageSource = Literal["upstream", "counted", "none"]
 Served = tuple[Model, Deployment, str, int]  # the model, the deployment that answered, its provider, upstream calls made
 NO_CHARGE = Charge(provider=Nanos(0), operator=Nanos(0), resellers=(), total=Nanos(0))
@@ -118,3 +118,16 @@ def worst_case(
             worst = max(worst, charge(usage, bound, priced.margin, markups).total)
     return Nanos(worst)
 
+
+
+def affordable_output(cost_of: Callable[[int], int], most: int, available: int) -> int:
+    """The most output tokens, up to ``most``, whose cost (``cost_of(n)``, rising with n) fits in
+    ``available``: 0 when not even one does. What a request without max_tokens is capped at."""
+    low, high = 0, most
+    while low < high:
+        middle = (low + high + 1) // 2
+        if cost_of(middle) <= available:
+            low = middle
+        else:
+            high = middle - 1
+    return low

@@ -12,13 +12,14 @@ from __future__ import annotations
 import bisect
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
 from sqlalchemy import insert, select
 
 from emporion.catalog.models import Deployment, Model
-from emporion.metering.prices import Margin, Price
+from emporion.metering.prices import Margin, Price, seen_by
 from emporion.store.session import Database
 from emporion.store.tables import MarginRow, PriceRow
 
@@ -73,6 +74,12 @@ class PriceBook:
         price, price_id = self.price(model, deployment, at)
         margin, margin_id = self.margin(model.id, at)
         return Priced(price, price_id, margin, margin_id)
+
+    def list_price(self, model: Model, markups: Sequence[Margin] = ()) -> Price:
+        """What a customer under ``markups`` pays for the model now (its first deployment), the
+        operator's margin included: the price ``/v1/models`` shows that customer."""
+        priced = self.priced(model, model.deployments[0])
+        return seen_by(priced.price, priced.margin, markups)
 
     def price(self, model: Model, deployment: Deployment, at: float) -> tuple[Price, int | None]:
         for key in ((model.id, deployment.upstream), (model.id, GLOBAL)):

@@ -57,6 +57,23 @@ class Charge:
     total: Nanos  # what the customer pays: the sum of the above, exactly
 
 
+def seen_by(price: Price, margin: Margin, markups: Sequence[Margin] = ()) -> Price:
+    """The price as the customer under ``markups`` pays it: per token, the percentages of the
+    operator's margin and of every reseller's markup; per request, their fixed fees too."""
+    factor, request = Decimal(1), price.request
+    for each in (margin, *markups):
+        factor *= 1 + each.percent / 100
+        request = each.apply(request)
+
+    def scaled(value: Decimal | None) -> Decimal | None:
+        return None if value is None else value * factor
+
+    return Price(
+        prompt=price.prompt * factor, completion=price.completion * factor,
+        cached_prompt=scaled(price.cached_prompt), cache_write=scaled(price.cache_write), request=request,
+    )  # fmt: skip
+
+
 def charge(usage: Usage, price: Price, margin: Margin = Margin(), markups: Sequence[Margin] = ()) -> Charge:
     """Splits one request's charge between provider, operator and resellers under the rounding
     rule of money.py: every share is a difference of rounded running totals."""

@@ -16,6 +16,7 @@ from emporion.errors import ContextLengthExceeded, EmporionError, InvalidRequest
 from emporion.providers.base import Chunk, Completion, Request, Upstream
 from emporion.providers.http import (
     Transport,
+    encode_body,
     error_json,
     mapped_transport_errors,
     parse_json,
@@ -25,6 +26,7 @@ from emporion.providers.http import (
     stream_timeout,
 )
 from emporion.providers.openai_messages import arguments, data_url, texts
+from emporion.providers.redaction import upstream_text
 from emporion.providers.usage import Usage
 
 API_VERSION = "2023-06-01"
@@ -57,7 +59,7 @@ class AnthropicAdapter:
         body = to_anthropic(request)
         with mapped_transport_errors(upstream):
             async with self._session(upstream).post(
-                _url(upstream), data=orjson.dumps(body), timeout=request_timeout(upstream), allow_redirects=False
+                _url(upstream), data=encode_body(body), timeout=request_timeout(upstream), allow_redirects=False
             ) as response:
                 raw = await response.read()
                 if response.status >= 300:
@@ -68,7 +70,7 @@ class AnthropicAdapter:
         body = {**to_anthropic(request), "stream": True}
         with mapped_transport_errors(upstream):
             async with self._session(upstream).post(
-                _url(upstream), data=orjson.dumps(body), timeout=stream_timeout(upstream), allow_redirects=False
+                _url(upstream), data=encode_body(body), timeout=stream_timeout(upstream), allow_redirects=False
             ) as response:
                 if response.status >= 300:
                     raise _status_error(upstream, response.status, await response.read(), response.headers)
@@ -299,7 +301,7 @@ def _delta(delta: dict[str, Any]) -> Chunk:
 
 def _status_error(upstream: Upstream, status: int, raw: bytes, headers) -> EmporionError:
     error = error_json(raw).get("error") or {}
-    message = str(error.get("message") or f"HTTP {status}")
+    message = upstream_text(upstream, error.get("message") or f"HTTP {status}")
     if status == 400 and "prompt is too long" in message.lower():
         return ContextLengthExceeded(f"{upstream.name}: {message}", param="messages")
     return status_error(upstream, status, message, headers)
@@ -307,7 +309,7 @@ def _status_error(upstream: Upstream, status: int, raw: bytes, headers) -> Empor
 
 def _stream_error(upstream: Upstream, data: dict[str, Any]) -> EmporionError:
     error = data.get("error") or {}
-    kind, message = error.get("type", ""), error.get("message", "stream failed")
+    kind, message = upstream_text(upstream, error.get("type", "")), upstream_text(upstream, error.get("message", "stream failed"))
     if kind == "overloaded_error":
         return ServiceUnavailable(f"upstream {upstream.name} is overloaded: {message}", retry_after_s=1)
     return UpstreamError(f"upstream {upstream.name} failed mid-stream ({kind}): {message}")

@@ -14,6 +14,7 @@ from emporion.errors import ContextLengthExceeded, EmporionError, InvalidRequest
 from emporion.providers.base import Chunk, Completion, Request, Upstream
 from emporion.providers.http import (
     Transport,
+    encode_body,
     error_json,
     mapped_transport_errors,
     parse_json,
@@ -23,6 +24,7 @@ from emporion.providers.http import (
     stream_timeout,
 )
 from emporion.providers.openai_messages import arguments, data_url, texts
+from emporion.providers.redaction import upstream_text
 from emporion.providers.usage import Usage
 
 FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length", "MALFORMED_FUNCTION_CALL": "stop"}
@@ -47,7 +49,7 @@ class GeminiAdapter:
         body = to_gemini(request)
         url = f"{upstream.base_url.rstrip('/')}/models/{request.body['model']}:generateContent"
         with mapped_transport_errors(upstream):
-            async with self._session(upstream).post(url, data=orjson.dumps(body), timeout=request_timeout(upstream), allow_redirects=False) as response:
+            async with self._session(upstream).post(url, data=encode_body(body), timeout=request_timeout(upstream), allow_redirects=False) as response:
                 raw = await response.read()
                 if response.status >= 300:
                     raise _status_error(upstream, response.status, raw, response.headers)
@@ -57,14 +59,14 @@ class GeminiAdapter:
         body = to_gemini(request)
         url = f"{upstream.base_url.rstrip('/')}/models/{request.body['model']}:streamGenerateContent?alt=sse"
         with mapped_transport_errors(upstream):
-            async with self._session(upstream).post(url, data=orjson.dumps(body), timeout=stream_timeout(upstream), allow_redirects=False) as response:
+            async with self._session(upstream).post(url, data=encode_body(body), timeout=stream_timeout(upstream), allow_redirects=False) as response:
                 if response.status >= 300:
                     raise _status_error(upstream, response.status, await response.read(), response.headers)
                 translator = StreamTranslator()
                 async for event in read_events(response):
                     data = parse_json(upstream, event.data)
                     if "error" in data:
-                        raise UpstreamError(f"upstream {upstream.name} failed mid-stream: {data['error'].get('message')}")
+                        raise UpstreamError(f"upstream {upstream.name} failed mid-stream: {upstream_text(upstream, data['error'].get('message'))}")
                     for chunk in translator.feed(data):
                         yield chunk
                 if not translator.finished:

@@ -16,10 +16,12 @@ from emporion.errors import (
     InvalidRequest,
     ServiceUnavailable,
     UpstreamError,
+    UpstreamNotFound,
     UpstreamRateLimited,
     UpstreamTimeout,
 )
 from emporion.providers.base import Upstream
+from emporion.providers.redaction import upstream_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +84,31 @@ async def read_events(response: aiohttp.ClientResponse) -> AsyncIterator[Event]:
             response.close()
 
 
+def encode_body(body: dict[str, Any]) -> bytes:
+    """A request body as JSON for an upstream. JSON has integers of any size, orjson (and the
+    upstreams) only 64-bit ones: a larger one in a field passed through is the client's 400."""
+    try:
+        return orjson.dumps(body)
+    except orjson.JSONEncodeError as exc:
+        param = _too_big(body)
+        if param is None:
+            raise
+        message = f"Invalid '{param}': the integer is out of range (a number sent upstream must fit in 64 bits)."
+        raise InvalidRequest(message, param=param, code="invalid_value") from exc
+
+
+def _too_big(value: Any, path: str = "") -> str | None:
+    """The path (``messages.[0].content``, as validation errors name it) to the first integer beyond 64 bits."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return path if not -(2**63) <= value < 2**64 else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list | tuple) else ()
+    for key, item in items:
+        part = f"[{key}]" if isinstance(key, int) else str(key)
+        if (found := _too_big(item, f"{path}.{part}" if path else part)) is not None:
+            return found
+    return None
+
+
 def parse_json(upstream: Upstream, raw: bytes) -> dict[str, Any]:
     try:
         data = orjson.loads(raw)
@@ -127,6 +154,7 @@ def mapped_transport_errors(upstream: Upstream) -> Iterator[None]:
 def status_error(upstream: Upstream, status: int, message: str, headers: Mapping[str, str], param: str | None = None) -> EmporionError:
     """An upstream's HTTP error status as Emporion's error, with whether another try may succeed."""
     retry_after = retry_after_s(headers)
+    message = upstream_text(upstream, message)
     if status < 400:
         return UpstreamError(f"upstream {upstream.name} answered with a redirect ({status}); redirects are not followed", retryable=False)
     if status in (400, 413, 422):
@@ -136,7 +164,7 @@ def status_error(upstream: Upstream, status: int, message: str, headers: Mapping
     if status in (401, 403):
         return UpstreamError(f"upstream {upstream.name} refused Emporion's credentials ({status})", retryable=False)
     if status == 404:
-        return UpstreamError(f"upstream {upstream.name} does not know this model or route: {message}", retryable=False)
+        return UpstreamNotFound(f"upstream {upstream.name} does not know this model or route: {message}")
     if status == 408:
         return UpstreamTimeout(f"upstream {upstream.name} timed out: {message}")
     if status in (503, 529):

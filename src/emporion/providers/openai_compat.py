@@ -9,12 +9,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar
 
-import orjson
-
 from emporion.errors import ContextLengthExceeded, EmporionError, UpstreamError
 from emporion.providers.base import Chunk, Completion, Request, Upstream
 from emporion.providers.http import (
     Transport,
+    encode_body,
     error_json,
     mapped_transport_errors,
     parse_json,
@@ -23,6 +22,7 @@ from emporion.providers.http import (
     status_error,
     stream_timeout,
 )
+from emporion.providers.redaction import upstream_text
 from emporion.providers.usage import usage_from_openai
 
 PATHS = {"chat": "/chat/completions", "completion": "/completions"}
@@ -46,7 +46,7 @@ class OpenAICompatAdapter:
         body.pop("stream_options", None)
         with mapped_transport_errors(upstream):
             async with self._session(upstream).post(
-                _url(upstream, request), data=orjson.dumps(body), timeout=request_timeout(upstream), allow_redirects=False
+                _url(upstream, request), data=encode_body(body), timeout=request_timeout(upstream), allow_redirects=False
             ) as response:
                 raw = await response.read()
                 if response.status >= 300:
@@ -64,7 +64,7 @@ class OpenAICompatAdapter:
         body = {**request.body, "stream": True, "stream_options": {"include_usage": True}}
         with mapped_transport_errors(upstream):
             async with self._session(upstream).post(
-                _url(upstream, request), data=orjson.dumps(body), timeout=stream_timeout(upstream), allow_redirects=False
+                _url(upstream, request), data=encode_body(body), timeout=stream_timeout(upstream), allow_redirects=False
             ) as response:
                 if response.status >= 300:
                     raise _upstream_status_error(upstream, response.status, await response.read(), response.headers)
@@ -91,10 +91,11 @@ def _upstream_status_error(upstream: Upstream, status: int, raw: bytes, headers:
 
 def _upstream_error_body(upstream: Upstream, status: int, data: dict[str, Any], headers: Mapping[str, str]) -> EmporionError:
     error = data.get("error") if isinstance(data.get("error"), dict) else {}
-    message = str(error.get("message") or f"HTTP {status}")
+    message = upstream_text(upstream, error.get("message") or f"HTTP {status}")
+    param = error.get("param") if isinstance(error.get("param"), str) else None
     if error.get("type") == "exceed_context_size_error" or error.get("code") == "context_length_exceeded":
         return ContextLengthExceeded(_context_message(error, message), param="messages")
-    return status_error(upstream, status, message, headers, param=error.get("param"))
+    return status_error(upstream, status, message, headers, param=param)
 
 
 def _context_message(error: dict[str, Any], fallback: str) -> str:

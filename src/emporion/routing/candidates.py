@@ -78,16 +78,24 @@ def _flag(value: Any, field: str) -> bool:
     return value
 
 
+MAX_PRICE_DIGITS = 30  # a price of 10^30 USD per million tokens is as good as no limit
+
+
 def _per_token(max_price: Any, key: str) -> Decimal | None:
     if not isinstance(max_price, dict):
         raise InvalidRequest("'provider.max_price' must be an object.", param="provider.max_price")
     value = max_price.get(key)
     if value is None:
         return None
+    param = f"provider.max_price.{key}"
     try:
-        per_million = Decimal(str(value))
+        per_million = Decimal(str(value)) if isinstance(value, int | float | str) and not isinstance(value, bool) else None
     except InvalidOperation:
-        raise InvalidRequest(f"'provider.max_price.{key}' must be a number.", param=f"provider.max_price.{key}") from None
+        per_million = None
+    if per_million is None or not per_million.is_finite() or per_million < 0 or per_million.adjusted() > MAX_PRICE_DIGITS:
+        raise InvalidRequest(
+            f"'{param}' must be a non-negative number of USD per million tokens.", param=param, code="invalid_value"
+        )
     return per_million / Decimal(1_000_000)
 
 

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from emporion.engine.admission import Admission
-from emporion.errors import EmporionError, EngineOverloaded, UpstreamError
+from emporion.errors import EmporionError, EngineOverloaded, UpstreamError, UpstreamNotFound
 from emporion.providers.base import Adapter, Chunk, Completion, Request
 from emporion.routing.candidates import Candidate
 from emporion.routing.health import Health, HealthBook
@@ -185,8 +185,9 @@ def _has_output(chunk: Chunk) -> bool:
 
 
 def _count_failure(health: Health, error: UpstreamError) -> None:
-    """A full local queue says nothing about the deployment's health: it is not held against it."""
-    if isinstance(error, EngineOverloaded):
+    """Only failures of the upstream itself count against its health: a full local queue, or a
+    request the upstream refused (its 404), says nothing about it."""
+    if isinstance(error, EngineOverloaded | UpstreamNotFound):
         health.breaker.released()
     else:
         health.record_failure()

@@ -23,16 +23,36 @@ from emporion.store.tables import (
 )
 
 
+class AmbiguousName(LookupError):
+    """A name that no top-level organization has and several sub-organizations share."""
+
+    def __init__(self, name: str, matches: list[Organization]) -> None:
+        super().__init__(f"several organizations are named {name!r}")
+        self.name = name
+        self.matches = matches
+
+
 async def find_org(session: AsyncSession, id_or_name: str) -> Organization | None:
-    """By id, else by name (the CLI accepts either)."""
+    """By id, else by name (the CLI accepts either). Names are unique only within a parent: the
+    top-level organization of that name comes first, else the one sub-organization of that name;
+    several of them (under different resellers) raise AmbiguousName, which lists them."""
     org = await session.get(Organization, id_or_name)
-    if org is None:
-        org = await session.scalar(select(Organization).where(Organization.name == id_or_name))
-    return org
+    if org is not None:
+        return org
+    org = await org_named(session, id_or_name)
+    if org is not None:
+        return org
+    matches = list((await session.scalars(select(Organization).where(Organization.name == id_or_name).order_by(Organization.created_at, Organization.id))).all())
+    if len(matches) > 1:
+        raise AmbiguousName(id_or_name, matches)
+    return matches[0] if matches else None
 
 
-async def org_named(session: AsyncSession, name: str) -> Organization | None:
-    return await session.scalar(select(Organization).where(Organization.name == name))
+async def org_named(session: AsyncSession, name: str, parent_id: str | None = None) -> Organization | None:
+    """The organization of this name directly under ``parent_id`` (None: the top-level one), the
+    scope in which names are unique."""
+    parent = Organization.parent_id.is_(None) if parent_id is None else Organization.parent_id == parent_id
+    return await session.scalar(select(Organization).where(Organization.name == name, parent))
 
 
 async def list_orgs(session: AsyncSession, root_id: str | None = None) -> list[Organization]:

@@ -22,7 +22,9 @@ async def count_organizations(session: AsyncSession) -> int:
 
 
 async def get_or_create_org(session: AsyncSession, name: str) -> Organization:
-    org = await session.scalar(select(Organization).where(Organization.name == name))
+    """The top-level organization of this name, created if new (names are unique only within a
+    parent: a sub-organization of the same name elsewhere is another organization)."""
+    org = await session.scalar(select(Organization).where(Organization.name == name, Organization.parent_id.is_(None)))
     if org is None:
         org = await create_org(session, name)
     return org

@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING = {
@@ -17,11 +29,22 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
+TOP_LEVEL = text("parent_id IS NULL")
+
+
 class Organization(Base):
+    """A name is unique among its parent's sub-organizations, and among top-level organizations
+    (NULL parents are distinct in a unique index, hence the partial one): another tenant's names
+    are no business of a reseller creating its own."""
+
     __tablename__ = "organizations"
+    __table_args__ = (
+        Index("uq_organizations_name_parent_id", "name", "parent_id", unique=True),
+        Index("uq_organizations_name_top_level", "name", unique=True, sqlite_where=TOP_LEVEL, postgresql_where=TOP_LEVEL),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    name: Mapped[str] = mapped_column(String(200), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[int] = mapped_column(BigInteger)
     parent_id: Mapped[str | None] = mapped_column(ForeignKey("organizations.id"), nullable=True, index=True)  # its reseller
     tier: Mapped[str] = mapped_column(String(20), default="free")
@@ -190,7 +213,7 @@ class RequestRecord(Base):
     provider: Mapped[str] = mapped_column(String(100))
     endpoint: Mapped[str] = mapped_column(String(20))
     streamed: Mapped[bool] = mapped_column(Boolean)
-    status: Mapped[str] = mapped_column(String(20))  # completed, cancelled (client left), failed
+    status: Mapped[str] = mapped_column(String(20))  # completed, partial (cut after output), cancelled (client left), failed
     finish_reason: Mapped[str | None] = mapped_column(String(40), nullable=True)
     input_tokens: Mapped[int] = mapped_column(Integer)
     cached_input_tokens: Mapped[int] = mapped_column(Integer)
@@ -204,3 +227,23 @@ class RequestRecord(Base):
     attempts: Mapped[int] = mapped_column(Integer)
     latency_ms: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class IdempotencyKey(Base):
+    """A generation request's ``Idempotency-Key``, per organization, for 24 hours: what the request
+    was (a hash of its method, path and body), whether it is still running, and once it
+    completed the response it gave, replayed to retries (store/idempotency.py)."""
+
+    __tablename__ = "idempotency_keys"
+
+    org_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))  # sha256 hex of the request
+    token: Mapped[str] = mapped_column(String(32))  # the claim's: only its holder completes or releases it
+    state: Mapped[str] = mapped_column(String(10))  # running, done
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    locked_until: Mapped[int] = mapped_column(BigInteger)  # a running claim past this belonged to a dead process
+    expires_at: Mapped[int] = mapped_column(BigInteger, index=True)  # created_at + 24 h: purged after
+    status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    headers: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON object
+    body: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)

@@ -27,7 +27,7 @@ from emporion.api.body import invalid_request, no_nul, read_body
 from emporion.api.openai.routes import authenticate, json_response
 from emporion.auth.principal import Principal
 from emporion.auth.scope import require_admin, require_operator, visible_org
-from emporion.errors import EmporionError, InvalidRequest, NotFound, PermissionDenied
+from emporion.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
 from emporion.metering import credits
 from emporion.metering.money import Nanos, format_usd, to_nanos
 from emporion.metering.prices import Margin, Price
@@ -36,10 +36,6 @@ from emporion.store import orgs, repos
 from emporion.store.tables import ApiKey, MarginRow, Member, Organization, PriceRow
 
 PREFIX = "/admin/v1"
-
-
-class Conflict(EmporionError):
-    status, type, code = 409, "invalid_request_error", "conflict"
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -103,8 +99,8 @@ def _operators_suspension(principal: Principal, org: Organization) -> None:
 
 
 def _check_tier(deps: Deps, tier: str | None) -> None:
-    if tier is not None and tier not in deps.settings.tiers:
-        names = ", ".join(deps.settings.tiers)
+    if tier is not None and not deps.settings.knows_tier(tier):
+        names = ", ".join(deps.settings.tier_names)
         raise InvalidRequest(f"Unknown tier `{tier}`; the tiers are {names}.", param="tier", code="invalid_value")
 
 
@@ -189,9 +185,10 @@ async def create_org(request: Request) -> Response:
     if parent_id is not None:
         await _visible(deps, principal, parent_id, param="parent_id")
     _check_tier(deps, body.tier)
-    async with _writing(deps) as session:
-        if await orgs.org_named(session, body.name) is not None:
-            raise Conflict(f"An organization named `{body.name}` already exists.", param="name", code="organization_exists")
+    async with _writing(deps) as session:  # names are unique within the parent only: no other tenant's name is told
+        if await orgs.org_named(session, body.name, parent_id) is not None:
+            where = "here" if parent_id is None else "under this parent"
+            raise Conflict(f"An organization named `{body.name}` already exists {where}.", param="name", code="organization_exists")
         org = await repos.create_org(session, body.name, parent_id=parent_id, tier=body.tier or next(iter(deps.settings.tiers)))
         org.tier_pinned = body.tier is not None
     await credits.welcome(deps.ledger, deps.settings, org.id, org.parent_id)
@@ -374,7 +371,8 @@ async def add_credit(request: Request) -> Response:
     """Money in: a top-up (cash received) or a grant (free credit), by the operator; or a transfer
     from the organization's reseller (its parent), by an admin key of the reseller, out of what
     the reseller has available. ``reference`` makes it idempotent: the same reference twice
-    credits once (``applied`` false the second time)."""
+    credits once (``applied`` false the second time); the reference again with another amount
+    is a 422 ``reference_reused``."""
     deps, principal = await _admin(request)
     org = await _reached(deps, principal, request)
     body: schemas.AddCredit = await _body(request, deps, schemas.AddCredit)
@@ -386,11 +384,9 @@ async def add_credit(request: Request) -> Response:
             await visible_org(deps.db, principal, org.parent_id)
         except NotFound:
             raise PermissionDenied("Only the organization's reseller can transfer credit to it.", code="not_reseller") from None
-        applied = await deps.ledger.transfer(org.parent_id, org.id, amount, body.reference)
     else:
         require_operator(principal)
-        move = deps.ledger.top_up if body.kind == "top_up" else deps.ledger.grant
-        applied = await move(org.id, amount, body.reference)
+    applied = await credits.add_credit(deps.ledger, body.kind, org.id, amount, body.reference, source_org=org.parent_id)
     if body.kind != "grant":  # money paid moves tiers
         await credits.refresh_tiers(deps.db, deps.settings)
         deps.auth.forget()

@@ -111,12 +111,19 @@ def _image_url(source: dict[str, Any]) -> str:
     raise InvalidRequest("An image source is base64 or url.", param="messages")
 
 
+def _arguments(value: Any) -> str:
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits, say
+        raise InvalidRequest("A tool_use block's input cannot be encoded as JSON (an integer beyond 64 bits?).", param="messages") from None
+
+
 def _assistant(content: str | list[dict[str, Any]]) -> dict[str, Any]:
     if isinstance(content, str):
         return {"role": "assistant", "content": content}
     text = "".join(block.get("text", "") for block in content if block.get("type") == "text")
     calls = [
-        {"id": block.get("id"), "type": "function", "function": {"name": block.get("name"), "arguments": orjson.dumps(block.get("input", {})).decode()}}
+        {"id": block.get("id"), "type": "function", "function": {"name": block.get("name"), "arguments": _arguments(block.get("input", {}))}}
         for block in content
         if block.get("type") == "tool_use"
     ]

@@ -13,6 +13,7 @@ from starlette.routing import Route
 
 from emporion import pipeline
 from emporion.api.body import no_nul, parse_body
+from emporion.api.idempotency import idempotent
 from emporion.api.openai.render import new_id, provenance, render_completion, render_stream
 from emporion.api.openai.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from emporion.api.openai.sse import EventStream
@@ -33,10 +34,12 @@ async def authenticate(request: Request) -> tuple[Deps, Principal]:
     return deps, principal
 
 
+@idempotent
 async def chat_completions(request: Request) -> Response:
     return await _generate(request, ChatCompletionRequest)
 
 
+@idempotent
 async def completions(request: Request) -> Response:
     return await _generate(request, CompletionRequest)
 
@@ -57,6 +60,7 @@ async def _generate(request: Request, schema: type[ChatCompletionRequest] | type
     return json_response(body, headers=headers)
 
 
+@idempotent
 async def embeddings(request: Request) -> Response:
     deps, principal = await authenticate(request)
     wire = await parse_body(request, EmbeddingRequest, deps.settings.server.max_body_bytes)
@@ -79,6 +83,7 @@ async def embeddings(request: Request) -> Response:
         "x-emporion-provider": model.provider,
         "x-emporion-release": model.release,
         "x-emporion-license": model.license,
+        "x-emporion-cost": format_usd(billed.cost),
     }
     return json_response(body, headers=headers)
 
@@ -102,13 +107,16 @@ async def generation(request: Request) -> Response:
 
 
 async def list_models(request: Request) -> Response:
-    deps, _ = await authenticate(request)
-    return json_response({"object": "list", "data": [model.to_openai() for model in deps.catalog]})
+    """The catalog, each model at the price the caller pays (its reseller's markups included)."""
+    deps, principal = await authenticate(request)
+    markups = [markup for _, markup in principal.resellers]
+    return json_response({"object": "list", "data": [model.to_openai(deps.pricebook.list_price(model, markups)) for model in deps.catalog]})
 
 
 async def get_model(request: Request) -> Response:
-    deps, _ = await authenticate(request)
-    return json_response(deps.catalog.get(request.path_params["model_id"]).to_openai())
+    deps, principal = await authenticate(request)
+    model = deps.catalog.get(request.path_params["model_id"])
+    return json_response(model.to_openai(deps.pricebook.list_price(model, [markup for _, markup in principal.resellers])))
 
 
 routes = [

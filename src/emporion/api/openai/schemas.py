@@ -66,7 +66,8 @@ class StreamOptions(Wire):
 Temperature = Annotated[float, Field(ge=0, le=2)]
 Penalty = Annotated[float, Field(ge=-2, le=2)]
 Stop = str | Annotated[list[str], Field(max_length=4)]
-PositiveInt = Annotated[int, Field(ge=1)]
+INT64_MAX = 2**63 - 1  # what upstreams (and orjson) take: a larger integer is a 400 here, not a 500 there
+PositiveInt = Annotated[int, Field(ge=1, le=INT64_MAX)]
 
 
 class Sampling(Wire):
@@ -75,7 +76,7 @@ class Sampling(Wire):
     temperature: Temperature | None = None
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
     stop: Stop | None = None
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=-INT64_MAX - 1, le=INT64_MAX)] | None = None
     n: PositiveInt | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
@@ -118,7 +119,10 @@ class ChatCompletionRequest(Sampling):
         return self.max_completion_tokens or self.max_tokens
 
 
-Prompt = str | Annotated[list[str], Field(min_length=1)]
+# Token ids, as OpenAI accepts them in place of text: a list of ids, or a list of such lists.
+TokenId = Annotated[int, Field(ge=0, lt=2**31)]
+Tokens = Annotated[list[TokenId], Field(min_length=1)]
+Prompt = str | Annotated[list[str], Field(min_length=1)] | Tokens | Annotated[list[Tokens], Field(min_length=1)]
 
 
 class CompletionRequest(Sampling):
@@ -128,16 +132,27 @@ class CompletionRequest(Sampling):
     suffix: str | None = None
     best_of: Annotated[int, Field(ge=1, le=1)] | None = None
 
-    def prompts(self) -> list[str]:
-        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+    def prompts(self) -> list[str] | list[list[int]]:
+        """Each prompt: a text, or a list of token ids in the model's own vocabulary."""
+        if isinstance(self.prompt, str) or isinstance(self.prompt[0], int):
+            return [self.prompt]  # type: ignore[list-item]
+        return list(self.prompt)  # type: ignore[arg-type]
 
 
 class EmbeddingRequest(Wire):
     model: Annotated[str, Field(min_length=1)]
-    input: Annotated[str, Field(min_length=1)] | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+    input: (
+        Annotated[str, Field(min_length=1)]
+        | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+        | Tokens
+        | Annotated[list[Tokens], Field(min_length=1)]
+    )
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: PositiveInt | None = None
     user: str | None = None
 
-    def inputs(self) -> list[str]:
-        return [self.input] if isinstance(self.input, str) else list(self.input)
+    def inputs(self) -> list[str] | list[list[int]]:
+        """Each input: a text, or a list of token ids (OpenAI's cl100k_base vocabulary)."""
+        if isinstance(self.input, str) or isinstance(self.input[0], int):
+            return [self.input]  # type: ignore[list-item]
+        return list(self.input)  # type: ignore[arg-type]
