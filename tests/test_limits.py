@@ -746,3 +746,14 @@ async def test_a_replica_with_no_connection_free_in_time_turns_requests_away(red
     assert outcomes.count("allowed") >= 1 and outcomes.count("overloaded") >= 10, outcomes
     assert limiter.overloaded_rejections == outcomes.count("overloaded")
     assert limiter.degraded_decisions == 0 and not limiter.outage and limiter.fallback.tats == {}
+
+
+async def test_debit_charges_used_units_past_a_full_bucket_on_both_limiters(redis_url: str, prefix: str) -> None:
+    """A request without max_tokens pays its output after the fact: the debt makes later requests wait."""
+    for limiter in (MemoryLimiter(), RedisLimiter(redis_url, prefix=prefix)):
+        bucket = Limit(f"org:debit-{uuid.uuid4().hex}", "tokens", Rate(100), 10)
+        assert (await limiter.check([bucket])).allowed
+        await limiter.debit([bucket], {"tokens": 150})  # 160 used of 100
+        blocked = await limiter.check([replace(bucket, cost=1)])
+        assert not blocked.allowed and 30 < blocked.retry_after_s <= 37, blocked
+        await limiter.aclose()

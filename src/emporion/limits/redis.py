@@ -108,6 +108,18 @@ end
 return 1
 """
 
+# KEYS: the buckets. ARGV: amount, period_s, units for each bucket. Charges past a full bucket.
+DEBIT_LUA = f"""
+if redis.replicate_commands then pcall(redis.replicate_commands) end
+{_NOW}
+for i, key in ipairs(KEYS) do
+  local amount, period, units = tonumber(ARGV[3*i-2]), tonumber(ARGV[3*i-1]), tonumber(ARGV[3*i])
+  local tat = math.max(tonumber(redis.call('GET', key)) or now, now) + units * (period / amount)
+  {_SET_TAT}
+end
+return 1
+"""
+
 # KEYS[1]: the scope's sorted set. ARGV: max_concurrent, lease_ms, slot id. Returns 1 or 0.
 ACQUIRE_LUA = """
 if redis.replicate_commands then pcall(redis.replicate_commands) end
@@ -161,6 +173,7 @@ class RedisLimiter:
         self.client = Redis.from_pool(pool)
         self._check = self.client.register_script(CHECK_LUA)
         self._refund = self.client.register_script(REFUND_LUA)
+        self._debit = self.client.register_script(DEBIT_LUA)
         self._acquire = self.client.register_script(ACQUIRE_LUA)
         self._wire = asyncio.Semaphore(max_connections)  # commands on the wire: one per connection
         self.outage = False  # True from the first failure until Redis answers again
@@ -200,6 +213,19 @@ class RedisLimiter:
             await self.fallback.refund(self._shares(limits), units)
         except Overloaded:
             log.info("refund of %s dropped: no Redis connection came free in time", keys)
+
+    async def debit(self, limits: Sequence[Limit], units: Mapping[Kind, int]) -> None:
+        used = [(limit, units.get(limit.kind, 0)) for limit in limits if units.get(limit.kind, 0) > 0]
+        if not used:
+            return
+        args = [n for limit, n_units in used for n in _bucket_args(limit, n_units)]
+        keys = self._keys([limit for limit, _ in used])
+        try:
+            await self._call(lambda: self._debit(keys=keys, args=args))
+        except Unavailable:
+            await self.fallback.debit(self._shares(limits), units)
+        except Overloaded:
+            log.info("debit of %s dropped: no Redis connection came free in time", keys)
 
     @asynccontextmanager
     async def concurrency(self, scope: str, max_concurrent: int) -> AsyncIterator[None]:
