@@ -221,3 +221,38 @@ def test_replicas_starting_together_migrate_one_at_a_time(postgres_url):
                 await db.close()
 
     assert asyncio.run(scenario()) == 1
+
+
+def test_a_burst_through_two_replicas_admits_exactly_the_rate_limit(tmp_path, fake, postgres_url):
+    """300 requests at once, 150 at each gateway, for 60 a minute: a busy Redis connection pool
+    is waited for, never taken for an outage that the in-process fallback admits on top of."""
+    limit, burst = 60, 300
+    gateways, key = two_replicas(tmp_path, config(fake.url, postgres_url, REDIS), "burst")
+
+    async def set_limit(db):
+        await top_up(db, "burst", 10**12)
+        async with db.engine.begin() as conn:
+            await conn.exec_driver_sql(f"UPDATE organizations SET requests_per_minute = {limit} WHERE name = 'burst'")
+
+    async def at_once() -> list[int]:
+        headers = {"authorization": f"Bearer {key}"}
+        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=None)) as client:
+            async def one(i: int) -> int:
+                url = f"{gateways[i % 2].url}/v1/chat/completions"
+                return (await client.post(url, json=BODY, headers=headers)).status_code
+
+            return await asyncio.gather(*(one(i) for i in range(burst)))
+
+    try:
+        asyncio.run(with_db(postgres_url, set_limit))
+        began = time.monotonic()
+        statuses = asyncio.run(at_once())
+        elapsed = time.monotonic() - began
+    finally:
+        for gateway in gateways:
+            stop_gateway(gateway.process)
+    admitted = statuses.count(200)
+    assert set(statuses) == {200, 429}
+    assert limit <= admitted <= limit + limit * elapsed / 60 + 1, (admitted, elapsed)
+    for gateway in gateways:
+        assert "fall back" not in gateway.log.read_text()

@@ -17,13 +17,15 @@ Bursts are back-pressure, not outages. At most ``max_connections`` (64) commands
 at once, one per pooled connection (a ``BlockingConnectionPool`` of that size, which therefore
 never runs dry); the rest of a burst waits its turn, up to ``busy_timeout_s`` (5 s), and a request
 still waiting then is turned away with a 429 (``overloaded_rejections`` counts them) rather than
-decided anywhere but in Redis. The wait is not part of any timeout. A command (with its connect,
-if its connection is new) gets ``timeout_s`` (0.5 s), and then a ``GRACE_S`` more once the event
-loop runs again, since a loop kept busy past the deadline may hold an answer it has not read yet;
-it is abandoned only if Redis has also answered nothing else for ``timeout_s`` by then (while Redis
-answers others a slow answer is waited for, up to ``busy_timeout_s``). So hundreds of requests
-on one loop, however slow the loop, are all decided in Redis, while a Redis whose port is closed
-(refused at once) or whose process is stopped (silent) is found out within about ``timeout_s``.
+decided anywhere but in Redis. The wait is not part of any timeout. Redis counts as silent, and a
+command (with its connect, if its connection is new) is abandoned, only when no reply at all, to
+it or to any other command or handshake on any connection, has come for ``timeout_s`` (0.5 s), and
+none has still after a ``GRACE_S`` and ``LOOKS`` more turns of the event loop: a loop kept busy
+past the deadline (one long callback, or every turn longer than the timeout) may hold replies it
+has not read yet, and reads them in those turns. While Redis answers others a slow answer is
+waited for, up to ``busy_timeout_s``. So hundreds of requests on one loop, however slow the loop,
+are all decided in Redis, while a Redis whose port is closed (refused at once) or whose process
+is stopped (silent) is found out within about ``timeout_s``.
 No client-side retries: a command that timed out may have been charged already.
 
 Degraded mode: on such a failure (refused or reset connection, connect or answer timeout, any
@@ -272,7 +274,6 @@ class RedisLimiter:
                 async with asyncio.timeout(self.busy_timeout_s):
                     await self._wire.acquire()
             except TimeoutError:
-                self.overloaded_rejections += 1
                 raise Overloaded from None
             try:
                 if self.outage and not (probe or during_outage):  # it began while we waited
@@ -330,6 +331,7 @@ class RedisLimiter:
         self._heard_at = asyncio.get_running_loop().time()
 
     def _overloaded(self) -> LimitExceeded:
+        self.overloaded_rejections += 1
         message = (
             "Too many requests at once for the rate limiter of this server. "
             f"Please try again in {format_duration(CONCURRENCY_RETRY_S)}."

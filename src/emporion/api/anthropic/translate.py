@@ -111,7 +111,7 @@ def _image_url(source: dict[str, Any]) -> str:
     raise InvalidRequest("An image source is base64 or url.", param="messages")
 
 
-def _arguments(value: Any) -> str:
+def _encoded_input(value: Any) -> str:
     try:
         return orjson.dumps(value).decode()
     except orjson.JSONEncodeError:  # an integer beyond 64 bits, say
@@ -123,7 +123,7 @@ def _assistant(content: str | list[dict[str, Any]]) -> dict[str, Any]:
         return {"role": "assistant", "content": content}
     text = "".join(block.get("text", "") for block in content if block.get("type") == "text")
     calls = [
-        {"id": block.get("id"), "type": "function", "function": {"name": block.get("name"), "arguments": _arguments(block.get("input", {}))}}
+        {"id": block.get("id"), "type": "function", "function": {"name": block.get("name"), "arguments": _encoded_input(block.get("input", {}))}}
         for block in content
         if block.get("type") == "tool_use"
     ]
