@@ -204,30 +204,25 @@ class RedisLimiter:
         return decide(limits, tats, now)[0]
 
     async def refund(self, limits: Sequence[Limit], units: Mapping[Kind, int]) -> None:
-        given = [(limit, units.get(limit.kind, 0)) for limit in limits if units.get(limit.kind, 0) > 0]
-        if not given:
-            return
-        args = [n for limit, n_units in given for n in _bucket_args(limit, n_units)]
-        keys = self._keys([limit for limit, _ in given])
-        try:
-            await self._call(lambda: self._refund(keys=keys, args=args))
-        except Unavailable:
-            await self.fallback.refund(self._shares(limits), units)
-        except Overloaded:
-            log.info("refund of %s dropped: no Redis connection came free in time", keys)
+        await self._adjust("refund", self._refund, limits, units)
 
     async def debit(self, limits: Sequence[Limit], units: Mapping[Kind, int]) -> None:
-        used = [(limit, units.get(limit.kind, 0)) for limit in limits if units.get(limit.kind, 0) > 0]
-        if not used:
+        await self._adjust("debit", self._debit, limits, units)
+
+    async def _adjust(self, what: str, script: Any, limits: Sequence[Limit], units: Mapping[Kind, int]) -> None:
+        """Units moved in or out of buckets after the fact (``refund`` or ``debit``): by ``script``
+        in Redis, by the fallback's method of that name in an outage; dropped when the pool is busy."""
+        moved = [(limit, units.get(limit.kind, 0)) for limit in limits if units.get(limit.kind, 0) > 0]
+        if not moved:
             return
-        args = [n for limit, n_units in used for n in _bucket_args(limit, n_units)]
-        keys = self._keys([limit for limit, _ in used])
+        args = [n for limit, n_units in moved for n in _bucket_args(limit, n_units)]
+        keys = self._keys([limit for limit, _ in moved])
         try:
-            await self._call(lambda: self._debit(keys=keys, args=args))
+            await self._call(lambda: script(keys=keys, args=args))
         except Unavailable:
-            await self.fallback.debit(self._shares(limits), units)
+            await getattr(self.fallback, what)(self._shares(limits), units)
         except Overloaded:
-            log.info("debit of %s dropped: no Redis connection came free in time", keys)
+            log.info("%s of %s dropped: no Redis connection came free in time", what, keys)
 
     @asynccontextmanager
     async def concurrency(self, scope: str, max_concurrent: int) -> AsyncIterator[None]:
