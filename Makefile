@@ -23,6 +23,8 @@ serve: install
 
 test: install
 	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 bench: install

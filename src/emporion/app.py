@@ -25,6 +25,7 @@ from emporion.api.errors import handlers
 from emporion.api.middleware import Edge
 from emporion.api.openai.routes import json_response
 from emporion.api.openai.routes import routes as openai_routes
+from emporion.api.openapi import routes as openapi_routes
 from emporion.api.usage_routes import routes as usage_routes
 from emporion.auth.principal import Authenticator
 from emporion.catalog.builtin import EMBEDDINGS_UPSTREAM, MINILM_MAX_TOKENS, build_catalog
@@ -72,7 +73,7 @@ def build_app(settings: Settings) -> Starlette:
             await stop_deps(deps)
 
     routes = [
-        *openai_routes, *anthropic_routes, *admin_routes, *usage_routes,
+        *openai_routes, *anthropic_routes, *admin_routes, *usage_routes, *openapi_routes,
         Route("/healthz", healthz), Route("/readyz", readyz),
     ]  # fmt: skip
     middleware = [Middleware(Edge, cors_origins=settings.server.cors_origins), Middleware(CancelOnDisconnect)]

@@ -122,7 +122,7 @@ class Admission:
         return wire.model_copy(update={"max_tokens": self.output_cap})
 
 
-W = TypeVar("W", ChatCompletionRequest, CompletionRequest)
+W = TypeVar("W", bound=Sampling)  # a request to generate with; model_copy keeps its class
 
 
 async def admit(deps: Deps, principal: Principal, wire: Sampling | EmbeddingRequest, request_id: str, streamed: bool) -> Admission:
@@ -149,9 +149,9 @@ async def admit(deps: Deps, principal: Principal, wire: Sampling | EmbeddingRequ
     metering = deps.settings.metering
     bound = prompt_bound(body, metering.image_tokens)
     guess = prompt_guess(body, metering.image_tokens)
-    asked = None if kind == "embedding" else wire.output_limit()  # type: ignore[union-attr]
-    per_choice = 0 if kind == "embedding" else _output_bound(deps, wire, models[0])  # type: ignore[arg-type]
-    choices = 1 if kind == "embedding" else _choices(wire, body)  # type: ignore[arg-type]
+    asked = None if isinstance(wire, EmbeddingRequest) else wire.output_limit()
+    per_choice = 0 if isinstance(wire, EmbeddingRequest) else _output_bound(deps, wire, models[0])
+    choices = 1 if isinstance(wire, EmbeddingRequest) else _choices(wire, body)
     tokens = guess + (asked or 0) * choices
     buckets = _limits(deps, principal, tokens)
     decision = await limits.admit(deps.limiter, buckets)
@@ -164,7 +164,8 @@ async def admit(deps: Deps, principal: Principal, wire: Sampling | EmbeddingRequ
         await slots.aclose()
         await deps.limiter.refund(buckets, {"tokens": tokens})
         raise
-    tab = Tab(deps.ledger, deps.pricebook, principal, request_id, endpoint_of(wire) if kind == "chat" else "embedding", streamed, hold)
+    endpoint = "embedding" if isinstance(wire, EmbeddingRequest) else endpoint_of(wire)
+    tab = Tab(deps.ledger, deps.pricebook, principal, request_id, endpoint, streamed, hold)
     cap = None
     if kind == "chat" and asked is None and (held_per_choice < per_choice or _local(models[0])):
         cap = held_per_choice  # what the credit covers, or the local engine's default
@@ -387,12 +388,14 @@ async def _generate(deps: Deps, principal: Principal, wire: ChatCompletionReques
     if len(parts) == 1:
         return await _generate_one(deps, principal, wire, progress)
     results = await asyncio.gather(*(_generate_one(deps, principal, part, progress) for part in parts), return_exceptions=True)
+    generations: list[Generation] = []
     for result in results:
         if isinstance(result, BaseException):
             raise result
-    choices = [{**result.completion.choices[0], "index": index} for index, result in enumerate(results)]
-    usage = sum((result.completion.usage for result in results), Usage())
-    return Generation(results[0].route, Completion(choices=choices, usage=usage))
+        generations.append(result)
+    choices = [{**generation.completion.choices[0], "index": index} for index, generation in enumerate(generations)]
+    usage = sum((generation.completion.usage for generation in generations), Usage())
+    return Generation(generations[0].route, Completion(choices=choices, usage=usage))
 
 
 async def _generate_stream(deps: Deps, principal: Principal, wire: ChatCompletionRequest | CompletionRequest) -> Stream:

@@ -94,7 +94,7 @@ def _message(err: ErrorDetails) -> str:
     return str(err["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ").rstrip(".")
 
 
-def _union_base(loc: tuple[int | str, ...]) -> tuple[int | str, ...] | None:
+def _union_base(loc: tuple[int | str, ...]) -> list[int | str] | None:
     """The client's path to the union whose member failed, or None when no union is on the path."""
     for index, part in enumerate(loc):
         if _is_label(part):

@@ -36,7 +36,10 @@ class CancelOnDisconnect:
                 request.responding = True
             await send(message)
 
-        handler = asyncio.create_task(self.app(scope, request.receive, sending))
+        async def handling() -> None:  # create_task takes a coroutine, an ASGI app returns an awaitable
+            await self.app(scope, request.receive, sending)
+
+        handler = asyncio.create_task(handling())
         request.handler = handler
         try:
             await asyncio.shield(handler)

@@ -92,7 +92,7 @@ async def _guarded(request: Request, handler: Handler, key: str) -> Response:
         await _quietly(store.release(deps.db, outcome))
         raise
     if isinstance(response, EventStream):
-        return _recorded(response, deps, outcome)  # type: ignore[return-value]
+        return _recorded(response, deps, outcome)
     if response.status_code >= 400:
         await _quietly(store.release(deps.db, outcome))
     else:

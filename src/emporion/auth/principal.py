@@ -108,6 +108,7 @@ class Authenticator:
 
 def principal_of(key: ApiKey, org: Organization, ancestors: list[Organization]) -> Principal:
     """``ancestors``: the organization's resellers, its parent first."""
+    suspended: str | None
     if org.suspended_at:
         suspended = org.suspended_reason or "suspended by the operator"
     else:  # a reseller's customers are not told who their reseller is, nor why it was suspended

@@ -13,11 +13,15 @@ ModelKind = Literal["chat", "embedding"]
 
 
 class ListPrice(Protocol):
-    """USD per token and per request, as a price list shows them."""
+    """USD per token and per request, as a price list shows them (read-only: a frozen Price will do)."""
 
-    prompt: Decimal
-    completion: Decimal
-    request: Decimal
+    @property
+    def prompt(self) -> Decimal: ...
+    @property
+    def completion(self) -> Decimal: ...
+    @property
+    def request(self) -> Decimal: ...
+
 
 LOCAL_PROVIDER = "emporion-local"
 

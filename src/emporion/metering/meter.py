@@ -19,7 +19,7 @@ from emporion.catalog.models import Deployment, Model
 from emporion.metering.ledger import Ledger, Settled
 from emporion.metering.money import Nanos
 from emporion.metering.pricebook import PriceBook, Priced
-from emporion.metering.prices import Charge, charge
+from emporion.metering.prices import ZERO, Charge, charge
 from emporion.providers.usage import Usage
 
 Status = Literal["completed", "partial", "cancelled", "failed"]  # partial: cut after some output
@@ -112,7 +112,7 @@ def worst_case(
         for deployment in model.deployments:
             priced = pricebook.priced(model, deployment)
             price = priced.price
-            dearest_input = max(price.prompt, price.cached_prompt or 0, price.cache_write or 0)
+            dearest_input = max(price.prompt, price.cached_prompt or ZERO, price.cache_write or ZERO)
             bound = replace(price, prompt=dearest_input, cached_prompt=None, cache_write=None)
             usage = Usage(input_tokens=prompt_tokens, output_tokens=output_tokens)
             worst = max(worst, charge(usage, bound, priced.margin, markups).total)

@@ -15,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Protocol
 
 from sqlalchemy import insert, select
 
@@ -62,8 +63,8 @@ class PriceBook:
         prices: dict[tuple[str, str], _Versions] = defaultdict(_Versions)
         margins: dict[str, _Versions] = defaultdict(_Versions)
         async with self.db.engine.connect() as conn:
-            for row in await conn.execute(select(PriceRow)):
-                prices[(row.model_id, row.upstream)].add(row.effective_at, row.id, _price(row))
+            for price_row in await conn.execute(select(PriceRow)):
+                prices[(price_row.model_id, price_row.upstream)].add(price_row.effective_at, price_row.id, _price(price_row))
             for row in await conn.execute(select(MarginRow)):
                 margins[row.model_id].add(row.effective_at, row.id, Margin(Decimal(row.percent), Decimal(row.fixed)))
         self._prices, self._margins = dict(prices), dict(margins)
@@ -123,7 +124,23 @@ class PriceBook:
         return row_id
 
 
-def _price(row: PriceRow) -> Price:
+class _PriceColumns(Protocol):
+    """The columns of a ``prices`` row that make its price: a PriceRow, or the Row that
+    ``select(PriceRow)`` yields on a connection (columns by name, not an ORM object)."""
+
+    @property
+    def prompt(self) -> str: ...
+    @property
+    def completion(self) -> str: ...
+    @property
+    def cached_prompt(self) -> str | None: ...
+    @property
+    def cache_write(self) -> str | None: ...
+    @property
+    def request(self) -> str: ...
+
+
+def _price(row: _PriceColumns) -> Price:
     return Price(
         prompt=Decimal(row.prompt),
         completion=Decimal(row.completion),

@@ -193,6 +193,7 @@ def _tool(tool: dict[str, Any]) -> dict[str, Any]:
 
 
 def _tool_choice(choice: Any, parallel: bool | None) -> dict[str, Any] | None:
+    translated: dict[str, Any] | None
     if choice is None:
         translated = {"type": "auto"} if parallel is False else None
     elif choice == "auto":

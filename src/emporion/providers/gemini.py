@@ -133,7 +133,7 @@ def _contents(messages: list[dict[str, Any]]) -> tuple[list[str], list[dict[str,
             system.extend(texts(content))
             continue
         if role == "assistant":
-            parts = [{"text": text} for text in texts(content) if text]
+            parts: list[dict[str, Any]] = [{"text": text} for text in texts(content) if text]
             for call in message.get("tool_calls") or []:
                 function = call.get("function") or {}
                 names[call.get("id", "")] = function.get("name", "")
@@ -252,14 +252,14 @@ def from_gemini(data: dict[str, Any]) -> Completion:
     if not candidates:
         reason = (data.get("promptFeedback") or {}).get("blockReason")
         if reason:
-            message = {"role": "assistant", "content": ""}
+            message: dict[str, Any] = {"role": "assistant", "content": ""}
             return Completion(choices=[{"index": 0, "message": message, "finish_reason": "content_filter"}], usage=usage)
         raise UpstreamError("Gemini answered without candidates")
     candidate = candidates[0]
     parts = (candidate.get("content") or {}).get("parts") or []
     text = "".join(part.get("text", "") for part in parts if "text" in part and not part.get("thought"))
     calls = [_tool_call(part["functionCall"]) for part in parts if "functionCall" in part]
-    message: dict[str, Any] = {"role": "assistant", "content": text or (None if calls else "")}
+    message = {"role": "assistant", "content": text or (None if calls else "")}
     if calls:
         message["tool_calls"] = calls
     finish = _finish(candidate.get("finishReason"), bool(calls))

@@ -65,6 +65,7 @@ def stream_timeout(upstream: Upstream) -> aiohttp.ClientTimeout:
 async def read_events(response: aiohttp.ClientResponse) -> AsyncIterator[Event]:
     """The events of an SSE body. If the consumer stops early, the connection is dropped rather
     than returned to the pool, so the upstream sees the client leave and stops generating."""
+    data: list[bytes]
     name, data = "", []
     try:
         async for raw in response.content:

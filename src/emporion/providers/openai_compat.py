@@ -90,7 +90,8 @@ def _upstream_status_error(upstream: Upstream, status: int, raw: bytes, headers:
 
 
 def _upstream_error_body(upstream: Upstream, status: int, data: dict[str, Any], headers: Mapping[str, str]) -> EmporionError:
-    error = data.get("error") if isinstance(data.get("error"), dict) else {}
+    found = data.get("error")
+    error: dict[str, Any] = found if isinstance(found, dict) else {}
     message = upstream_text(upstream, error.get("message") or f"HTTP {status}")
     param = error.get("param") if isinstance(error.get("param"), str) else None
     if error.get("type") == "exceed_context_size_error" or error.get("code") == "context_length_exceeded":

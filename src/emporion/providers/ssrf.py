@@ -35,7 +35,10 @@ async def check_upstream_url(url: str, allowed_hosts: frozenset[str] = frozenset
     except socket.gaierror:
         raise InvalidRequest(f"Upstream host {host} does not resolve.", param="base_url") from None
     for info in infos:
-        address = ipaddress.ip_address(info[4][0].split("%")[0])
+        host_address = info[4][0]
+        if not isinstance(host_address, str):  # a family Python has no text form for: (family, raw bytes)
+            raise PermissionDenied(f"Upstream host {host} resolves to an address that is not IP.", code="forbidden_upstream")
+        address = ipaddress.ip_address(host_address.split("%")[0])
         if not _public(address):
             raise PermissionDenied(
                 f"Upstream host {host} resolves to {address}, an address inside a private or reserved range.",

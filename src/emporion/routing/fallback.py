@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 
 from emporion.engine.admission import Admission
@@ -45,7 +45,9 @@ class Executor:
         async with contextlib.aclosing(self._attempts(candidates)) as attempts:
             return await self._complete(attempts, request_for)
 
-    async def _complete(self, attempts, request_for: Callable[[Candidate], Request]) -> tuple[Attempted, Completion]:
+    async def _complete(
+        self, attempts: AsyncIterator[tuple[Candidate, _Attempt]], request_for: Callable[[Candidate], Request]
+    ) -> tuple[Attempted, Completion]:
         async for candidate, attempt in attempts:
             health = self.health[candidate.key]
             health.breaker.begin()
@@ -74,7 +76,10 @@ class Executor:
             return await self._open(attempts, request_for, resources)
 
     async def _open(
-        self, attempts, request_for: Callable[[Candidate], Request], resources: contextlib.AsyncExitStack
+        self,
+        attempts: AsyncIterator[tuple[Candidate, _Attempt]],
+        request_for: Callable[[Candidate], Request],
+        resources: contextlib.AsyncExitStack,
     ) -> tuple[Attempted, AsyncIterator[Chunk]]:
         async for candidate, attempt in attempts:
             health = self.health[candidate.key]
@@ -123,7 +128,7 @@ class Executor:
             raise
         health.record_success(ttft, output_tokens, time.monotonic() - began)
 
-    async def _attempts(self, candidates: list[Candidate]) -> AsyncIterator[tuple[Candidate, _Attempt]]:
+    async def _attempts(self, candidates: list[Candidate]) -> AsyncGenerator[tuple[Candidate, _Attempt], None]:
         """Yields (candidate, attempt) until the caller returns; raises the last failure when the
         attempts are spent. A deployment is retried after a backoff only while it is worth it."""
         s = self.settings

@@ -182,7 +182,7 @@ def sse(name: str, payload: dict[str, Any]) -> bytes:
 async def to_events(message_id: str, model: str, chunks: AsyncIterator[Chunk]) -> AsyncIterator[bytes]:
     """OpenAI chunks in, Anthropic's event sequence out. A stream in which the model called a tool
     always ends with stop_reason "tool_use", whatever the upstream's finish reason said."""
-    start = {"id": message_id, "type": "message", "role": "assistant", "model": model, "content": [],
+    start: dict[str, Any] = {"id": message_id, "type": "message", "role": "assistant", "model": model, "content": [],
              "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 0, "output_tokens": 0}}  # fmt: skip
     yield sse("message_start", {"type": "message_start", "message": start})
     block = -1  # index of the open content block
@@ -210,7 +210,7 @@ async def to_events(message_id: str, model: str, chunks: AsyncIterator[Chunk]) -
                             yield sse("content_block_stop", {"type": "content_block_stop", "index": block})
                         block, open_kind = block + 1, "tool_use"
                         tool_blocks[position] = block
-                        tool = {"type": "tool_use", "id": call.get("id") or f"toolu_{secrets.token_hex(8)}", "name": function.get("name"), "input": {}}
+                        tool: dict[str, Any] = {"type": "tool_use", "id": call.get("id") or f"toolu_{secrets.token_hex(8)}", "name": function.get("name"), "input": {}}
                         yield sse("content_block_start", {"type": "content_block_start", "index": block, "content_block": tool})
                     if function.get("arguments"):
                         yield sse("content_block_delta", {"type": "content_block_delta", "index": tool_blocks[position],

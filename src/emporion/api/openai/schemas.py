@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from emporion.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs
 
 
 class Wire(BaseModel):
@@ -36,7 +39,7 @@ class ChatMessage(Wire):
     @model_validator(mode="after")
     def _content_where_required(self) -> ChatMessage:
         if self.content is None and not (self.role == "assistant" and self.tool_calls):
-            raise ValueError(f"a {self.role} message needs content")
+            raise ValueError(f"{'an' if self.role == 'assistant' else 'a'} {self.role} message needs content")
         if self.role == "tool" and not self.tool_call_id:
             raise ValueError("a tool message needs tool_call_id")
         return self
@@ -134,9 +137,21 @@ class CompletionRequest(Sampling):
 
     def prompts(self) -> list[str] | list[list[int]]:
         """Each prompt: a text, or a list of token ids in the model's own vocabulary."""
-        if isinstance(self.prompt, str) or isinstance(self.prompt[0], int):
-            return [self.prompt]  # type: ignore[list-item]
-        return list(self.prompt)  # type: ignore[arg-type]
+        return _each(self.prompt)
+
+
+def _each(value: str | list[str] | list[int] | list[list[int]]) -> list[str] | list[list[int]]:
+    """A text or a list of token ids is one item; a list of either, one item each."""
+    if isinstance(value, str):
+        return [value]
+    if _is_token_ids(value):
+        return [value]
+    return value.copy()
+
+
+def _is_token_ids(value: list[str] | list[int] | list[list[int]]) -> TypeIs[list[int]]:
+    """One list of token ids (the validators allow no empty list)."""
+    return isinstance(value[0], int)
 
 
 class EmbeddingRequest(Wire):
@@ -153,6 +168,4 @@ class EmbeddingRequest(Wire):
 
     def inputs(self) -> list[str] | list[list[int]]:
         """Each input: a text, or a list of token ids (OpenAI's cl100k_base vocabulary)."""
-        if isinstance(self.input, str) or isinstance(self.input[0], int):
-            return [self.input]  # type: ignore[list-item]
-        return list(self.input)  # type: ignore[arg-type]
+        return _each(self.input)

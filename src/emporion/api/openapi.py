@@ -1,0 +1,210 @@
+"""``GET /openapi.json``: the API described in OpenAPI 3.1, request bodies from the same pydantic
+schemas the routes validate with, so the description cannot drift from what is accepted.
+
+Each route of the app has one ``Operation`` here; a test holds the two lists together."""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from emporion import __version__
+from emporion.api.admin import schemas as admin
+from emporion.api.anthropic.schemas import MessagesRequest
+from emporion.api.openai.routes import json_response
+from emporion.api.openai.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from emporion.api.usage_routes import FORMATS
+from emporion.metering.usage import GROUPS
+
+PATH = "/openapi.json"
+REF = "#/components/schemas/{model}"
+
+
+@dataclass(frozen=True)
+class Query:
+    name: str
+    description: str
+    schema: dict[str, Any] = field(default_factory=lambda: {"type": "string"})
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: str
+    path: str  # Starlette's template: "{model_id:path}" is "{model_id}" in the description
+    summary: str
+    tag: str
+    body: type[BaseModel] | None = None
+    body_required: bool = True
+    query: tuple[Query, ...] = ()
+    authenticated: bool = True
+    media: tuple[str, ...] = ("application/json",)  # what a 200 may be
+
+    @property
+    def template(self) -> str:
+        return re.sub(r"\{(\w+):\w+\}", r"{\1}", self.path)
+
+
+ORG = "/admin/v1/organizations/{org_id}"
+MODEL_FILTER = Query("model", "Only the rows of this model.")
+USAGE = (
+    Query("start", "First day, YYYY-MM-DD (default: 30 days before `end`).", {"type": "string", "format": "date"}),
+    Query("end", "Last day, YYYY-MM-DD (default: today, UTC).", {"type": "string", "format": "date"}),
+    Query("group_by", "One row per day (default), model or key.", {"type": "string", "enum": list(GROUPS)}),
+    Query("key_id", "Only the requests of this key."),
+)
+STATEMENT = (Query("format", "json (default), csv or pdf.", {"type": "string", "enum": list(FORMATS)}),)
+STATEMENT_MEDIA = ("application/json", "text/csv", "application/pdf")
+
+OPERATIONS: tuple[Operation, ...] = (
+    Operation("POST", "/v1/chat/completions", "Create a chat completion (streamed with `stream`).", "OpenAI", ChatCompletionRequest, media=("application/json", "text/event-stream")),
+    Operation("POST", "/v1/completions", "Create a legacy text completion.", "OpenAI", CompletionRequest, media=("application/json", "text/event-stream")),
+    Operation("POST", "/v1/embeddings", "Create embeddings.", "OpenAI", EmbeddingRequest),
+    Operation("GET", "/v1/generation", "The stored record of one of the organization's requests.", "OpenAI", query=(Query("id", "The response id.", {"type": "string", "minLength": 1}, required=True),)),
+    Operation("GET", "/v1/models", "The catalog, at the caller's prices.", "OpenAI"),
+    Operation("GET", "/v1/models/{model_id:path}", "One model of the catalog, at the caller's price.", "OpenAI"),
+    Operation("POST", "/v1/messages", "Create a message (Anthropic's Messages API).", "Anthropic", MessagesRequest, media=("application/json", "text/event-stream")),
+    Operation("GET", "/v1/usage", "The caller's organization's usage.", "Usage", query=USAGE),
+    Operation("GET", "/v1/statements/{month}", "The caller's organization's statement of a month (YYYY-MM).", "Usage", query=STATEMENT, media=STATEMENT_MEDIA),
+    Operation("POST", "/admin/v1/organizations", "Create an organization.", "Admin", admin.CreateOrganization),
+    Operation("GET", "/admin/v1/organizations", "The organizations the key reaches.", "Admin"),
+    Operation("GET", ORG, "One organization, with its balance.", "Admin"),
+    Operation("PATCH", ORG, "Change an organization's markup or limits.", "Admin", admin.UpdateOrganization),
+    Operation("POST", ORG + "/suspend", "Suspend an organization (its keys stop working).", "Admin", admin.Suspend, body_required=False),
+    Operation("POST", ORG + "/restore", "Lift a suspension.", "Admin"),
+    Operation("POST", ORG + "/tier", "Pin an organization's tier, or let it float.", "Admin", admin.SetTier),
+    Operation("POST", ORG + "/members", "Add a member.", "Admin", admin.AddMember),
+    Operation("GET", ORG + "/members", "The members.", "Admin"),
+    Operation("DELETE", ORG + "/members/{member_id}", "Remove a member.", "Admin"),
+    Operation("POST", ORG + "/keys", "Create a key (its secret is shown once).", "Admin", admin.CreateKey),
+    Operation("GET", ORG + "/keys", "The keys, without their secrets.", "Admin"),
+    Operation("DELETE", "/admin/v1/keys/{key_id}", "Revoke a key.", "Admin"),
+    Operation("POST", ORG + "/credits", "Top up, grant or transfer credit.", "Admin", admin.AddCredit),
+    Operation("GET", ORG + "/credits", "The balance and the credit history.", "Admin"),
+    Operation("POST", "/admin/v1/generations/{request_id}/refund", "Refund a generation.", "Admin"),
+    Operation("POST", "/admin/v1/prices", "Set a model's price from a time on.", "Admin", admin.SetPrice),
+    Operation("GET", "/admin/v1/prices", "The price book.", "Admin", query=(MODEL_FILTER,)),
+    Operation("POST", "/admin/v1/margins", "Set the operator's margin.", "Admin", admin.SetMargin),
+    Operation("GET", "/admin/v1/margins", "The margins.", "Admin", query=(MODEL_FILTER,)),
+    Operation("GET", ORG + "/usage", "An organization's usage.", "Admin", query=USAGE),
+    Operation("GET", ORG + "/statements/{month}", "An organization's statement of a month (YYYY-MM).", "Admin", query=STATEMENT, media=STATEMENT_MEDIA),
+    Operation("GET", "/healthz", "Liveness, and the state of the engine.", "Service", authenticated=False),
+    Operation("GET", "/readyz", "Readiness: 200 once the server takes requests.", "Service", authenticated=False),
+    Operation("GET", PATH, "This description.", "Service", authenticated=False),
+)  # fmt: skip
+
+OPENAI_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
+ANTHROPIC_ERROR = {
+    "type": "object",
+    "required": ["type", "error"],
+    "properties": {
+        "type": {"const": "error"},
+        "error": {
+            "type": "object",
+            "required": ["type", "message"],
+            "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
+        },
+    },
+}
+
+
+@functools.cache
+def document() -> dict[str, Any]:
+    bodies = sorted({op.body for op in OPERATIONS if op.body is not None}, key=lambda model: model.__name__)
+    refs, components = models_json_schema([(model, "validation") for model in bodies], ref_template=REF)
+    schemas = {**components.get("$defs", {}), "Error": OPENAI_ERROR, "AnthropicError": ANTHROPIC_ERROR}
+    paths: dict[str, dict[str, Any]] = {}
+    for op in OPERATIONS:
+        body_ref = refs[(op.body, "validation")] if op.body is not None else None
+        paths.setdefault(op.template, {})[op.method.lower()] = _operation(op, body_ref)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Emporion",
+            "version": __version__,
+            "description": "OpenAI's and Anthropic's APIs over every model behind this gateway, and its admin API.",
+        },
+        "servers": [{"url": "/"}],
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "An Emporion key: `Authorization: Bearer sk-emp-…`."},
+                "x-api-key": {"type": "apiKey", "in": "header", "name": "x-api-key", "description": "The same key, as Anthropic's SDK sends it."},
+            },
+        },
+    }
+
+
+def _operation(op: Operation, body_ref: dict[str, Any] | None) -> dict[str, Any]:
+    error = "AnthropicError" if op.path.startswith("/v1/messages") else "Error"
+    operation: dict[str, Any] = {
+        "operationId": _operation_id(op),
+        "summary": op.summary,
+        "tags": [op.tag],
+        "parameters": [
+            *({"name": name, "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}} for name in _path_params(op)),
+            *({"name": q.name, "in": "query", "required": q.required, "description": q.description, "schema": q.schema} for q in op.query),
+        ],
+        "responses": {
+            "200": {"description": "OK", "content": {media: {"schema": _success(media)} for media in op.media}},
+            "default": {"description": "An error, in the envelope of the API the route belongs to.", "content": {"application/json": {"schema": {"$ref": REF.format(model=error)}}}},
+        },
+        "security": [{"bearer": []}, {"x-api-key": []}] if op.authenticated else [],
+    }  # fmt: skip
+    if body_ref is not None:
+        operation["requestBody"] = {"required": op.body_required, "content": {"application/json": {"schema": body_ref}}}
+    return operation
+
+
+SSE_EVENT = {
+    "type": "object",
+    "description": "One server-sent event: a JSON chunk (or `[DONE]`) in `data`, Anthropic's event type in `event`.",
+    "required": ["data"],
+    "properties": {"event": {"type": "string"}, "data": {"type": "string"}},
+}
+
+
+def _success(media: str) -> dict[str, Any]:
+    if media == "text/event-stream":
+        return SSE_EVENT
+    return {"type": "object"} if media == "application/json" else {"type": "string"}
+
+
+def _path_params(op: Operation) -> list[str]:
+    return re.findall(r"\{(\w+)\}", op.template)
+
+
+def _operation_id(op: Operation) -> str:
+    words = re.sub(r"\{(\w+)\}", r"by_\1", op.template).strip("/").replace(".json", "")
+    return op.method.lower() + "_" + re.sub(r"[^a-z0-9]+", "_", words.lower()).strip("_")
+
+
+async def openapi(request: Request) -> Response:
+    return json_response(document())
+
+
+routes = [Route(PATH, openapi, methods=["GET"])]
