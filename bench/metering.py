@@ -32,9 +32,9 @@ from typing import Any
 import asyncpg
 from sqlalchemy import func, select
 
+from emporion.core.prices import Margin, Price, charge
+from emporion.core.usage import Usage
 from emporion.metering.ledger import Ledger
-from emporion.metering.prices import Margin, Price, charge
-from emporion.providers.usage import Usage
 from emporion.store import group_commit, repos
 from emporion.store.session import Database, open_database
 from emporion.store.tables import Account, Hold, Posting, RequestRecord

@@ -18,7 +18,7 @@ import pytest
 
 from emporion.app import build_app
 from emporion.auth.keys import hash_key
-from emporion.metering.prices import Charge
+from emporion.core.prices import Charge
 from emporion.pipeline import Deps
 from emporion.settings import (
     EmbeddingSettings,

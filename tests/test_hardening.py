@@ -21,12 +21,12 @@ from hypothesis import strategies as st
 
 from emporion.app import build_app
 from emporion.cli.main import _first_start
+from emporion.core.prices import Margin, Price, charge
+from emporion.core.usage import Usage
 from emporion.metering.meter import affordable_output
-from emporion.metering.prices import Margin, Price, charge
 from emporion.pipeline import Deps
 from emporion.providers.base import Upstream
 from emporion.providers.redaction import upstream_text
-from emporion.providers.usage import Usage
 from emporion.settings import (
     OPERATOR_TIER,
     DeploymentConfig,

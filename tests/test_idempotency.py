@@ -22,7 +22,7 @@ import pytest
 from sqlalchemy import event, func, select
 
 from emporion.app import build_app
-from emporion.metering.money import NANOS_PER_USD
+from emporion.core.money import NANOS_PER_USD
 from emporion.pipeline import Deps
 from emporion.settings import (
     EmbeddingSettings,

@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, invariant, rule
 from sqlalchemy import func, select
 
+from emporion.core.prices import Margin, Price, charge
+from emporion.core.usage import Usage
 from emporion.metering.ledger import BudgetExceeded, InsufficientCredits, Ledger, customer
-from emporion.metering.prices import Margin, Price, charge
-from emporion.providers.usage import Usage
 from emporion.store import repos
 from emporion.store.session import open_database
 from emporion.store.tables import Account, Budget, Hold, Posting

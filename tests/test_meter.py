@@ -10,11 +10,11 @@ from hypothesis import strategies as st
 
 from emporion.auth.principal import Principal
 from emporion.catalog.models import Deployment, Model
+from emporion.core.prices import Margin, Price, charge
+from emporion.core.usage import Usage
 from emporion.metering.estimate import prompt_bound
 from emporion.metering.meter import budgets_of, worst_case
 from emporion.metering.pricebook import PriceBook
-from emporion.metering.prices import Margin, Price, charge
-from emporion.providers.usage import Usage
 from emporion.settings import Pricing
 from emporion.store.session import open_database
 

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from emporion.metering.money import NANOS_PER_USD, format_usd, to_nanos
-from emporion.metering.prices import Margin, Price, charge
-from emporion.providers.usage import Usage
+from emporion.core.money import NANOS_PER_USD, format_usd, to_nanos
+from emporion.core.prices import Margin, Price, charge
+from emporion.core.usage import Usage
 
 tokens = st.integers(min_value=0, max_value=10**7)
 per_token = st.decimals(min_value=0, max_value=Decimal("0.001"), places=12, allow_nan=False, allow_infinity=False)

@@ -23,12 +23,12 @@ import httpx
 import pytest
 
 from emporion.app import build_app
+from emporion.core.money import NANOS_PER_USD, Nanos
+from emporion.core.prices import Charge, Margin, Price, charge
+from emporion.core.usage import Usage
 from emporion.metering import statements
 from emporion.metering.ledger import Ledger, customer
-from emporion.metering.money import NANOS_PER_USD, Nanos
-from emporion.metering.prices import Charge, Margin, Price, charge
 from emporion.metering.usage import parse_range, totals, usage
-from emporion.providers.usage import Usage
 from emporion.settings import (
     EmbeddingSettings,
     EngineSettings,

@@ -30,6 +30,7 @@ from emporion.api.usage_routes import routes as usage_routes
 from emporion.auth.principal import Authenticator
 from emporion.catalog.builtin import EMBEDDINGS_UPSTREAM, MINILM_MAX_TOKENS, build_catalog
 from emporion.catalog.models import Catalog, Model
+from emporion.core.prices import Margin
 from emporion.engine.build import find_llama_server
 from emporion.engine.embeddings import Embedder
 from emporion.engine.gemma import ensure_gemma
@@ -40,7 +41,6 @@ from emporion.limits.redis import RedisLimiter
 from emporion.metering.credits import refresh_tiers
 from emporion.metering.ledger import Ledger
 from emporion.metering.pricebook import PriceBook
-from emporion.metering.prices import Margin
 from emporion.pipeline import Deps
 from emporion.providers.base import PARAMETERS, Adapter, Upstream
 from emporion.providers.registry import load_adapter

@@ -17,6 +17,8 @@ from emporion import limits
 from emporion.api.openai.schemas import ROUTING_FIELDS, ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Sampling
 from emporion.auth.principal import Authenticator, Principal
 from emporion.catalog.models import Catalog, Model, ModelKind
+from emporion.core.money import Nanos
+from emporion.core.usage import Usage
 from emporion.engine.embeddings import Embedded, Embedder
 from emporion.engine.llama_server import LlamaServer
 from emporion.engine.openai_tokens import texts_of
@@ -25,11 +27,9 @@ from emporion.limits import Decision, Limit, Limiter, Rate, ratelimit_headers
 from emporion.metering.estimate import MEDIA_PARTS, prompt_bound, prompt_guess
 from emporion.metering.ledger import BudgetExceeded, InsufficientCredits, Ledger
 from emporion.metering.meter import Served, Status, Tab, UsageSource, affordable_output, budgets_of, worst_case
-from emporion.metering.money import Nanos
 from emporion.metering.pricebook import PriceBook
 from emporion.providers.base import PARAMETERS, Adapter, Chunk, Completion, Endpoint, Request
 from emporion.providers.folding import Fold
-from emporion.providers.usage import Usage
 from emporion.routing.candidates import Candidate, Preferences
 from emporion.routing.router import Route, Router
 from emporion.settings import Settings

@@ -16,10 +16,10 @@ from starlette.routing import Route
 from emporion.api.body import no_nul
 from emporion.api.openai.routes import authenticate, json_response
 from emporion.auth.scope import require_admin, visible_org
+from emporion.core.money import format_usd
 from emporion.errors import InvalidRequest, NotFound
 from emporion.metering import statements
 from emporion.metering import usage as metering_usage
-from emporion.metering.money import format_usd
 from emporion.metering.usage import GROUPS, UsageRow
 from emporion.store.session import Database
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from emporion.auth.keys import hash_key, redact
+from emporion.core.prices import Margin
 from emporion.errors import AuthenticationFailed, PermissionDenied
-from emporion.metering.prices import Margin
 from emporion.store import repos
 from emporion.store.session import Database
 from emporion.store.tables import ApiKey, Organization

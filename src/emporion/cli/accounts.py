@@ -26,12 +26,12 @@ from emporion.cli.options import (
     validated,
     with_db,
 )  # fmt: skip
+from emporion.core.money import to_nanos
+from emporion.core.prices import Margin, Price
 from emporion.errors import EmporionError
 from emporion.metering import credits as credit
 from emporion.metering.ledger import Ledger
-from emporion.metering.money import to_nanos
 from emporion.metering.pricebook import PriceBook
-from emporion.metering.prices import Margin, Price
 from emporion.settings import Settings
 from emporion.store import orgs, repos
 from emporion.store.session import Database

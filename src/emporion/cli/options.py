@@ -18,9 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from emporion.api.body import invalid_request
 from emporion.catalog.models import Catalog
+from emporion.core.money import Nanos, format_usd
 from emporion.errors import EmporionError
 from emporion.metering.ledger import Ledger
-from emporion.metering.money import Nanos, format_usd
 from emporion.settings import ConfigError, Settings, load_settings
 from emporion.store import orgs, repos
 from emporion.store.session import Database, open_database

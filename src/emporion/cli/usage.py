@@ -11,10 +11,10 @@ import typer
 from rich.table import Table
 
 from emporion.cli.options import ConfigFile, DataDir, err, fail, find_org, load, out
+from emporion.core.money import Nanos, format_usd
 from emporion.errors import EmporionError
 from emporion.metering import statements
 from emporion.metering import usage as metering_usage
-from emporion.metering.money import Nanos, format_usd
 from emporion.settings import Settings
 from emporion.store.session import Database, open_database
 from emporion.store.tables import Organization

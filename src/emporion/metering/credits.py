@@ -9,9 +9,9 @@ from typing import Literal
 
 from sqlalchemy import func, select, update
 
+from emporion.core.money import NANOS_PER_USD, Nanos, format_usd, to_nanos
 from emporion.errors import Unprocessable
 from emporion.metering.ledger import Ledger, _scoped
-from emporion.metering.money import NANOS_PER_USD, Nanos, format_usd, to_nanos
 from emporion.settings import Settings
 from emporion.store.session import Database
 from emporion.store.tables import Account, Entry, Organization, Posting

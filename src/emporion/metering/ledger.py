@@ -27,9 +27,9 @@ from sqlalchemy import BigInteger, bindparam, case, insert, literal, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from emporion.core.money import Nanos, format_usd
+from emporion.core.prices import Charge
 from emporion.errors import EmporionError, InvalidRequest
-from emporion.metering.money import Nanos, format_usd
-from emporion.metering.prices import Charge
 from emporion.store.group_commit import GroupCommit
 from emporion.store.session import Database
 from emporion.store.tables import Account, Budget, Entry, Hold, Posting, RequestRecord

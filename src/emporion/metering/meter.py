@@ -16,11 +16,11 @@ from typing import Any, Literal
 
 from emporion.auth.principal import Principal
 from emporion.catalog.models import Deployment, Model
+from emporion.core.money import Nanos
+from emporion.core.prices import ZERO, Charge, charge
+from emporion.core.usage import Usage
 from emporion.metering.ledger import Ledger, Settled
-from emporion.metering.money import Nanos
 from emporion.metering.pricebook import PriceBook, Priced
-from emporion.metering.prices import ZERO, Charge, charge
-from emporion.providers.usage import Usage
 
 Status = Literal["completed", "partial", "cancelled", "failed"]  # partial: cut after some output
 UsageSource = Literal["upstream", "counted", "none"]

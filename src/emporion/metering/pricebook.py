@@ -20,7 +20,7 @@ from typing import Protocol
 from sqlalchemy import insert, select
 
 from emporion.catalog.models import Deployment, Model
-from emporion.metering.prices import Margin, Price, seen_by
+from emporion.core.prices import Margin, Price, seen_by
 from emporion.store.session import Database
 from emporion.store.tables import MarginRow, PriceRow
 

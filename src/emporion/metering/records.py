@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from emporion.metering.money import Nanos, to_usd
+from emporion.core.money import Nanos, to_usd
 from emporion.store.session import Database
 from emporion.store.tables import RequestRecord
 

@@ -19,9 +19,9 @@ from typing import Any
 from sqlalchemy import and_, case, func, select
 from sqlalchemy.orm import aliased
 
+from emporion.core.money import Nanos, format_usd
 from emporion.errors import EmporionError, InvalidRequest, NotFound
 from emporion.metering.ledger import customer
-from emporion.metering.money import Nanos, format_usd
 from emporion.store.session import Database
 from emporion.store.tables import Account, Entry, Organization, Posting, RequestRecord
 

@@ -12,8 +12,8 @@ from typing import Any, Literal, get_args
 
 from sqlalchemy import ColumnElement, SQLColumnExpression, func, select
 
+from emporion.core.money import Nanos
 from emporion.errors import InvalidRequest
-from emporion.metering.money import Nanos
 from emporion.store.session import Database
 from emporion.store.tables import ApiKey, RequestRecord
 

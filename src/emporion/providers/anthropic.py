@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 import orjson
 
+from emporion.core.usage import Usage
 from emporion.errors import ContextLengthExceeded, EmporionError, InvalidRequest, ServiceUnavailable, UpstreamError
 from emporion.providers.base import Chunk, Completion, Request, Upstream
 from emporion.providers.http import (
@@ -27,7 +28,6 @@ from emporion.providers.http import (
 )
 from emporion.providers.openai_messages import arguments, data_url, texts
 from emporion.providers.redaction import upstream_text
-from emporion.providers.usage import Usage
 
 API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; OpenAI clients often leave it out

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol
 
-from emporion.providers.usage import Usage
+from emporion.core.usage import Usage
 
 Endpoint = Literal["chat", "completion"]
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from emporion.core.usage import Usage
 from emporion.providers.base import Chunk, Completion, Endpoint
-from emporion.providers.usage import Usage
 
 
 class Fold:

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 import orjson
 
+from emporion.core.usage import Usage
 from emporion.errors import ContextLengthExceeded, EmporionError, InvalidRequest, UpstreamError
 from emporion.providers.base import Chunk, Completion, Request, Upstream
 from emporion.providers.http import (
@@ -25,7 +26,6 @@ from emporion.providers.http import (
 )
 from emporion.providers.openai_messages import arguments, data_url, texts
 from emporion.providers.redaction import upstream_text
-from emporion.providers.usage import Usage
 
 FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length", "MALFORMED_FUNCTION_CALL": "stop"}
 FILTERED = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar
 
+from emporion.core.usage import usage_from_openai
 from emporion.errors import ContextLengthExceeded, EmporionError, UpstreamError
 from emporion.providers.base import Chunk, Completion, Request, Upstream
 from emporion.providers.http import (
@@ -23,7 +24,6 @@ from emporion.providers.http import (
     stream_timeout,
 )
 from emporion.providers.redaction import upstream_text
-from emporion.providers.usage import usage_from_openai
 
 PATHS = {"chat": "/chat/completions", "completion": "/completions"}
 

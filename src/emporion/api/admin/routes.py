@@ -27,10 +27,10 @@ from emporion.api.body import invalid_request, no_nul, read_body
 from emporion.api.openai.routes import authenticate, json_response
 from emporion.auth.principal import Principal
 from emporion.auth.scope import require_admin, require_operator, visible_org
+from emporion.core.money import Nanos, format_usd, to_nanos
+from emporion.core.prices import Margin, Price
 from emporion.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
 from emporion.metering import credits
-from emporion.metering.money import Nanos, format_usd, to_nanos
-from emporion.metering.prices import Margin, Price
 from emporion.pipeline import Deps
 from emporion.store import orgs, repos
 from emporion.store.tables import ApiKey, MarginRow, Member, Organization, PriceRow

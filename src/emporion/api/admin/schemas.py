@@ -20,8 +20,8 @@ from pydantic import (
     model_validator,
 )
 
+from emporion.core.money import NANOS_PER_USD, Nanos, to_nanos
 from emporion.errors import InvalidRequest
-from emporion.metering.money import NANOS_PER_USD, Nanos, to_nanos
 from emporion.store.orgs import KeyColumns
 
 MAX_USD = Decimal(1_000_000_000)  # a budget or a markup's fixed fee

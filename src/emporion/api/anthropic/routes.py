@@ -16,7 +16,7 @@ from emporion.api.openai.render import provenance
 from emporion.api.openai.routes import authenticate, json_response
 from emporion.api.openai.schemas import ChatCompletionRequest
 from emporion.api.openai.sse import EventStream
-from emporion.metering.money import format_usd
+from emporion.core.money import format_usd
 
 
 async def messages(request: Request) -> Response:

@@ -10,9 +10,9 @@ from typing import Any
 import orjson
 
 from emporion.api.anthropic.schemas import MessagesRequest
+from emporion.core.usage import Usage
 from emporion.errors import EmporionError, InvalidRequest
 from emporion.providers.base import Chunk, Completion
-from emporion.providers.usage import Usage
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
 ERROR_TYPES = {

@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from emporion.api.openai.sse import DONE, event
+from emporion.core.money import Nanos, to_usd
+from emporion.core.usage import Usage
 from emporion.errors import EmporionError
-from emporion.metering.money import Nanos, to_usd
 from emporion.providers.base import Chunk, Completion, Endpoint
-from emporion.providers.usage import Usage
 from emporion.routing.router import Route
 
 OBJECT = {"chat": "chat.completion", "completion": "text_completion"}

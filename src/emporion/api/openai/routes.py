@@ -18,9 +18,9 @@ from emporion.api.openai.render import new_id, provenance, render_completion, re
 from emporion.api.openai.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from emporion.api.openai.sse import EventStream
 from emporion.auth.principal import Principal
+from emporion.core.money import format_usd, to_usd
 from emporion.errors import InvalidRequest, NotFound
 from emporion.metering import records
-from emporion.metering.money import format_usd, to_usd
 from emporion.pipeline import Deps
 
 

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
-from emporion.metering.money import Nanos, to_nanos
-from emporion.providers.usage import Usage
+from emporion.core.money import Nanos, to_nanos
+from emporion.core.usage import Usage
 
 ZERO = Decimal(0)
 
