@@ -44,7 +44,7 @@ def test_no_usage_within_the_bounds_costs_more_than_the_worst_case(prompt, compl
     dear = Pricing(prompt=prompt * 2, completion=completion)
     m = model([("a", None), ("b", dear)], Pricing(prompt=prompt, completion=completion))
     principal = Principal("org", "org", "key", resellers=(("reseller", Margin(Decimal(markup))),))
-    worst = worst_case(principal, book, [m], bound, max_out)
+    worst = worst_case(principal, book, [(m, d) for d in m.deployments], bound, max_out)
     cached = data.draw(st.integers(0, bound))
     usage = Usage(input_tokens=bound - cached, cached_input_tokens=cached, output_tokens=data.draw(st.integers(0, max_out)))
     for deployment in m.deployments:

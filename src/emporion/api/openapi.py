@@ -20,8 +20,8 @@ from emporion import __version__
 from emporion.api.admin import schemas as admin
 from emporion.api.anthropic.schemas import MessagesRequest
 from emporion.api.openai.routes import json_response
-from emporion.api.openai.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from emporion.api.usage_routes import FORMATS
+from emporion.core.requests import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from emporion.metering.usage import GROUPS
 
 PATH = "/openapi.json"

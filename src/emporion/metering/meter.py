@@ -24,8 +24,18 @@ from emporion.metering.pricebook import PriceBook, Priced
 
 Status = Literal["completed", "partial", "cancelled", "failed"]  # partial: cut after some output
 UsageSource = Literal["upstream", "counted", "none"]
-Served = tuple[Model, Deployment, str, int]  # the model, the deployment that answered, its provider, upstream calls made
 NO_CHARGE = Charge(provider=Nanos(0), operator=Nanos(0), resellers=(), total=Nanos(0))
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """Who served a request: the model asked for, the deployment that answered, its provider, and
+    the upstream calls it took."""
+
+    model: Model
+    deployment: Deployment
+    provider: str
+    attempts: int = 1
 
 
 def budgets_of(principal: Principal, now: float) -> list[tuple[str, int]]:
@@ -78,14 +88,14 @@ class Tab:
         source: UsageSource,
         finish_reason: str | None = None,
     ) -> Settled | None:
-        """``served``: (model, deployment, provider, attempts), or None when nothing served."""
+        """``served``: None when nothing served (it settles at zero)."""
         if served is None:
             model_id, upstream, upstream_model, provider, attempts, bill = "", "", "", "", 0, NO_CHARGE
             priced = None
         else:
-            model, deployment, provider, attempts = served
-            model_id, upstream, upstream_model = model.id, deployment.upstream, deployment.model
-            priced = self.priced(model, deployment)
+            model_id, upstream, upstream_model = served.model.id, served.deployment.upstream, served.deployment.model
+            provider, attempts = served.provider, served.attempts
+            priced = self.priced(served.model, served.deployment)
             bill = self._bill(priced, usage)
         record: dict[str, Any] = {
             "org_id": self.principal.org_id, "key_id": self.principal.key_id, "model": model_id, "upstream": upstream,
@@ -102,22 +112,20 @@ class Tab:
 
 
 def worst_case(
-    principal: Principal, pricebook: PriceBook, models: Iterable[Model], prompt_tokens: int, output_tokens: int
+    principal: Principal, pricebook: PriceBook, deployments: Iterable[tuple[Model, Deployment]], prompt_tokens: int, output_tokens: int
 ) -> Nanos:
     """The most the request can cost: every prompt token at the dearest input price, every
-    output token it may generate, on the dearest deployment of any model it may reach."""
+    output token it may generate, on the dearest of the deployments that may serve it."""
     markups = [markup for _, markup in principal.resellers]
     worst = 0
-    for model in models:
-        for deployment in model.deployments:
-            priced = pricebook.priced(model, deployment)
-            price = priced.price
-            dearest_input = max(price.prompt, price.cached_prompt or ZERO, price.cache_write or ZERO)
-            bound = replace(price, prompt=dearest_input, cached_prompt=None, cache_write=None)
-            usage = Usage(input_tokens=prompt_tokens, output_tokens=output_tokens)
-            worst = max(worst, charge(usage, bound, priced.margin, markups).total)
+    for model, deployment in deployments:
+        priced = pricebook.priced(model, deployment)
+        price = priced.price
+        dearest_input = max(price.prompt, price.cached_prompt or ZERO, price.cache_write or ZERO)
+        bound = replace(price, prompt=dearest_input, cached_prompt=None, cache_write=None)
+        usage = Usage(input_tokens=prompt_tokens, output_tokens=output_tokens)
+        worst = max(worst, charge(usage, bound, priced.margin, markups).total)
     return Nanos(worst)
-
 
 
 def affordable_output(cost_of: Callable[[int], int], most: int, available: int) -> int:

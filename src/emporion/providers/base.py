@@ -48,6 +48,17 @@ class Chunk:
     choices: list[dict[str, Any]]  # OpenAI chunk choices: delta (chat) or text (completion)
     usage: Usage | None = None
 
+    @property
+    def carries_output(self) -> bool:
+        return any(carries_output(choice) for choice in self.choices)
+
+
+def carries_output(choice: dict[str, Any]) -> bool:
+    """The one definition of output in a stream: a chunk's choice with text (completions), content,
+    a tool call or a refusal. What is billed one token a piece where no usage comes."""
+    delta = choice.get("delta") or {}
+    return bool(choice.get("text") or delta.get("content") or delta.get("tool_calls") or delta.get("refusal"))
+
 
 # The OpenAI request parameters that an adapter or host may be unable to honour.
 PARAMETERS = (

@@ -93,7 +93,7 @@ class Executor:
                 held: list[Chunk] = []
                 async for chunk in chunks:
                     held.append(chunk)
-                    if _has_output(chunk):
+                    if _commits(chunk):
                         break
             except UpstreamError as exc:
                 await attempt_resources.aclose()
@@ -181,12 +181,9 @@ class _Attempt:
         self.last = error
 
 
-def _has_output(chunk: Chunk) -> bool:
-    for choice in chunk.choices:
-        delta = choice.get("delta") or {}
-        if delta.get("content") or delta.get("tool_calls") or choice.get("text") or choice.get("finish_reason"):
-            return True
-    return chunk.usage is not None
+def _commits(chunk: Chunk) -> bool:
+    """Past this chunk the stream is the client's (no fallback any more): output, an end, or usage."""
+    return chunk.carries_output or any(choice.get("finish_reason") for choice in chunk.choices) or chunk.usage is not None
 
 
 def _count_failure(health: Health, error: UpstreamError) -> None:

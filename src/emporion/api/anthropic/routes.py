@@ -8,15 +8,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from emporion import pipeline
 from emporion.api.anthropic.schemas import MessagesRequest
 from emporion.api.anthropic.translate import new_message_id, to_events, to_message, to_openai
 from emporion.api.body import invalid_request, parse_body
 from emporion.api.openai.render import provenance
 from emporion.api.openai.routes import authenticate, json_response
-from emporion.api.openai.schemas import ChatCompletionRequest
 from emporion.api.openai.sse import EventStream
 from emporion.core.money import format_usd
+from emporion.core.requests import ChatCompletionRequest
+from emporion.pipeline import Streamed, handle
+from emporion.providers.base import Completion
 
 
 async def messages(request: Request) -> Response:
@@ -27,13 +28,13 @@ async def messages(request: Request) -> Response:
     except ValidationError as exc:
         raise invalid_request(exc) from None
     message_id = new_message_id()
-    if wire.stream:
-        stream = await pipeline.generate_stream(deps, principal, chat, message_id)
-        events = to_events(message_id, stream.route.model.id, aiter(stream))
-        return EventStream(events, {**provenance(stream.route, message_id), **stream.headers}, on_close=stream.aclose)  # type: ignore[return-value]
-    generation = await pipeline.generate(deps, principal, chat, message_id)
-    body = to_message(message_id, generation.route.model.id, generation.completion)
-    headers = {**provenance(generation.route, message_id), **generation.headers, "x-emporion-cost": format_usd(generation.cost)}
+    outcome = await handle(deps, principal, chat, message_id, streamed=wire.stream)
+    if isinstance(outcome, Streamed):
+        events = to_events(message_id, outcome.route.model.id, aiter(outcome))
+        return EventStream(events, {**provenance(outcome.route, message_id), **outcome.headers}, on_close=outcome.aclose)  # type: ignore[return-value]
+    assert isinstance(outcome.result, Completion)
+    body = to_message(message_id, outcome.route.model.id, outcome.result)
+    headers = {**provenance(outcome.route, message_id), **outcome.headers, "x-emporion-cost": format_usd(outcome.cost)}
     return json_response(body, headers=headers)
 
 

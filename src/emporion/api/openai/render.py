@@ -70,10 +70,11 @@ async def render_stream(
     route: Route,
     chunks: AsyncIterator[Chunk],
     include_usage: bool,
-    cost_of: Callable[[Usage], Nanos] = lambda usage: Nanos(0),
+    charged: Callable[[], Nanos] = lambda: Nanos(0),
 ) -> AsyncIterator[bytes]:
     """OpenAI's framing: delta chunks, the finish_reason chunk, a usage chunk with empty choices
-    when ``stream_options.include_usage`` is set (and ``usage: null`` on the others), [DONE]."""
+    when ``stream_options.include_usage`` is set (and ``usage: null`` on the others), [DONE].
+    ``charged()`` is what the request cost once its chunks ran out (it is settled by then)."""
     created = int(time.time())
     head = {"id": response_id, "object": CHUNK_OBJECT[endpoint], "created": created, "model": route.model.id, "system_fingerprint": None}
     extra = {"usage": None} if include_usage else {}
@@ -92,7 +93,7 @@ async def render_stream(
         yield event(exc.envelope())
         return
     if include_usage and usage is not None:
-        yield event({**head, "choices": [], "usage": usage_with_cost(usage, cost_of(usage))})
+        yield event({**head, "choices": [], "usage": usage_with_cost(usage, charged())})
     yield DONE
 
 

@@ -11,17 +11,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from emporion import pipeline
 from emporion.api.body import no_nul, parse_body
 from emporion.api.idempotency import idempotent
 from emporion.api.openai.render import new_id, provenance, render_completion, render_stream
-from emporion.api.openai.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from emporion.api.openai.sse import EventStream
 from emporion.auth.principal import Principal
 from emporion.core.money import format_usd, to_usd
+from emporion.core.requests import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from emporion.errors import InvalidRequest, NotFound
 from emporion.metering import records
-from emporion.pipeline import Deps
+from emporion.pipeline import Answer, Deps, Embeddings, Streamed, handle
+from emporion.providers.base import Completion, Endpoint
 
 
 def json_response(payload: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -47,16 +47,16 @@ async def completions(request: Request) -> Response:
 async def _generate(request: Request, schema: type[ChatCompletionRequest] | type[CompletionRequest]) -> Response:
     deps, principal = await authenticate(request)
     wire = await parse_body(request, schema, deps.settings.server.max_body_bytes)
-    endpoint = pipeline.endpoint_of(wire)
+    endpoint: Endpoint = "chat" if isinstance(wire, ChatCompletionRequest) else "completion"
     response_id = new_id(endpoint)
-    if wire.stream:
-        stream = await pipeline.generate_stream(deps, principal, wire, response_id)
-        events = render_stream(endpoint, response_id, stream.route, aiter(stream), wire.include_usage, stream.cost_of)
-        headers = {**provenance(stream.route, response_id), **stream.headers}
-        return EventStream(events, headers, on_close=stream.aclose)  # type: ignore[return-value]
-    generation = await pipeline.generate(deps, principal, wire, response_id)
-    body = render_completion(endpoint, response_id, generation.route, generation.completion, generation.cost)
-    headers = {**provenance(generation.route, response_id), **generation.headers, "x-emporion-cost": format_usd(generation.cost)}
+    outcome = await handle(deps, principal, wire, response_id, streamed=wire.stream)
+    if isinstance(outcome, Streamed):
+        events = render_stream(endpoint, response_id, outcome.route, aiter(outcome), wire.include_usage, lambda: outcome.charged)
+        headers = {**provenance(outcome.route, response_id), **outcome.headers}
+        return EventStream(events, headers, on_close=outcome.aclose)  # type: ignore[return-value]
+    assert isinstance(outcome.result, Completion)
+    body = render_completion(endpoint, response_id, outcome.route, outcome.result, outcome.cost)
+    headers = {**provenance(outcome.route, response_id), **outcome.headers, "x-emporion-cost": format_usd(outcome.cost)}
     return json_response(body, headers=headers)
 
 
@@ -65,7 +65,9 @@ async def embeddings(request: Request) -> Response:
     deps, principal = await authenticate(request)
     wire = await parse_body(request, EmbeddingRequest, deps.settings.server.max_body_bytes)
     request_id = "emb-" + secrets.token_urlsafe(18)
-    model, embedded, billed = await pipeline.embed(deps, principal, wire, request_id)
+    outcome = await handle(deps, principal, wire, request_id)
+    assert isinstance(outcome, Answer) and isinstance(outcome.result, Embeddings)
+    embedded, model = outcome.result.embedded, outcome.route.model
     data = [
         {"object": "embedding", "index": index, "embedding": _encode_vector(vector, wire.encoding_format)}
         for index, vector in enumerate(embedded.vectors)
@@ -74,17 +76,9 @@ async def embeddings(request: Request) -> Response:
         "object": "list",
         "data": data,
         "model": model.id,
-        "usage": {"prompt_tokens": embedded.tokens, "total_tokens": embedded.tokens, "cost": float(to_usd(billed.cost))},
+        "usage": {"prompt_tokens": embedded.tokens, "total_tokens": embedded.tokens, "cost": float(to_usd(outcome.cost))},
     }
-    headers = {
-        **billed.headers,
-        "x-request-id": request_id,
-        "x-emporion-model": model.id,
-        "x-emporion-provider": model.provider,
-        "x-emporion-release": model.release,
-        "x-emporion-license": model.license,
-        "x-emporion-cost": format_usd(billed.cost),
-    }
+    headers = {**provenance(outcome.route, request_id), **outcome.headers, "x-emporion-cost": format_usd(outcome.cost)}
     return json_response(body, headers=headers)
 
 

@@ -1,4 +1,5 @@
-"""OpenAI's request bodies, field for field. Unknown fields are kept and passed upstream."""
+"""OpenAI's request bodies, field for field, as Emporion holds a request from edge to upstream (the
+API parses into them, the path and the adapters read them). Unknown fields are kept and passed upstream."""
 
 from __future__ import annotations
 
@@ -169,3 +170,7 @@ class EmbeddingRequest(Wire):
     def inputs(self) -> list[str] | list[list[int]]:
         """Each input: a text, or a list of token ids (OpenAI's cl100k_base vocabulary)."""
         return _each(self.input)
+
+
+Generate = ChatCompletionRequest | CompletionRequest
+Ask = ChatCompletionRequest | CompletionRequest | EmbeddingRequest  # what the request path takes
