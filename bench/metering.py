@@ -1,15 +1,17 @@
 """Metering on the request path: how many request lifecycles (reserve, then settle with the
 request's record) the ledger commits per second, on SQLite and on PostgreSQL, with its writes
 grouped many to a transaction (store/group_commit.py) against the same ledger with grouping off
-(``MAX_BATCH = 1``: one transaction per write), measured in the same run.
+(``MAX_BATCH = 1``: one transaction per write), measured in the same run. SQLite runs twice side
+by side: with ``synchronous=FULL`` as shipped (the WAL synced at every commit) and with
+``synchronous=NORMAL`` (``[database] sqlite_synchronous = "normal"``: synced at checkpoints only).
 
 Each cell runs C concurrent coroutines for a fixed time over 50 organizations topped up
 generously, on freshly emptied books; then the books are checked (they sum to zero, no hold is
 left open, one charge posting and one request record per settled request) and the bench fails
 loudly if they are not.
 
-    python -m bench.metering            # concurrency 1, 16, 64, 256; 5 s per cell (~2 minutes)
-    python -m bench.metering --quick    # concurrency 1, 64; 2 s per cell (< 1 minute)
+    python -m bench.metering            # concurrency 1, 16, 64, 256; 5 s per cell (~3 minutes)
+    python -m bench.metering --quick    # concurrency 1, 64; 2 s per cell (~1 minute)
 
 Writes bench/results/metering.md. Needs PostgreSQL on 127.0.0.1:5432 (user postgres, trust
 auth); a throwaway database is created and dropped.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import random
 import secrets
 import tempfile
@@ -35,6 +38,7 @@ from sqlalchemy import func, select
 from emporion.core.prices import Margin, Price, charge
 from emporion.core.usage import Usage
 from emporion.metering.ledger import Ledger
+from emporion.settings import SqliteSynchronous
 from emporion.store import group_commit, repos
 from emporion.store.session import Database, open_database
 from emporion.store.tables import Account, Hold, Posting, RequestRecord
@@ -46,6 +50,11 @@ TOP_UP_NANOS = 10**12  # $1,000 per organization: never the limit
 MAX_TOKENS = 1024
 PRICE = Price(prompt=Decimal("0.000001"), completion=Decimal("0.000004"))
 MARGIN = Margin(percent=Decimal(20))
+STORES = {  # the report's keys, and how the table names them
+    "sqlite": "sqlite, synchronous=FULL (as shipped)",
+    "sqlite-normal": "sqlite, synchronous=NORMAL",
+    "postgresql": "postgresql",
+}
 
 
 @dataclass
@@ -153,6 +162,21 @@ async def empty_transactions_per_s(db: Database, duration_s: float) -> float:
     return count / (time.perf_counter() - began)
 
 
+def fsync_ms(directory: Path, count: int = 200) -> float:
+    """What one fsync of a small write costs on the disk holding the SQLite files: the price of
+    synchronous=FULL at each commit (next to nothing on tmpfs or behind a write cache)."""
+    probe = directory / "fsync-probe"
+    with probe.open("wb") as file:
+        began = time.perf_counter()
+        for _ in range(count):
+            file.write(b"x" * 128)
+            file.flush()
+            os.fsync(file.fileno())
+        elapsed = time.perf_counter() - began
+    probe.unlink()
+    return elapsed / count * 1000
+
+
 async def empty(db: Database) -> None:
     async with db.engine.begin() as conn:
         for table in ("entries", "holds", "postings", "accounts", "budgets", "requests"):
@@ -183,26 +207,34 @@ async def make_orgs(db: Database) -> list[str]:
         return [(await repos.get_or_create_org(session, f"bench-{i}")).id for i in range(ORGS)]
 
 
-async def bench_store(url: str, levels: tuple[int, ...], duration_s: float, report: dict) -> None:
-    db = await open_database(url)
+Stores = dict[str, tuple[str, SqliteSynchronous]]  # name in the report -> (URL, synchronous)
+
+
+async def bench_stores(urls: Stores, levels: tuple[int, ...], duration_s: float, report: dict) -> None:
+    """The stores side by side: at each concurrency every store in turn, grouped and single, the
+    orders reversed from one concurrency to the next against drift."""
+    dbs = {store: await open_database(url, synchronous) for store, (url, synchronous) in urls.items()}
     try:
-        orgs = await make_orgs(db)
-        store = url.split("+")[0]
-        report[(store, "floor")] = await empty_transactions_per_s(db, min(duration_s, 2.0))
+        orgs = {store: await make_orgs(db) for store, db in dbs.items()}
+        for store, db in dbs.items():
+            report[(store, "floor")] = await empty_transactions_per_s(db, min(duration_s, 2.0))
         for index, level in enumerate(levels):
-            modes = (True, False) if index % 2 == 0 else (False, True)  # interleaved against drift
-            for grouped in modes:
-                cell = await run_cell(db, orgs, level, duration_s, grouped)
-                report[(store, level, grouped)] = cell
-                print(
-                    f"{store:10} c={level:<3} {'grouped' if grouped else 'single ':8} {cell.rps:8.0f} req/s  "
-                    f"reserve p50 {pct(cell.reserve_ms, 50):6.2f} p99 {pct(cell.reserve_ms, 99):7.2f} ms  "
-                    f"settle p50 {pct(cell.settle_ms, 50):6.2f} p99 {pct(cell.settle_ms, 99):7.2f} ms  "
-                    f"batch {cell.mean_batch:5.1f}  rolled back {cell.failed_batches}  books ✓",
-                    flush=True,
-                )
+            stores = list(dbs) if index % 2 == 0 else list(reversed(dbs))
+            modes = (True, False) if index % 2 == 0 else (False, True)
+            for store in stores:
+                for grouped in modes:
+                    cell = await run_cell(dbs[store], orgs[store], level, duration_s, grouped)
+                    report[(store, level, grouped)] = cell
+                    print(
+                        f"{store:13} c={level:<3} {'grouped' if grouped else 'single ':8} {cell.rps:8.0f} req/s  "
+                        f"reserve p50 {pct(cell.reserve_ms, 50):6.2f} p99 {pct(cell.reserve_ms, 99):7.2f} ms  "
+                        f"settle p50 {pct(cell.settle_ms, 50):6.2f} p99 {pct(cell.settle_ms, 99):7.2f} ms  "
+                        f"batch {cell.mean_batch:5.1f}  rolled back {cell.failed_batches}  books ✓",
+                        flush=True,
+                    )
     finally:
-        await db.close()
+        for db in dbs.values():
+            await db.close()
 
 
 async def postgres_database() -> tuple[str, str]:
@@ -226,10 +258,15 @@ async def drop_postgres_database(name: str) -> None:
 async def bench(levels: tuple[int, ...], duration_s: float) -> dict:
     report: dict = {}
     with tempfile.TemporaryDirectory(prefix="emporion-bench-metering-") as tmp:
-        await bench_store(f"sqlite+aiosqlite:///{tmp}/ledger.db", levels, duration_s, report)
+        report[("sqlite", "fsync")] = fsync_ms(Path(tmp))
+        sqlite: Stores = {
+            "sqlite": (f"sqlite+aiosqlite:///{tmp}/full.db", "full"),
+            "sqlite-normal": (f"sqlite+aiosqlite:///{tmp}/normal.db", "normal"),
+        }
+        await bench_stores(sqlite, levels, duration_s, report)
     name, url = await postgres_database()
     try:
-        await bench_store(url, levels, duration_s, report)
+        await bench_stores({"postgresql": (url, "full")}, levels, duration_s, report)  # synchronous: SQLite only
     finally:
         await drop_postgres_database(name)
     return report
@@ -242,7 +279,11 @@ def render(report: dict, levels: tuple[int, ...], duration_s: float) -> str:
         "One lifecycle: `ledger.reserve` (the worst-case hold), then `ledger.settle` (the charge split between provider "
         "and operator, and the request's record, in the same transaction). *grouped*: the group-commit writer as shipped "
         f"(up to {group_commit.MAX_BATCH} writes a transaction); *single*: the same ledger with `MAX_BATCH = 1`, one "
-        "transaction per write. Latencies are the grouped ledger's (single's in brackets)."
+        "transaction per write. Latencies are the grouped ledger's (single's in brackets). SQLite runs in WAL mode, "
+        "twice side by side: with `synchronous=FULL` as shipped (the WAL synced to disk at every commit, so a committed "
+        "write survives a power loss) and with `synchronous=NORMAL` (`[database] sqlite_synchronous = \"normal\"`: synced "
+        f"at checkpoints only); one fsync of a small write costs {report[('sqlite', 'fsync')]:.2f} ms on the disk holding "
+        "the files."
     )
     header = ("| store | concurrency | grouped req/s | single req/s | grouped / single | reserve p50 / p99 ms | "
               "settle p50 / p99 ms | mean batch | rolled back | books |")  # fmt: skip
@@ -254,11 +295,11 @@ def render(report: dict, levels: tuple[int, ...], duration_s: float) -> str:
         header,
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: |",
     ]
-    for store in ("sqlite", "postgresql"):
+    for store, label in STORES.items():
         for level in levels:
             g, s = report[(store, level, True)], report[(store, level, False)]
             lines.append(
-                f"| {store} | {level} | {g.rps:,.0f} | {s.rps:,.0f} | {g.rps / s.rps:.2f}x | "
+                f"| {label} | {level} | {g.rps:,.0f} | {s.rps:,.0f} | {g.rps / s.rps:.2f}x | "
                 f"{pct(g.reserve_ms, 50):.2f} / {pct(g.reserve_ms, 99):.2f} ({pct(s.reserve_ms, 50):.2f} / {pct(s.reserve_ms, 99):.2f}) | "
                 f"{pct(g.settle_ms, 50):.2f} / {pct(g.settle_ms, 99):.2f} ({pct(s.settle_ms, 50):.2f} / {pct(s.settle_ms, 99):.2f}) | "
                 f"{g.mean_batch:.1f} | {g.failed_batches + s.failed_batches} | ✓ |"
@@ -271,27 +312,36 @@ def meaning(report: dict, levels: tuple[int, ...]) -> list[str]:
     """The paragraph under the table, from this run's numbers."""
     top = levels[-1]
     ratios = [report[(store, level, True)].rps / report[(store, level, False)].rps
-              for store in ("sqlite", "postgresql") for level in levels if level > 1]  # fmt: skip
-    one = [report[(store, 1, True)].rps / report[(store, 1, False)].rps for store in ("sqlite", "postgresql")]
-    single = {store: max(report[(store, level, False)].rps for level in levels) for store in ("sqlite", "postgresql")}
-    grouped = {store: report[(store, top, True)] for store in ("sqlite", "postgresql")}
+              for store in STORES for level in levels if level > 1]  # fmt: skip
+    one = [report[(store, 1, True)].rps / report[(store, 1, False)].rps for store in STORES]
+    single = {store: max(report[(store, level, False)].rps for level in levels) for store in STORES}
+    grouped = {store: report[(store, top, True)] for store in STORES}
     slower = all(pct(report[(store, level, True)].reserve_ms, 50) > pct(report[(store, level, True)].settle_ms, 50)
-                 for store in ("sqlite", "postgresql") for level in levels if level > 1)  # fmt: skip
+                 for store in STORES for level in levels if level > 1)  # fmt: skip
     lockstep = all(abs(report[(store, level, True)].mean_batch - level) < 0.5 * level
-                   for store in ("sqlite", "postgresql") for level in levels)  # fmt: skip
+                   for store in STORES for level in levels)  # fmt: skip
     per_write = {store: 1000 / (2 * single[store]) for store in single}
     rolled_back = sum(cell.failed_batches for key, cell in report.items() if len(key) == 3)
     text = (
-        f"What it means: committing every write alone caps the ledger at about {single['sqlite']:,.0f} (SQLite) and "
+        f"What it means: committing every write alone caps the ledger at about {single['sqlite']:,.0f} (SQLite, FULL) and "
         f"{single['postgresql']:,.0f} (PostgreSQL) requests/s whatever the load, and latency grows with the queue: two "
         f"transactions a request, {per_write['sqlite']:.1f} ms and {per_write['postgresql']:.1f} ms each, where an empty "
         f"one (BEGIN, SELECT 1, COMMIT) costs {1000 / report[('sqlite', 'floor')]:.2f} ms and "
-        f"{1000 / report[('postgresql', 'floor')]:.2f} ms through the async drivers; SQLite runs in WAL with "
-        "synchronous=NORMAL (no fsync at commit), so there the cost is statements and driver round trips, not the disk. "
+        f"{1000 / report[('postgresql', 'floor')]:.2f} ms through the async drivers. "
         f"Grouped, throughput grows with load: {min(ratios):.1f}x to {max(ratios):.1f}x the single-write ledger from "
-        f"concurrency {min(level for level in levels if level > 1)} up, {grouped['sqlite'].rps:,.0f} (SQLite) and "
+        f"concurrency {min(level for level in levels if level > 1)} up, {grouped['sqlite'].rps:,.0f} (SQLite, FULL) and "
         f"{grouped['postgresql'].rps:,.0f} (PostgreSQL) settled requests/s at concurrency {top}, at no cost at "
         f"concurrency 1 ({min(one):.2f}x to {max(one):.2f}x)."
+    )
+    full, normal = "sqlite", "sqlite-normal"
+    alone = report[(full, 1, True)].rps, report[(normal, 1, True)].rps
+    text += (
+        f" Durability's price on SQLite (FULL against NORMAL, an fsync of {report[('sqlite', 'fsync')]:.2f} ms here): a "
+        f"write committed alone costs {per_write[full]:.1f} ms against {per_write[normal]:.1f} ms; grouped, "
+        f"{grouped[full].rps:,.0f} against {grouped[normal].rps:,.0f} settled requests/s at concurrency {top} "
+        f"({grouped[full].rps / grouped[normal].rps:.2f}x), {alone[0]:,.0f} against {alone[1]:,.0f} at concurrency 1 "
+        f"({alone[0] / alone[1]:.2f}x): "
+        "a batch pays one fsync, whatever the number of writes in it."
     )
     if lockstep:
         text += (" The mean batch is about the concurrency: the clients move in lockstep, all reservations in one "

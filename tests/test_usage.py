@@ -13,7 +13,10 @@ import datetime as dt
 import io
 import re
 import secrets
+import sys
+import threading
 import time
+import types
 import zlib
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -503,3 +506,75 @@ def test_cli_shows_usage_and_writes_statements(tmp_path: Path):
     assert bad.returncode == 2 and "start" in bad.stderr
     missing = emporion("usage", "statement", "--org", "nobody", "--month", "2026-01", "--output", str(out), data_dir=tmp_path, check=False)
     assert missing.returncode == 1 and "nobody" in missing.stderr
+
+
+# --- PDF rendering off the event loop ------------------------------------------------------------
+
+
+async def test_render_pdf_leaves_the_event_loop_serving_while_it_renders():
+    """The renderer reads the organization's name; this one, when read, waits for the event loop
+    to run a coroutine. On a worker thread that is answered at once; on the loop's own thread it
+    would wait for itself, so there it does not wait and the test fails instead."""
+    loop = asyncio.get_running_loop()
+    loop_thread = threading.get_ident()
+    seen: list[tuple[int, bool]] = []  # (the renderer's thread, whether the loop ran meanwhile)
+
+    class Gate(str):
+        def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+            here = threading.get_ident()
+            ran = here != loop_thread and asyncio.run_coroutine_threadsafe(asyncio.sleep(0.01, result=True), loop).result(timeout=60)
+            seen.append((here, ran))
+            return super().encode(encoding, errors)
+
+    done = statements.Statement("org_gate", Gate("Gate GmbH"), "2026-01", *statements.month_bounds("2026-01"), 0, (), (), (), (), 0)
+    pdf = await statements.render_pdf(done)
+    assert seen and all(thread != loop_thread and ran for thread, ran in seen), seen
+    assert "Gate GmbH" in pdf_text(pdf)
+
+
+def fpdf_threads(stop: threading.Event, found: set[int]) -> None:
+    """Until ``stop``: the threads seen running fpdf2's code, sampled from every thread's stack."""
+    while not stop.is_set():
+        for thread, frame in sys._current_frames().items():
+            stack: types.FrameType | None = frame
+            while stack is not None:
+                if "fpdf" in Path(stack.f_code.co_filename).parts:
+                    found.add(thread)
+                    break
+                stack = stack.f_back
+        time.sleep(0.001)
+
+
+async def test_statement_pdf_route_renders_off_the_event_loop_thread(gateway):
+    """A statement of 2,000 models (50 pages, a few tenths of a second of fpdf2) over HTTP: fpdf2
+    is seen running, and never on the thread of the event loop serving the request."""
+    books, ledger = gateway.books, Ledger(gateway.db)
+    acme = books.org_ids["acme"]
+
+    async def one(number: int) -> None:
+        request_id, cost = f"req-many-{number}", charge(Usage(1, 0, 0, 1), PRICES["alpha"], MARGIN)
+        await ledger.reserve(acme, request_id, cost.total)
+        record = {
+            "org_id": acme, "key_id": books.key_ids["a-api"], "model": f"model-{number:04}", "upstream": "up",
+            "upstream_model": "m", "provider": "prov", "endpoint": "chat", "streamed": False, "status": "completed",
+            "finish_reason": "stop", "input_tokens": 1, "cached_input_tokens": 0, "cache_write_tokens": 0, "output_tokens": 1,
+            "usage_source": "upstream", "price_id": None, "margin_id": None, "attempts": 1, "latency_ms": 1, "created_at": int(time.time()),
+        }  # fmt: skip
+        assert await ledger.settle(request_id, cost, "up", record=record) is not None
+
+    try:
+        for first in range(0, 2000, 250):
+            await asyncio.gather(*(one(number) for number in range(first, first + 250)))
+    finally:
+        await ledger.aclose()
+    stop = threading.Event()
+    found: set[int] = set()
+    sampler = threading.Thread(target=fpdf_threads, args=(stop, found), name="fpdf-sampler", daemon=True)
+    sampler.start()
+    try:
+        pdf = await gateway.ok(f"/v1/statements/{month_now()}", "a-api", format="pdf")
+    finally:
+        stop.set()
+        sampler.join()
+    assert "model-1999" in pdf_text(pdf.content) and "page 51 of 51" in pdf_text(pdf.content)
+    assert found and threading.get_ident() not in found, found

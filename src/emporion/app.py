@@ -90,7 +90,7 @@ def _tune_gc() -> None:
 
 
 async def start_deps(settings: Settings) -> Deps:
-    db = await open_database(settings.database_url)
+    db = await open_database(settings.database_url, settings.database.sqlite_synchronous)
     gemma_file = await asyncio.to_thread(ensure_gemma, settings.models_dir) if settings.engine.enabled else ""
     async with db.session() as session:
         added = await repos.list_local_models(session)

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 Release = Literal["closed", "open-weights", "open-source"]
 Modality = Literal["text", "image", "audio", "file", "embeddings"]
+SqliteSynchronous = Literal["full", "normal"]  # SQLite's PRAGMA synchronous (store/session.py)
 
 
 class Strict(BaseModel):
@@ -127,6 +128,7 @@ class ModelConfig(Strict):
 
 class DatabaseSettings(Strict):
     url: str | None = None  # default: SQLite in the data dir; postgresql+asyncpg://... to share one between replicas
+    sqlite_synchronous: SqliteSynchronous = "full"  # "normal": faster commits, but a power loss can undo the last ones
 
 
 class LimitSettings(Strict):

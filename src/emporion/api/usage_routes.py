@@ -74,7 +74,8 @@ async def _statement(db: Database, org_id: str, request: Request) -> Response:
     if form == "csv":
         return Response(statements.to_csv(done), media_type="text/csv; charset=utf-8", headers=_attachment(filename + ".csv"))
     if form == "pdf":
-        return Response(statements.to_pdf(done), media_type="application/pdf", headers=_attachment(filename + ".pdf"))
+        pdf = await statements.render_pdf(done)  # in a worker thread: the loop keeps serving meanwhile
+        return Response(pdf, media_type="application/pdf", headers=_attachment(filename + ".pdf"))
     return json_response(statements.to_json(done))
 
 

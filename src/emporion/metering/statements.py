@@ -9,6 +9,7 @@ separately; a difference is a broken ledger and is raised, never printed.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import datetime as dt
 import io
@@ -248,6 +249,14 @@ def to_csv(done: Statement) -> str:
              charge.output_tokens, usd(charge.amount_nanos)]
         )  # fmt: skip
     return buffer.getvalue()
+
+
+async def render_pdf(done: Statement) -> bytes:
+    """``to_pdf`` in a worker thread. fpdf2 is pure Python (about 5 ms a page, and its import the
+    first time): rendered on the event loop, a statement of thousands of line items would stall
+    every other request until it is done. In a thread the loop keeps serving; the render still
+    takes its share of the GIL, so other requests slow down meanwhile, but none waits for it."""
+    return await asyncio.to_thread(to_pdf, done)
 
 
 def to_pdf(done: Statement) -> bytes:

@@ -1,10 +1,19 @@
 """Group commit: writes queued by many requests are applied by one task, many to a transaction.
 
-A transaction costs the same whether it carries one write or a hundred (on SQLite the commit and
-its fsync are most of it), so under load the writer takes everything queued while the previous
-commit ran and applies it at once: throughput grows with load and no caller waits longer than
-one commit behind the queue. Each caller awaits its own result, which exists only once the
-transaction holding it has committed, so nothing acknowledged can be lost.
+A transaction costs about the same whether it carries one write or a hundred (its round trips,
+and the fsync at commit, are most of it), so under load the writer takes everything queued while
+the previous commit ran and applies it at once: throughput grows with load and no caller waits
+longer than one commit behind the queue. Each caller awaits its own result, which exists only
+once the transaction holding it has committed: a write is acknowledged after its commit, never
+before, and a caller that is cancelled meanwhile does not undo it. What a commit guarantees is
+the database's: on SQLite with ``synchronous=FULL`` (the default, store/session.py) and on
+PostgreSQL with ``synchronous_commit=on`` (its default) an acknowledged write survives a crash of
+the process, of the OS and a power loss (on a disk that honours fsync); with
+``synchronous=NORMAL`` it survives a crash of the process only, and an OS crash or a power loss
+can undo the last acknowledged writes (never a part of a transaction). The converse does not
+hold: a write whose commit went unanswered (the connection lost during COMMIT) fails its caller
+though it may have been applied; postings are idempotent by request id, so a settlement tried
+again is not applied twice.
 
 A batch lost to a deadlock or a serialization failure between replicas is tried again as a
 whole (twice); a batch that fails otherwise (a constraint) has each of its writes tried again

@@ -1,7 +1,17 @@
-"""The database: an async SQLAlchemy engine, brought to the newest schema with Alembic on open."""
+"""The database: an async SQLAlchemy engine, brought to the newest schema with Alembic on open.
+
+SQLite runs in WAL mode with ``synchronous=FULL`` by default: the WAL is synced to disk at every
+commit, so a committed transaction survives a crash of the process or of the OS, and a power loss
+(on a disk that honours fsync). With ``synchronous=NORMAL`` ([database] sqlite_synchronous =
+"normal") the WAL is synced only at checkpoints: commits are cheaper and the database is never
+corrupted, but an OS crash or a power loss can undo the last committed transactions (a crash of
+the process alone loses nothing). PostgreSQL is as durable at commit as its server is configured
+to be (``synchronous_commit``, on by default).
+"""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from alembic import command
@@ -10,17 +20,23 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from emporion.settings import SqliteSynchronous
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 MIGRATION_LOCK = 0x656D706F  # "empo": the PostgreSQL advisory lock held while migrating
+SYNCHRONOUS: dict[str, str] = {"full": "FULL", "normal": "NORMAL"}  # [database] sqlite_synchronous -> PRAGMA synchronous
 
 
 class Database:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, sqlite_synchronous: SqliteSynchronous = "full") -> None:
+        if sqlite_synchronous not in SYNCHRONOUS:
+            raise ValueError(f"sqlite_synchronous is one of {', '.join(SYNCHRONOUS)}, not {sqlite_synchronous!r}")
         url = _with_async_driver(url)
         self.url = url
         self.engine: AsyncEngine = create_async_engine(url)
         if url.startswith("sqlite"):
-            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            pragmas = partial(_sqlite_pragmas, synchronous=SYNCHRONOUS[sqlite_synchronous])
+            event.listen(self.engine.sync_engine, "connect", pragmas)
             event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
@@ -37,8 +53,8 @@ class Database:
         await self.engine.dispose()
 
 
-async def open_database(url: str) -> Database:
-    db = Database(url)
+async def open_database(url: str, sqlite_synchronous: SqliteSynchronous = "full") -> Database:
+    db = Database(url, sqlite_synchronous)
     await db.migrate()
     return db
 
@@ -58,10 +74,10 @@ def _upgrade_to_head(connection: Connection) -> None:
     command.upgrade(config, "head")
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:
+def _sqlite_pragmas(dbapi_connection, _record, synchronous: str) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute(f"PRAGMA synchronous={synchronous}")  # per connection: every pooled one gets it
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
