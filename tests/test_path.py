@@ -10,6 +10,7 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import func, select
 
+from emporion.core.prices import Price
 from emporion.errors import PermissionDenied
 from emporion.pipeline import Call, Stage
 from emporion.providers.base import Chunk
@@ -172,3 +173,16 @@ async def test_a_screen_refuses_for_free_and_a_broken_observer_fails_nobody(app,
     answer = await app.post("/v1/chat/completions", key, {"model": "big-context", "messages": USER, "max_tokens": 5})
     assert answer.status_code == 200
     assert "failed to observe" in caplog.text
+
+
+async def test_routing_compares_the_price_book_not_the_config(app):
+    """The config says cheap-host is cheap; the operator's price book now says otherwise."""
+    await app.deps.pricebook.set_price("two-prices", Price(prompt=Decimal("0.01"), completion=Decimal("0.1")), upstream="cheap-host")
+    key = await app.key("comparing")
+    floor = await app.post("/v1/chat/completions", key, {"model": "two-prices:floor", "messages": USER, "max_tokens": 5})
+    assert floor.status_code == 200, floor.text
+    assert floor.headers["x-emporion-upstream"] == "dear-host"  # now the cheaper of the two
+    capped = {"model": "two-prices", "messages": USER, "max_tokens": 5, "provider": {"max_price": {"completion": 20_000}}}
+    within = await app.post("/v1/chat/completions", key, capped)  # USD per million: 0.02 a token, below cheap-host's 0.1
+    assert within.status_code == 200, within.text
+    assert within.headers["x-emporion-upstream"] == "dear-host"

@@ -3,16 +3,38 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import replace
+from typing import Protocol
 
 from emporion.catalog.models import LOCAL_PROVIDER, Catalog, Deployment, Model
 from emporion.settings import ModelConfig, Pricing, Settings
-from emporion.store.tables import LocalModel
 
 GEMMA_ID = "gemma-3-270m"
 MINILM_ID = "all-minilm-l6-v2"
 EMBEDDINGS_UPSTREAM = "local:embeddings"
 MINILM_MAX_TOKENS = 256  # sentence-transformers' max_seq_length for this model
+
+
+class AddedModel(Protocol):
+    """A GGUF file the operator added (a row of the store's ``local_models``), as the catalog reads it."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def context_length(self) -> int: ...
+    @property
+    def architecture(self) -> str: ...
+    @property
+    def license(self) -> str: ...
+    @property
+    def release(self) -> str: ...
+    @property
+    def created_at(self) -> int: ...
 
 
 def local_upstream(model_id: str) -> str:
@@ -59,7 +81,7 @@ def builtin_models(settings: Settings, gemma_file: str) -> list[Model]:
     ]
 
 
-def added_model(row: LocalModel) -> Model:
+def added_model(row: AddedModel) -> Model:
     return Model(
         id=row.id,
         name=row.name,
@@ -100,7 +122,7 @@ def configured_model(model_id: str, config: ModelConfig, settings: Settings) -> 
     return base.with_config(config)
 
 
-def build_catalog(settings: Settings, gemma_file: str, added: list[LocalModel]) -> Catalog:
+def build_catalog(settings: Settings, gemma_file: str, added: Sequence[AddedModel]) -> Catalog:
     """What this gateway serves. A local model whose engine is disabled (``[engine] enabled =
     false``, ``[embeddings] enabled = false``) is not listed at all, nor are its deployments in
     other models; a config table that only tunes such a model (its price, say) is ignored."""

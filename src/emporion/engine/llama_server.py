@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import httpx
 
-from emporion.engine.admission import Admission
+from emporion.limits.gate import Admission
 from emporion.providers.base import Upstream
 from emporion.settings import EngineSettings
 

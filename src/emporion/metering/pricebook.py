@@ -79,7 +79,12 @@ class PriceBook:
     def list_price(self, model: Model, markups: Sequence[Margin] = ()) -> Price:
         """What a customer under ``markups`` pays for the model now (its first deployment), the
         operator's margin included: the price ``/v1/models`` shows that customer."""
-        priced = self.priced(model, model.deployments[0])
+        return self.paid(model, model.deployments[0], markups)
+
+    def paid(self, model: Model, deployment: Deployment, markups: Sequence[Margin] = ()) -> Price:
+        """What a customer under ``markups`` pays per token for ``model`` on ``deployment`` now:
+        what routing compares (``sort=price``, ``:floor``, ``max_price``)."""
+        priced = self.priced(model, deployment)
         return seen_by(priced.price, priced.margin, markups)
 
     def price(self, model: Model, deployment: Deployment, at: float) -> tuple[Price, int | None]:

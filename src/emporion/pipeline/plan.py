@@ -89,7 +89,8 @@ def plan(deps: Deps, principal: Principal, ask: Ask) -> Plan:
     # by name, which only top-level organizations hold uniquely (a reseller's customer may share one)
     policy = None if principal.resellers else deps.settings.policies.get(principal.org_name)
     used = {key for key in PARAMETERS if key in body}
-    candidates = deps.router.candidates(models, prefs, policy, used, ask.user)
+    markups = [markup for _, markup in principal.resellers]
+    candidates = deps.router.candidates(models, prefs, policy, used, ask.user, lambda c: deps.pricebook.paid(c.model, c.deployment, markups))
     kind: Kind = "chat" if isinstance(ask, ChatCompletionRequest) else "completion"
     found = Plan(kind, tuple(models), tuple(candidates), body, 0)
     return replace(found, output_per_choice=_output_bound(deps, ask, model, found.local))

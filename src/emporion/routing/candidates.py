@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
 from emporion.catalog.models import Deployment, Model
+from emporion.core.prices import Price
 from emporion.errors import InvalidRequest, NotFound, PermissionDenied, ServiceUnavailable
 from emporion.providers.base import Upstream
 from emporion.routing.health import HealthBook
@@ -110,6 +112,9 @@ class Candidate:
         return f"{self.upstream.name}/{self.deployment.model}"
 
 
+PriceOf = Callable[[Candidate], Price]  # what the caller pays per token on a deployment (the price book's)
+
+
 def names_of(upstream: Upstream) -> set[str]:
     return {upstream.name, LOCAL} if upstream.local else {upstream.name}
 
@@ -122,6 +127,7 @@ def order(
     health: HealthBook,
     used_parameters: set[str],
     user: str | None,
+    price_of: PriceOf,
 ) -> list[Candidate]:
     """The deployments to try, best first. Raises when none may serve, saying why."""
     candidates = resolved
@@ -137,7 +143,7 @@ def order(
                 + (" (data_policy local-only: only models on this operator's own machines)." if policy.data_policy == "local-only" else "."),
                 code="policy_forbids_model",
             )
-    candidates = [c for c in candidates if _allowed_by(prefs, c)]
+    candidates = [c for c in candidates if _allowed_by(prefs, c, price_of)]
     if not candidates:
         raise NotFound(f"No deployment of `{model.id}` matches the request's provider preferences.", param="provider", code="no_endpoints")
     supported = [c for c in candidates if not used_parameters & c.upstream.unsupported_parameters]
@@ -146,14 +152,14 @@ def order(
         raise InvalidRequest(
             f"No deployment of `{model.id}` supports the parameter '{missing[0]}'.", param=missing[0], code="unsupported_parameter"
         )
-    ranked = _rank(model, supported, prefs, health, user)
+    ranked = _rank(model, supported, prefs, health, user, price_of)
     available = [c for c in ranked if health[c.key].breaker.available()]
     if not available:
         raise ServiceUnavailable(f"Every deployment of `{model.id}` is cooling down after failures.", retry_after_s=5)
     return available if prefs.allow_fallbacks else available[:1]
 
 
-def _allowed_by(prefs: Preferences, candidate: Candidate) -> bool:
+def _allowed_by(prefs: Preferences, candidate: Candidate, price_of: PriceOf) -> bool:
     names = names_of(candidate.upstream)
     if prefs.only is not None and not names & set(prefs.only):
         return False
@@ -161,7 +167,7 @@ def _allowed_by(prefs: Preferences, candidate: Candidate) -> bool:
         return False
     if prefs.deny_data_collection and candidate.upstream.data_collection != "deny":
         return False
-    price = candidate.deployment.pricing or candidate.model.pricing
+    price = price_of(candidate)
     if prefs.max_prompt_price is not None and price.prompt > prefs.max_prompt_price:
         return False
     if prefs.max_completion_price is not None and price.completion > prefs.max_completion_price:
@@ -169,7 +175,9 @@ def _allowed_by(prefs: Preferences, candidate: Candidate) -> bool:
     return True
 
 
-def _rank(model: Model, candidates: list[Candidate], prefs: Preferences, health: HealthBook, user: str | None) -> list[Candidate]:
+def _rank(
+    model: Model, candidates: list[Candidate], prefs: Preferences, health: HealthBook, user: str | None, price_of: PriceOf
+) -> list[Candidate]:
     if prefs.order:
         position = {name: i for i, name in enumerate(prefs.order)}
 
@@ -178,7 +186,7 @@ def _rank(model: Model, candidates: list[Candidate], prefs: Preferences, health:
 
         return sorted(candidates, key=placed)
     if prefs.sort == "price":
-        return sorted(candidates, key=lambda c: _price(model, c))
+        return sorted(candidates, key=lambda c: (price := price_of(c)).prompt + price.completion)
     if prefs.sort == "latency":
         return sorted(candidates, key=lambda c: health[c.key].ttft_s or float("inf"))
     if prefs.sort == "throughput":
@@ -187,11 +195,6 @@ def _rank(model: Model, candidates: list[Candidate], prefs: Preferences, health:
         first = _weighted_pick(model, candidates, user if model.sticky else None)
         return [first] + [c for c in candidates if c is not first]
     return candidates
-
-
-def _price(model: Model, candidate: Candidate) -> Decimal:
-    price = candidate.deployment.pricing or model.pricing
-    return price.prompt + price.completion
 
 
 def _weighted_pick(model: Model, candidates: list[Candidate], user: str | None) -> Candidate:

@@ -12,8 +12,8 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 
-from emporion.engine.admission import Admission
 from emporion.errors import EmporionError, EngineOverloaded, UpstreamError, UpstreamNotFound
+from emporion.limits.gate import Admission
 from emporion.providers.base import Adapter, Chunk, Completion, Request
 from emporion.routing.candidates import Candidate
 from emporion.routing.health import Health, HealthBook

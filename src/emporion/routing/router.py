@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from emporion.catalog.models import Model
-from emporion.engine.llama_server import LlamaServer
 from emporion.errors import EmporionError, ServiceUnavailable
+from emporion.limits.gate import Admission
 from emporion.providers.base import Adapter, Upstream
 from emporion.routing import candidates as ranking
-from emporion.routing.candidates import Candidate, Preferences
+from emporion.routing.candidates import Candidate, Preferences, PriceOf
 from emporion.routing.fallback import Executor
 from emporion.routing.health import HealthBook
 from emporion.settings import OrgPolicy, RoutingSettings
+
+
+class LocalEngine(Protocol):
+    """What routing needs of a local engine (engine/llama_server.py): where it listens, whether it
+    can serve now, and the gate to its slots."""
+
+    @property
+    def upstream(self) -> Upstream: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def admission(self) -> Admission: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +49,7 @@ class Router:
         settings: RoutingSettings,
         upstreams: dict[str, Upstream],
         adapters: dict[str, Adapter],
-        engines: dict[str, LlamaServer],
+        engines: Mapping[str, LocalEngine],
     ) -> None:
         self.engines = engines
         self.upstreams = {**upstreams, **{name: engine.upstream for name, engine in engines.items()}}
@@ -50,6 +64,7 @@ class Router:
         policy: OrgPolicy | None,
         used_parameters: set[str],
         user: str | None,
+        price_of: PriceOf,
     ) -> list[Candidate]:
         """Every model's deployments in turn (``models`` is the fallback list), each ranked."""
         found: list[Candidate] = []
@@ -67,7 +82,7 @@ class Router:
                     resolved.append(Candidate(model, deployment, upstream))
             if resolved:
                 try:
-                    found += ranking.order(model, resolved, prefs, policy, self.health, used_parameters, user)
+                    found += ranking.order(model, resolved, prefs, policy, self.health, used_parameters, user, price_of)
                 except EmporionError as exc:  # this model cannot serve; a fallback model may
                     refusals.append(exc)
         if not found and refusals:

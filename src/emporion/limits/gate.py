@@ -1,4 +1,4 @@
-"""Admission to a local engine: N run at once, a bounded queue waits, the rest are turned away."""
+"""Admission to a bounded resource (a local engine's slots): N run at once, a bounded queue waits, the rest are turned away (503 with Retry-After)."""
 
 from __future__ import annotations
 
