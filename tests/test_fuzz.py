@@ -64,13 +64,13 @@ max_concurrent = 1000
 
 @dataclass
 class Target:
-    gateway: Gateway
+    gateway: Gateway  # its key: the operator's, for /admin
+    api_key: str  # for /v1
     session: requests.Session
     ids: dict[str, list[str]]  # path parameter -> ids that exist (organizations, a key, a generation)
 
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.gateway.key}"}
+    def headers(self, path: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.gateway.key if path.startswith('/admin') else self.api_key}"}
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +78,10 @@ def target(tmp_path_factory, fake_openai, fake_anthropic) -> Iterator[Target]:
     data_dir = tmp_path_factory.mktemp("fuzz")
     (data_dir / "config.toml").write_text(CONFIG.format(openai=fake_openai.url, anthropic=fake_anthropic.url))
     key = emporion("keys", "create", "--kind", "operator", data_dir=data_dir).stdout.strip()
+    api_key = emporion("keys", "create", data_dir=data_dir).stdout.strip()
     gateway = start_gateway(data_dir, key)
     with requests.Session() as session:
-        yield Target(gateway, session, _existing(gateway))
+        yield Target(gateway, api_key, session, _existing(gateway))
     stop_gateway(gateway.process)
     assert "Traceback" not in gateway.log.read_text(), "the server logged an unexpected error"
 
@@ -137,7 +138,7 @@ def test_no_input_makes_a_5xx_or_leaves_the_envelope(case, model, plain, known, 
     for name in case.path_parameters or {}:
         if known and name in target.ids:
             case.path_parameters[name] = target.ids[name][pick % len(target.ids[name])]
-    response = case.call(base_url=target.gateway.url, session=target.session, headers=target.headers, timeout=30)
+    response = case.call(base_url=target.gateway.url, session=target.session, headers=target.headers(case.path), timeout=30)
     case.validate_response(response, checks=CHECKS)
 
 

@@ -186,3 +186,30 @@ async def test_routing_compares_the_price_book_not_the_config(app):
     within = await app.post("/v1/chat/completions", key, capped)  # USD per million: 0.02 a token, below cheap-host's 0.1
     assert within.status_code == 200, within.text
     assert within.headers["x-emporion-upstream"] == "dear-host"
+
+
+GENERATING = [
+    ("/v1/chat/completions", {"model": "big-context", "messages": USER, "max_tokens": 5}),
+    ("/v1/completions", {"model": "big-context", "prompt": "hi", "max_tokens": 5}),
+    ("/v1/embeddings", {"model": "all-minilm-l6-v2", "input": "hi"}),
+    ("/v1/messages", {"model": "big-context", "messages": USER, "max_tokens": 5}),
+]
+
+
+@pytest.mark.parametrize("kind", ["admin", "operator"])
+async def test_admin_and_operator_keys_cannot_generate_but_read_their_own_organization(app, kind):
+    api_key = await app.key("kinds")
+    async with app.deps.db.session() as session, session.begin():
+        org = await repos.get_or_create_org(session, "kinds")
+        new, _ = await orgs.create_key(session, org, orgs.KeyColumns(kind=kind, label=kind))
+    before = await books(app)
+    for path, body in GENERATING:
+        refused = await app.post(path, new.plaintext, body)
+        assert refused.status_code == 403, (path, refused.text)
+        envelope = refused.json()["error"]
+        assert envelope["code" if path != "/v1/messages" else "type"] == ("api_key_required" if path != "/v1/messages" else "permission_error")
+    assert await books(app) == before
+    for path in ("/v1/models", "/v1/usage"):
+        assert (await app.http.get(path, headers={"authorization": f"Bearer {new.plaintext}"})).status_code == 200
+    served = await app.post("/v1/chat/completions", api_key, GENERATING[0][1])
+    assert served.status_code == 200, served.text

@@ -12,7 +12,7 @@ from emporion.api.anthropic.schemas import MessagesRequest
 from emporion.api.anthropic.translate import new_message_id, to_events, to_message, to_openai
 from emporion.api.body import invalid_request, parse_body
 from emporion.api.openai.render import provenance
-from emporion.api.openai.routes import authenticate, json_response
+from emporion.api.openai.routes import authenticate_caller, json_response
 from emporion.api.openai.sse import EventStream
 from emporion.core.money import format_usd
 from emporion.core.requests import ChatCompletionRequest
@@ -21,7 +21,7 @@ from emporion.providers.base import Completion
 
 
 async def messages(request: Request) -> Response:
-    deps, principal = await authenticate(request)
+    deps, principal = await authenticate_caller(request)
     wire = await parse_body(request, MessagesRequest, deps.settings.server.max_body_bytes)
     try:
         chat = ChatCompletionRequest.model_validate(to_openai(wire))

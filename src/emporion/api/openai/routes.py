@@ -18,7 +18,7 @@ from emporion.api.openai.sse import EventStream
 from emporion.auth.principal import Principal
 from emporion.core.money import format_usd, to_usd
 from emporion.core.requests import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from emporion.errors import InvalidRequest, NotFound
+from emporion.errors import InvalidRequest, NotFound, PermissionDenied
 from emporion.metering import records
 from emporion.pipeline import Answer, Deps, Embeddings, Streamed, handle
 from emporion.providers.base import Completion, Endpoint
@@ -34,6 +34,19 @@ async def authenticate(request: Request) -> tuple[Deps, Principal]:
     return deps, principal
 
 
+async def authenticate_caller(request: Request) -> tuple[Deps, Principal]:
+    """For the routes that generate (and spend): API keys only. Admin and operator keys manage
+    accounts on /admin/v1 (as OpenRouter's provisioning keys), so a leaked admin key cannot also
+    be used to run up its organization's bill, nor an API key's limits be dodged with one."""
+    deps, principal = await authenticate(request)
+    if principal.key_kind != "api":
+        raise PermissionDenied(
+            f"This is an {principal.key_kind} key: it manages accounts on /admin/v1. Call {request.url.path} with an API key.",
+            code="api_key_required",
+        )
+    return deps, principal
+
+
 @idempotent
 async def chat_completions(request: Request) -> Response:
     return await _generate(request, ChatCompletionRequest)
@@ -45,7 +58,7 @@ async def completions(request: Request) -> Response:
 
 
 async def _generate(request: Request, schema: type[ChatCompletionRequest] | type[CompletionRequest]) -> Response:
-    deps, principal = await authenticate(request)
+    deps, principal = await authenticate_caller(request)
     wire = await parse_body(request, schema, deps.settings.server.max_body_bytes)
     endpoint: Endpoint = "chat" if isinstance(wire, ChatCompletionRequest) else "completion"
     response_id = new_id(endpoint)
@@ -62,7 +75,7 @@ async def _generate(request: Request, schema: type[ChatCompletionRequest] | type
 
 @idempotent
 async def embeddings(request: Request) -> Response:
-    deps, principal = await authenticate(request)
+    deps, principal = await authenticate_caller(request)
     wire = await parse_body(request, EmbeddingRequest, deps.settings.server.max_body_bytes)
     request_id = "emb-" + secrets.token_urlsafe(18)
     outcome = await handle(deps, principal, wire, request_id)
