@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from emporion.auth.keys import generate_key, hash_key, redact
 from emporion.catalog.builtin import build_catalog
 from emporion.core.usage import Usage, usage_from_openai
-from emporion.engine.admission import Admission
 from emporion.errors import EngineOverloaded, ModelNotFound
+from emporion.limits.gate import Admission
 from emporion.settings import ConfigError, load_settings
 from tests.conftest import emporion
 from tests.fakes.script import Script
