@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from emporion.core.money import Nanos
@@ -18,7 +18,7 @@ from emporion.pipeline.deps import Deps
 from emporion.pipeline.hold import Bill
 from emporion.pipeline.plan import Plan
 from emporion.pipeline.stages import Call
-from emporion.providers.base import Chunk, Completion, Request, carries_output
+from emporion.providers.base import Chunk, Completion, Request
 from emporion.providers.folding import Fold
 from emporion.routing.candidates import Candidate
 from emporion.routing.router import Route
@@ -47,7 +47,7 @@ async def answer(deps: Deps, call: Call, bill: Bill) -> Completion | Embeddings:
                 raise result
             answers.append(result)
         route = answers[0][0]
-        choices = [{**completion.choices[0], "index": index} for index, (_, completion) in enumerate(answers)]
+        choices = [replace(completion.choices[0], index=index) for index, (_, completion) in enumerate(answers)]
         completion = Completion(choices=choices, usage=sum((completion.usage for _, completion in answers), Usage()))
     bill.answered(route, completion)
     call.completion = completion
@@ -133,9 +133,9 @@ class Streamed:
                 if chunk.usage is not None:
                     bill.usage = chunk.usage
                 for choice in chunk.choices:
-                    if carries_output(choice):
+                    if choice.carries_output:
                         bill.output_pieces += 1
-                    bill.finish = choice.get("finish_reason") or bill.finish
+                    bill.finish = choice.finish_reason or bill.finish
                 deps.stages.on_chunk(call, chunk)
                 yield chunk
         except Exception:
@@ -194,7 +194,7 @@ async def _merged(streams: list[AsyncIterator[Chunk]]) -> AsyncIterator[Chunk]:
             if chunk.usage is not None:
                 usage = usage + chunk.usage
             if chunk.choices:
-                yield Chunk(choices=[{**choice, "index": index} for choice in chunk.choices])
+                yield Chunk(choices=[replace(choice, index=index) for choice in chunk.choices])
         yield Chunk(choices=[], usage=usage)
     finally:
         for task in tasks:

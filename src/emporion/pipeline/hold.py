@@ -60,8 +60,7 @@ class Bill:
         self.route, self.request = route, request
 
     def answered(self, route: Route, completion: Completion) -> None:
-        self.route, self.usage, self.status = route, completion.usage, "completed"
-        self.finish = completion.choices[0].get("finish_reason") if completion.choices else None
+        self.route, self.usage, self.status, self.finish = route, completion.usage, "completed", completion.finish_reason
 
 
 @contextlib.asynccontextmanager

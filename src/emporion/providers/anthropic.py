@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 import orjson
 
+from emporion.core.answers import Choice, Delta, ToolCall, ToolCallDelta
 from emporion.core.usage import Usage
 from emporion.errors import ContextLengthExceeded, EmporionError, InvalidRequest, ServiceUnavailable, UpstreamError
 from emporion.providers.base import Chunk, Completion, Request, Upstream
@@ -232,16 +233,14 @@ def usage_from_anthropic(wire: dict[str, Any] | None) -> Usage:
 
 def from_anthropic(data: dict[str, Any]) -> Completion:
     text = "".join(block.get("text", "") for block in data.get("content") or [] if block.get("type") == "text")
-    tool_calls = [
-        {"id": block["id"], "type": "function", "function": {"name": block["name"], "arguments": orjson.dumps(block.get("input", {})).decode()}}
+    tool_calls = tuple(
+        ToolCall(block.get("id"), block.get("name") or "", orjson.dumps(block.get("input", {})).decode())
         for block in data.get("content") or []
         if block.get("type") == "tool_use"
-    ]
-    message: dict[str, Any] = {"role": "assistant", "content": text or (None if tool_calls else "")}
-    if tool_calls:
-        message["tool_calls"] = tool_calls
+    )
     finish = FINISH_REASONS.get(data.get("stop_reason") or "end_turn", "stop")
-    return Completion(choices=[{"index": 0, "message": message, "finish_reason": finish}], usage=usage_from_anthropic(data.get("usage")))
+    choice = Choice(text=text or (None if tool_calls else ""), tool_calls=tool_calls, finish_reason=finish)
+    return Completion(choices=[choice], usage=usage_from_anthropic(data.get("usage")))
 
 
 class StreamTranslator:
@@ -259,24 +258,23 @@ class StreamTranslator:
         if kind == "message_start":
             self._usage_wire = dict((event.get("message") or {}).get("usage") or {})
             self.usage = usage_from_anthropic(self._usage_wire)
-            return [Chunk(choices=[{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])]
+            return [Chunk(choices=[Delta(role="assistant", text="")])]
         if kind == "content_block_start":
             block = event.get("content_block") or {}
             if block.get("type") == "tool_use":
                 position = len(self._tool_index)
                 self._tool_index[event.get("index", 0)] = position
-                call = {"index": position, "id": block.get("id"), "type": "function", "function": {"name": block.get("name"), "arguments": ""}}
-                return [_delta({"tool_calls": [call]})]
+                return [_delta(tool_calls=(ToolCallDelta(position, block.get("id"), block.get("name") or ""),))]
             if block.get("type") == "text" and block.get("text"):
-                return [_delta({"content": block["text"]})]
+                return [_delta(text=block["text"])]
             return []
         if kind == "content_block_delta":
             delta = event.get("delta") or {}
             if delta.get("type") == "text_delta":
-                return [_delta({"content": delta.get("text", "")})]
+                return [_delta(text=delta.get("text", ""))]
             if delta.get("type") == "input_json_delta":
                 position = self._tool_index.get(event.get("index", 0), 0)
-                return [_delta({"tool_calls": [{"index": position, "function": {"arguments": delta.get("partial_json", "")}}]})]
+                return [_delta(tool_calls=(ToolCallDelta(position, arguments=delta.get("partial_json", "")),))]
             return []
         if kind == "message_delta":
             # Counts here are cumulative and replace those of message_start, key by key.
@@ -285,7 +283,7 @@ class StreamTranslator:
             self.usage = usage_from_anthropic(self._usage_wire)
             reason = (event.get("delta") or {}).get("stop_reason")
             if reason:
-                return [Chunk(choices=[{"index": 0, "delta": {}, "finish_reason": FINISH_REASONS.get(reason, "stop")}])]
+                return [Chunk(choices=[Delta(finish_reason=FINISH_REASONS.get(reason, "stop"))])]
             return []
         if kind == "message_stop":
             self.finished = True
@@ -293,8 +291,8 @@ class StreamTranslator:
         return []  # ping, content_block_stop, and event types added later
 
 
-def _delta(delta: dict[str, Any]) -> Chunk:
-    return Chunk(choices=[{"index": 0, "delta": delta, "finish_reason": None}])
+def _delta(text: str | None = None, tool_calls: tuple[ToolCallDelta, ...] = ()) -> Chunk:
+    return Chunk(choices=[Delta(text=text, tool_calls=tool_calls)])
 
 
 # --- errors -------------------------------------------------------------------------------------

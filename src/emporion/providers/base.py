@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Protocol
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
 
-from emporion.core.usage import Usage
+from emporion.core.answers import Chunk, Completion, Endpoint
 
-Endpoint = Literal["chat", "completion"]
+__all__ = ["PARAMETERS", "Adapter", "Chunk", "Completion", "Endpoint", "Request", "Upstream"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,30 +34,6 @@ class Request:
 
     endpoint: Endpoint
     body: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class Completion:
-    choices: list[dict[str, Any]]  # OpenAI choices: message (chat) or text (completion), finish_reason
-    usage: Usage
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Chunk:
-    choices: list[dict[str, Any]]  # OpenAI chunk choices: delta (chat) or text (completion)
-    usage: Usage | None = None
-
-    @property
-    def carries_output(self) -> bool:
-        return any(carries_output(choice) for choice in self.choices)
-
-
-def carries_output(choice: dict[str, Any]) -> bool:
-    """The one definition of output in a stream: a chunk's choice with text (completions), content,
-    a tool call or a refusal. What is billed one token a piece where no usage comes."""
-    delta = choice.get("delta") or {}
-    return bool(choice.get("text") or delta.get("content") or delta.get("tool_calls") or delta.get("refusal"))
 
 
 # The OpenAI request parameters that an adapter or host may be unable to honour.

@@ -1,4 +1,4 @@
-"""Folding a stream of OpenAI chunks back into the completion it spells out.
+"""Folding a stream of chunks back into the completion it spells out.
 
 Used where Emporion streams from an upstream although its client asked for one answer (the
 local engine, so that a client who leaves stops the generation and pays for what was made):
@@ -8,10 +8,25 @@ upstream's usage are kept, and ``output_chunks`` counts the pieces of output see
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
 
+from emporion.core.answers import Choice, Chunk, Completion, Endpoint, ToolCall, ToolCallDelta
 from emporion.core.usage import Usage
-from emporion.providers.base import Chunk, Completion, Endpoint
+
+
+@dataclass
+class _Call:
+    id: str | None = None
+    name: str = ""
+    arguments: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Choice:
+    text: list[str] = field(default_factory=list)
+    refusal: list[str] = field(default_factory=list)
+    calls: dict[int, _Call] = field(default_factory=dict)
+    finish_reason: str | None = None
 
 
 class Fold:
@@ -19,55 +34,38 @@ class Fold:
         self.endpoint = endpoint
         self.usage: Usage | None = None
         self.output_chunks = 0
-        self._texts: dict[int, list[str]] = {}
-        self._finish: dict[int, str | None] = {}
-        self._calls: dict[int, dict[int, dict[str, Any]]] = {}
-        self._refusals: dict[int, list[str]] = {}
+        self._choices: dict[int, _Choice] = {}
 
     def feed(self, chunk: Chunk) -> None:
         if chunk.usage is not None:
             self.usage = chunk.usage
-        for choice in chunk.choices:
-            index = int(choice.get("index") or 0)
-            self._finish.setdefault(index, None)
-            self._texts.setdefault(index, [])
-            delta = choice.get("delta") or {}
-            text = choice.get("text") if self.endpoint == "completion" else delta.get("content")
-            produced = False
-            if text:
-                self._texts[index].append(text)
-                produced = True
-            if delta.get("refusal"):
-                self._refusals.setdefault(index, []).append(delta["refusal"])
-                produced = True
-            for call in delta.get("tool_calls") or ():
-                self._add_call(index, call)
-                produced = True
-            if produced:
+        for delta in chunk.choices:
+            choice = self._choices.setdefault(delta.index, _Choice())
+            if delta.text:
+                choice.text.append(delta.text)
+            if delta.refusal:
+                choice.refusal.append(delta.refusal)
+            for call in delta.tool_calls:
+                self._add_call(choice, call)
+            if delta.carries_output:
                 self.output_chunks += 1
-            if choice.get("finish_reason"):
-                self._finish[index] = choice["finish_reason"]
+            choice.finish_reason = delta.finish_reason or choice.finish_reason
 
-    def _add_call(self, index: int, delta: dict[str, Any]) -> None:
-        calls = self._calls.setdefault(index, {})
-        call = calls.setdefault(int(delta.get("index") or 0), {"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
-        if delta.get("id"):
-            call["id"] = delta["id"]
-        function = delta.get("function") or {}
-        call["function"]["name"] += function.get("name") or ""
-        call["function"]["arguments"] += function.get("arguments") or ""
+    @staticmethod
+    def _add_call(choice: _Choice, delta: ToolCallDelta) -> None:
+        call = choice.calls.setdefault(delta.index, _Call())
+        call.id = delta.id or call.id
+        call.name += delta.name or ""
+        call.arguments.append(delta.arguments)
 
     def completion(self) -> Completion:
-        return Completion(choices=[self._choice(index) for index in sorted(self._texts)], usage=self.usage or Usage())
+        return Completion(choices=[self._choice(index) for index in sorted(self._choices)], usage=self.usage or Usage())
 
-    def _choice(self, index: int) -> dict[str, Any]:
-        text = "".join(self._texts[index])
-        finish = self._finish[index]
+    def _choice(self, index: int) -> Choice:
+        folded = self._choices[index]
+        text = "".join(folded.text)
         if self.endpoint == "completion":
-            return {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
-        message: dict[str, Any] = {"role": "assistant", "content": text or None}
-        if index in self._refusals:
-            message["refusal"] = "".join(self._refusals[index])
-        if index in self._calls:
-            message["tool_calls"] = [self._calls[index][key] for key in sorted(self._calls[index])]
-        return {"index": index, "message": message, "finish_reason": finish}
+            return Choice(index=index, text=text, finish_reason=folded.finish_reason)
+        calls = tuple(ToolCall(call.id, call.name, "".join(call.arguments)) for _, call in sorted(folded.calls.items()))
+        refusal = "".join(folded.refusal) if folded.refusal else None
+        return Choice(index=index, text=text or None, tool_calls=calls, refusal=refusal, finish_reason=folded.finish_reason)

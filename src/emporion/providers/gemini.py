@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 import orjson
 
+from emporion.core.answers import Choice, Delta, ToolCall, ToolCallDelta
 from emporion.core.usage import Usage
 from emporion.errors import ContextLengthExceeded, EmporionError, InvalidRequest, UpstreamError
 from emporion.providers.base import Chunk, Completion, Request, Upstream
@@ -238,12 +239,9 @@ def _finish(reason: str | None, has_calls: bool) -> str:
     return FINISH_REASONS.get(reason or "STOP", "stop")
 
 
-def _tool_call(call: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": call.get("id") or "call_" + secrets.token_hex(12),
-        "type": "function",
-        "function": {"name": call.get("name"), "arguments": orjson.dumps(call.get("args") or {}).decode()},
-    }
+def _tool_call(call: dict[str, Any]) -> ToolCall:
+    name = call.get("name")
+    return ToolCall(call.get("id") or "call_" + secrets.token_hex(12), name if isinstance(name, str) else "", orjson.dumps(call.get("args") or {}).decode())
 
 
 def from_gemini(data: dict[str, Any]) -> Completion:
@@ -252,18 +250,14 @@ def from_gemini(data: dict[str, Any]) -> Completion:
     if not candidates:
         reason = (data.get("promptFeedback") or {}).get("blockReason")
         if reason:
-            message: dict[str, Any] = {"role": "assistant", "content": ""}
-            return Completion(choices=[{"index": 0, "message": message, "finish_reason": "content_filter"}], usage=usage)
+            return Completion(choices=[Choice(text="", finish_reason="content_filter")], usage=usage)
         raise UpstreamError("Gemini answered without candidates")
     candidate = candidates[0]
     parts = (candidate.get("content") or {}).get("parts") or []
     text = "".join(part.get("text", "") for part in parts if "text" in part and not part.get("thought"))
-    calls = [_tool_call(part["functionCall"]) for part in parts if "functionCall" in part]
-    message = {"role": "assistant", "content": text or (None if calls else "")}
-    if calls:
-        message["tool_calls"] = calls
+    calls = tuple(_tool_call(part["functionCall"]) for part in parts if "functionCall" in part)
     finish = _finish(candidate.get("finishReason"), bool(calls))
-    return Completion(choices=[{"index": 0, "message": message, "finish_reason": finish}], usage=usage)
+    return Completion(choices=[Choice(text=text or (None if calls else ""), tool_calls=calls, finish_reason=finish)], usage=usage)
 
 
 class StreamTranslator:
@@ -279,32 +273,28 @@ class StreamTranslator:
         chunks: list[Chunk] = []
         if not self._started:
             self._started = True
-            chunks.append(Chunk(choices=[{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]))
+            chunks.append(Chunk(choices=[Delta(role="assistant", text="")]))
         if data.get("usageMetadata"):
             self.usage = usage_from_gemini(data["usageMetadata"])
         candidates = data.get("candidates") or []
         if not candidates:
             if (data.get("promptFeedback") or {}).get("blockReason"):
                 self.finished = True
-                chunks.append(Chunk(choices=[{"index": 0, "delta": {}, "finish_reason": "content_filter"}]))
+                chunks.append(Chunk(choices=[Delta(finish_reason="content_filter")]))
             return chunks
         candidate = candidates[0]
         for part in (candidate.get("content") or {}).get("parts") or []:
             if "text" in part and not part.get("thought") and part["text"]:
-                chunks.append(_delta({"content": part["text"]}))
+                chunks.append(Chunk(choices=[Delta(text=part["text"])]))
             elif "functionCall" in part:
-                call = {**_tool_call(part["functionCall"]), "index": self._calls}
+                call = _tool_call(part["functionCall"])
+                chunks.append(Chunk(choices=[Delta(tool_calls=(ToolCallDelta(self._calls, call.id, call.name, call.arguments),))]))
                 self._calls += 1
-                chunks.append(_delta({"tool_calls": [call]}))
         reason = candidate.get("finishReason")
         if reason:
             self.finished = True
-            chunks.append(Chunk(choices=[{"index": 0, "delta": {}, "finish_reason": _finish(reason, self._calls > 0)}]))
+            chunks.append(Chunk(choices=[Delta(finish_reason=_finish(reason, self._calls > 0))]))
         return chunks
-
-
-def _delta(delta: dict[str, Any]) -> Chunk:
-    return Chunk(choices=[{"index": 0, "delta": delta, "finish_reason": None}])
 
 
 def _status_error(upstream: Upstream, status: int, raw: bytes, headers) -> EmporionError:

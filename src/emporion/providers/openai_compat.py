@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar
 
+from emporion.core.answers import Choice, Delta
 from emporion.core.usage import usage_from_openai
 from emporion.errors import ContextLengthExceeded, EmporionError, UpstreamError
 from emporion.providers.base import Chunk, Completion, Request, Upstream
@@ -58,7 +59,7 @@ class OpenAICompatAdapter:
         usage = usage_from_openai(data.get("usage"))
         if usage is None:
             raise UpstreamError(f"upstream {upstream.name} answered without usage")
-        return Completion(choices=choices, usage=usage)
+        return Completion(choices=[Choice.from_openai(choice) for choice in choices if isinstance(choice, dict)], usage=usage)
 
     async def stream(self, request: Request, upstream: Upstream) -> AsyncIterator[Chunk]:
         body = {**request.body, "stream": True, "stream_options": {"include_usage": True}}
@@ -74,7 +75,8 @@ class OpenAICompatAdapter:
                     data = parse_json(upstream, event.data)
                     if "error" in data:
                         raise _upstream_error_body(upstream, 500, data, {})
-                    yield Chunk(choices=data.get("choices") or [], usage=usage_from_openai(data.get("usage")))
+                    deltas = [Delta.from_openai(choice) for choice in data.get("choices") or () if isinstance(choice, dict)]
+                    yield Chunk(choices=deltas, usage=usage_from_openai(data.get("usage")))
                 raise UpstreamError(f"upstream {upstream.name} ended the stream before [DONE]")
 
     async def aclose(self) -> None:

@@ -183,7 +183,7 @@ class _Attempt:
 
 def _commits(chunk: Chunk) -> bool:
     """Past this chunk the stream is the client's (no fallback any more): output, an end, or usage."""
-    return chunk.carries_output or any(choice.get("finish_reason") for choice in chunk.choices) or chunk.usage is not None
+    return chunk.carries_output or any(choice.finish_reason for choice in chunk.choices) or chunk.usage is not None
 
 
 def _count_failure(health: Health, error: UpstreamError) -> None:

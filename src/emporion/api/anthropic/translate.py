@@ -149,13 +149,12 @@ def usage_to_anthropic(usage: Usage) -> dict[str, int]:
 
 def to_message(message_id: str, model: str, completion: Completion) -> dict[str, Any]:
     choice = completion.choices[0]
-    message = choice.get("message") or {}
     content: list[dict[str, Any]] = []
-    if message.get("content"):
-        content.append({"type": "text", "text": message["content"]})
-    for call in message.get("tool_calls") or []:
-        content.append({"type": "tool_use", "id": call.get("id"), "name": call["function"]["name"], "input": _arguments(call["function"].get("arguments"))})
-    stop = "tool_use" if any(block["type"] == "tool_use" for block in content) else STOP_REASONS.get(choice.get("finish_reason") or "stop", "end_turn")
+    if choice.text:
+        content.append({"type": "text", "text": choice.text})
+    for call in choice.tool_calls:
+        content.append({"type": "tool_use", "id": call.id, "name": call.name, "input": _arguments(call.arguments)})
+    stop = "tool_use" if choice.tool_calls else STOP_REASONS.get(choice.finish_reason or "stop", "end_turn")
     return {
         "id": message_id,
         "type": "message",
@@ -194,29 +193,26 @@ async def to_events(message_id: str, model: str, chunks: AsyncIterator[Chunk]) -
             if chunk.usage is not None:
                 usage = chunk.usage
             for choice in chunk.choices:
-                delta = choice.get("delta") or {}
-                if delta.get("content"):
+                if choice.text:
                     if open_kind != "text":
                         if open_kind is not None:
                             yield sse("content_block_stop", {"type": "content_block_stop", "index": block})
                         block, open_kind = block + 1, "text"
                         yield sse("content_block_start", {"type": "content_block_start", "index": block, "content_block": {"type": "text", "text": ""}})
-                    yield sse("content_block_delta", {"type": "content_block_delta", "index": block, "delta": {"type": "text_delta", "text": delta["content"]}})
-                for call in delta.get("tool_calls") or []:
-                    position = call.get("index", 0)
-                    function = call.get("function") or {}
+                    yield sse("content_block_delta", {"type": "content_block_delta", "index": block, "delta": {"type": "text_delta", "text": choice.text}})
+                for call in choice.tool_calls:
+                    position = call.index
                     if position not in tool_blocks:
                         if open_kind is not None:
                             yield sse("content_block_stop", {"type": "content_block_stop", "index": block})
                         block, open_kind = block + 1, "tool_use"
                         tool_blocks[position] = block
-                        tool: dict[str, Any] = {"type": "tool_use", "id": call.get("id") or f"toolu_{secrets.token_hex(8)}", "name": function.get("name"), "input": {}}
+                        tool: dict[str, Any] = {"type": "tool_use", "id": call.id or f"toolu_{secrets.token_hex(8)}", "name": call.name, "input": {}}
                         yield sse("content_block_start", {"type": "content_block_start", "index": block, "content_block": tool})
-                    if function.get("arguments"):
+                    if call.arguments:
                         yield sse("content_block_delta", {"type": "content_block_delta", "index": tool_blocks[position],
-                                                          "delta": {"type": "input_json_delta", "partial_json": function["arguments"]}})  # fmt: skip
-                if choice.get("finish_reason"):
-                    finish = choice["finish_reason"]
+                                                          "delta": {"type": "input_json_delta", "partial_json": call.arguments}})  # fmt: skip
+                finish = choice.finish_reason or finish
     except EmporionError as exc:
         yield sse("error", error_envelope(exc))
         return

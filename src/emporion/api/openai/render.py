@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any
 
 from emporion.api.openai.sse import DONE, event
@@ -48,20 +49,10 @@ def render_completion(endpoint: Endpoint, response_id: str, route: Route, comple
         "object": OBJECT[endpoint],
         "created": int(time.time()),
         "model": route.model.id,
-        "choices": [_choice(endpoint, index, choice) for index, choice in enumerate(completion.choices)],
+        "choices": [replace(choice, index=index).to_openai(endpoint) for index, choice in enumerate(completion.choices)],
         "usage": usage_with_cost(completion.usage, cost),
         "system_fingerprint": None,
     }
-
-
-def _choice(endpoint: Endpoint, index: int, choice: dict[str, Any]) -> dict[str, Any]:
-    if endpoint == "chat":
-        message = choice.get("message") or {}
-        rendered = {"role": "assistant", "content": message.get("content"), "refusal": message.get("refusal")}
-        if message.get("tool_calls"):
-            rendered["tool_calls"] = message["tool_calls"]
-        return {"index": index, "message": rendered, "logprobs": choice.get("logprobs"), "finish_reason": choice.get("finish_reason")}
-    return {"index": index, "text": choice.get("text", ""), "logprobs": choice.get("logprobs"), "finish_reason": choice.get("finish_reason")}
 
 
 async def render_stream(
@@ -84,7 +75,7 @@ async def render_stream(
             if chunk.usage is not None:
                 usage = chunk.usage
             if chunk.choices:
-                yield event({**head, "choices": [_delta(endpoint, choice) for choice in chunk.choices], **extra})
+                yield event({**head, "choices": [choice.to_openai(endpoint) for choice in chunk.choices], **extra})
     except EmporionError as exc:
         # Output was already sent: the status line is gone. The stream ends with finish_reason
         # "error" and the error as an event; another model's tokens are never spliced in.
@@ -95,13 +86,3 @@ async def render_stream(
     if include_usage and usage is not None:
         yield event({**head, "choices": [], "usage": usage_with_cost(usage, charged())})
     yield DONE
-
-
-def _delta(endpoint: Endpoint, choice: dict[str, Any]) -> dict[str, Any]:
-    index = choice.get("index", 0)
-    finish = choice.get("finish_reason")
-    logprobs = choice.get("logprobs")
-    if endpoint == "chat":
-        delta = {k: v for k, v in (choice.get("delta") or {}).items() if k in ("role", "content", "tool_calls", "refusal")}
-        return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
-    return {"index": index, "text": choice.get("text", ""), "logprobs": logprobs, "finish_reason": finish}
