@@ -8,9 +8,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from emporion.api.anthropic.translate import error_envelope
 from emporion.api.openai.routes import json_response
 from emporion.errors import EmporionError, InvalidRequest, NotFound
+from emporion.formats.anthropic import error_envelope
 
 log = logging.getLogger("emporion.api")
 

@@ -18,10 +18,10 @@ from starlette.routing import Route
 
 from emporion import __version__
 from emporion.api.admin import schemas as admin
-from emporion.api.anthropic.schemas import MessagesRequest
 from emporion.api.openai.routes import json_response
 from emporion.api.usage_routes import FORMATS
 from emporion.core.requests import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from emporion.formats.anthropic_schemas import MessagesRequest
 from emporion.metering.usage import GROUPS
 
 PATH = "/openapi.json"

@@ -13,6 +13,7 @@ import orjson
 from emporion.core.answers import Choice, Delta, ToolCall, ToolCallDelta
 from emporion.core.usage import Usage
 from emporion.errors import ContextLengthExceeded, EmporionError, InvalidRequest, UpstreamError
+from emporion.formats.openai_messages import arguments, data_url, texts
 from emporion.providers.base import Chunk, Completion, Request, Upstream
 from emporion.providers.http import (
     Transport,
@@ -25,7 +26,6 @@ from emporion.providers.http import (
     status_error,
     stream_timeout,
 )
-from emporion.providers.openai_messages import arguments, data_url, texts
 from emporion.providers.redaction import upstream_text
 
 FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length", "MALFORMED_FUNCTION_CALL": "stop"}

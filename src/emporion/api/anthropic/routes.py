@@ -8,14 +8,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from emporion.api.anthropic.schemas import MessagesRequest
-from emporion.api.anthropic.translate import new_message_id, to_events, to_message, to_openai
 from emporion.api.body import invalid_request, parse_body
 from emporion.api.openai.render import provenance
 from emporion.api.openai.routes import authenticate_caller, json_response
 from emporion.api.openai.sse import EventStream
 from emporion.core.money import format_usd
 from emporion.core.requests import ChatCompletionRequest
+from emporion.formats.anthropic import new_message_id, to_events, to_message, to_openai
+from emporion.formats.anthropic_schemas import MessagesRequest
 from emporion.pipeline import Streamed, handle
 from emporion.providers.base import Completion
 
