@@ -9,8 +9,6 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
-from dataclasses import replace
-from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -29,20 +27,18 @@ from emporion.api.openapi import routes as openapi_routes
 from emporion.api.usage_routes import routes as usage_routes
 from emporion.auth.principal import Authenticator
 from emporion.catalog.builtin import EMBEDDINGS_UPSTREAM, MINILM_MAX_TOKENS, build_catalog
-from emporion.catalog.models import Catalog, Model
 from emporion.core.prices import Margin
-from emporion.engine.build import find_llama_server
 from emporion.engine.embeddings import Embedder
-from emporion.engine.gemma import ensure_gemma
-from emporion.engine.llama_server import LlamaServer
+from emporion.engine.gemma import ensure_gemma, gemma_path
 from emporion.limits import Limiter
 from emporion.limits.memory import MemoryLimiter
 from emporion.limits.redis import RedisLimiter
+from emporion.live import EngineMissing, LiveCatalog, catalog_with_parameters, keep_live, new_engine
 from emporion.metering.credits import refresh_tiers
 from emporion.metering.ledger import Ledger
 from emporion.metering.pricebook import PriceBook
 from emporion.pipeline import Deps
-from emporion.providers.base import PARAMETERS, Adapter, Upstream
+from emporion.providers.base import Adapter, Upstream
 from emporion.providers.registry import load_adapter
 from emporion.routing.router import Router
 from emporion.settings import Settings
@@ -62,14 +58,20 @@ def build_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         deps = await start_deps(settings)
         app.state.deps = deps
-        sweeper = asyncio.create_task(sweep(deps), name="sweeper")
+        live = LiveCatalog(deps, str(gemma_path(settings.models_dir)) if settings.engine.enabled else "")
+        await live.refresh()  # what it was built from, so that only changes from now on count
+        tasks = [
+            asyncio.create_task(sweep(deps), name="sweeper"),
+            asyncio.create_task(keep_live(live, settings.server.catalog_refresh_s), name="live-catalog"),
+        ]
         _tune_gc()
         try:
             yield
         finally:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await live.aclose()
             await stop_deps(deps)
 
     routes = [
@@ -120,9 +122,12 @@ async def start_deps(settings: Settings) -> Deps:
         )
         for u in settings.upstreams
     }
-    engines = _engines(settings, catalog)
-    router = Router(settings.routing, upstreams, adapters, engines)
-    catalog = Catalog([_with_supported_parameters(model, router) for model in catalog])
+    try:
+        engines = {model.upstream: new_engine(settings, model) for model in catalog if model.gguf}
+    except EngineMissing as exc:
+        raise StartupError(str(exc)) from None
+    router = Router(settings.routing, upstreams, adapters, engines)  # type: ignore[arg-type]  # LlamaServer is a LocalEngine; dicts are invariant
+    catalog = catalog_with_parameters(catalog, router)
 
     embedder = None
     if any(model.upstream == EMBEDDINGS_UPSTREAM for model in catalog):
@@ -160,10 +165,10 @@ def _limiter(settings: Settings) -> Limiter:
 
 
 async def sweep(deps: Deps) -> None:
-    """Every few seconds: release holds of requests whose process died, move organizations to
-    the tier they earned, pick up prices set by other replicas, and forget idempotency keys
-    older than a day. A failure is logged and
-    retried on the next round; it never stops the gateway."""
+    """Every ``[metering] sweep_interval_s``: release holds of requests whose process died, move
+    organizations to the tier they earned, and forget idempotency keys older than a day (prices
+    and models are picked up by the live catalog, live.py). A failure is logged and retried on the
+    next round; it never stops the gateway."""
     while True:
         await asyncio.sleep(deps.settings.metering.sweep_interval_s)
         try:
@@ -172,43 +177,9 @@ async def sweep(deps: Deps) -> None:
                 log.warning("released %d expired holds (requests of a process that stopped)", expired)
             if await refresh_tiers(deps.db, deps.settings):
                 deps.auth.forget()
-            await deps.pricebook.load()
             await purge_expired(deps.db)
         except Exception as exc:
             log.warning("sweeper round failed: %s", exc)
-
-
-def _with_supported_parameters(model: Model, router: Router) -> Model:
-    """What every deployment of the model can honour (OpenRouter's ``supported_parameters``)."""
-    unsupported: set[str] = set()
-    for deployment in model.deployments:
-        upstream = router.upstreams.get(deployment.upstream)
-        if upstream is not None:
-            unsupported |= upstream.unsupported_parameters
-    if model.kind != "chat":
-        return model
-    return replace(model, supported_parameters=tuple(p for p in PARAMETERS if p not in unsupported))
-
-
-def _engines(settings: Settings, catalog: Catalog) -> dict[str, LlamaServer]:
-    local = [model for model in catalog if model.gguf]
-    if not local:
-        return {}
-    binary = find_llama_server(settings.engine.llama_server)
-    if binary is None:
-        raise StartupError(
-            "llama-server was not found: build it once with `emporion engine build` "
-            "(or set [engine] llama_server in the config file)"
-        )
-    engines = {}
-    for model in local:
-        if not Path(model.gguf).is_file():
-            raise StartupError(f"model {model.id}: GGUF file {model.gguf} does not exist")
-        engine = LlamaServer(
-            model.id, Path(model.gguf), settings.engine, binary, settings.logs_dir / f"engine-{model.id}.log", model.chat_template
-        )
-        engines[model.upstream] = engine
-    return engines
 
 
 async def _start(what: str, starting) -> None:

@@ -28,6 +28,7 @@ class ServerSettings(Strict):
     cors_origins: list[str] = []  # browser origins allowed to call the API ("https://app.example"); none: no CORS headers
     header_timeout_s: Annotated[float, Field(gt=0)] = 10.0  # a request's headers must arrive within this (else 408)
     body_timeout_s: Annotated[float, Field(gt=0)] = 30.0  # and its body within this, once read (else 408)
+    catalog_refresh_s: Annotated[float, Field(gt=0)] = 2.0  # how often each replica picks up added models and new prices
 
 
 class EngineSettings(Strict):

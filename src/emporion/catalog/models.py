@@ -122,6 +122,10 @@ class Catalog:
     def __init__(self, models: list[Model]) -> None:
         self._models = {model.id: model for model in models}
 
+    def replace(self, models: list[Model]) -> None:
+        """All the models at once (the live catalog's refresh): a request sees the old or the new, never a mix."""
+        self._models = {model.id: model for model in models}
+
     def __iter__(self):
         return iter(self._models.values())
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -49,13 +49,25 @@ class Router:
         settings: RoutingSettings,
         upstreams: dict[str, Upstream],
         adapters: dict[str, Adapter],
-        engines: Mapping[str, LocalEngine],
+        engines: MutableMapping[str, LocalEngine],
     ) -> None:
         self.engines = engines
         self.upstreams = {**upstreams, **{name: engine.upstream for name, engine in engines.items()}}
         self.health = HealthBook(settings.breaker_threshold, settings.breaker_cooldown_s)
         admissions = {engine.upstream.name: engine.admission for engine in engines.values()}
         self.executor = Executor(settings, adapters, admissions, self.health)
+
+    def add_engine(self, name: str, engine: LocalEngine) -> None:
+        """A local engine started at run time (a model added while serving)."""
+        self.engines[name] = engine
+        self.upstreams[engine.upstream.name] = engine.upstream
+        self.executor.admissions[engine.upstream.name] = engine.admission
+
+    def remove_engine(self, name: str) -> None:
+        engine = self.engines.pop(name, None)
+        if engine is not None:
+            self.upstreams.pop(engine.upstream.name, None)
+            self.executor.admissions.pop(engine.upstream.name, None)
 
     def candidates(
         self,
