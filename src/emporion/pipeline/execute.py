@@ -8,10 +8,9 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
-from typing import Any
 
 from emporion.core.money import Nanos
-from emporion.core.requests import EmbeddingRequest
+from emporion.core.requests import EmbeddingRequest, Generate
 from emporion.core.usage import Usage
 from emporion.engine.embeddings import Embedded
 from emporion.pipeline.deps import Deps
@@ -54,9 +53,9 @@ async def answer(deps: Deps, call: Call, bill: Bill) -> Completion | Embeddings:
     return completion
 
 
-async def _one(deps: Deps, plan: Plan, body: dict[str, Any], bill: Bill) -> tuple[Route, Completion]:
+async def _one(deps: Deps, plan: Plan, part: Generate, bill: Bill) -> tuple[Route, Completion]:
     def request_for(candidate: Candidate) -> Request:
-        return plan.request_for(candidate, body)
+        return plan.request_for(candidate, part)
 
     if plan.folds():
         return await _folded(deps, plan, request_for, bill)
@@ -158,11 +157,9 @@ async def stream(deps: Deps, call: Call, bill: Bill, path: contextlib.AsyncExitS
     return Streamed(deps, call, bill, route, merged)
 
 
-async def _open(
-    deps: Deps, plan: Plan, body: dict[str, Any], path: contextlib.AsyncExitStack
-) -> tuple[Route, Request, AsyncIterator[Chunk]]:
+async def _open(deps: Deps, plan: Plan, part: Generate, path: contextlib.AsyncExitStack) -> tuple[Route, Request, AsyncIterator[Chunk]]:
     def request_for(candidate: Candidate) -> Request:
-        return plan.request_for(candidate, body)
+        return plan.request_for(candidate, part)
 
     attempted, chunks = await deps.router.executor.stream(list(plan.candidates), request_for, path)
     return Route(attempted.candidate.model, attempted.candidate, attempted.attempts), request_for(attempted.candidate), chunks

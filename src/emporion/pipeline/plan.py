@@ -16,7 +16,7 @@ from typing import Any, Literal
 from emporion.auth.principal import Principal
 from emporion.catalog.builtin import EMBEDDINGS_UPSTREAM
 from emporion.catalog.models import Catalog, Model
-from emporion.core.requests import ROUTING_FIELDS, Ask, ChatCompletionRequest, EmbeddingRequest, Generate
+from emporion.core.requests import ROUTING_FIELDS, Ask, ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Generate
 from emporion.errors import ContextLengthExceeded, InvalidRequest, PermissionDenied, ServiceUnavailable
 from emporion.metering.estimate import MEDIA_PARTS
 from emporion.pipeline.deps import Deps
@@ -33,7 +33,7 @@ class Plan:
     kind: Kind
     models: tuple[Model, ...]  # the model asked for, then its fallbacks (``models``)
     candidates: tuple[Candidate, ...]  # the deployments that may serve it, in the order they are tried
-    body: dict[str, Any]  # as upstreams get it, routing fields removed (empty for embeddings)
+    ask: Ask  # the typed request
     output_per_choice: int  # the most output tokens a choice may make: max_tokens, else the context (engine: its default)
 
     @property
@@ -50,28 +50,34 @@ class Plan:
         """Whether one answer is made from a stream: on the local engine (so that a client who
         leaves stops the generation at once), unless the request asks for what only a whole
         answer carries (logprobs, an echoed prompt)."""
-        return self.local and not self.body.keys() & {"logprobs", "top_logprobs", "echo"}
+        return self.local and not any(_names(self.ask, name) for name in ("logprobs", "top_logprobs", "echo"))
 
     def capped(self, output_cap: int | None) -> Plan:
         """The plan with ``max_tokens`` set where the request named none and the hold imposed a cap."""
         if output_cap is None:
             return self
-        return replace(self, body={**self.body, "max_tokens": output_cap})
+        return replace(self, ask=self.ask.model_copy(update={"max_tokens": output_cap}))
 
-    def parts(self) -> list[dict[str, Any]]:
+    def parts(self) -> list[Generate]:
         """A list of prompts is one upstream request per prompt: each gets its own engine slot
         and exact usage, which upstreams do not all report for batched prompts."""
-        prompt = self.body.get("prompt")
-        if self.kind == "completion" and isinstance(prompt, list) and len(prompt) > 1 and not isinstance(prompt[0], int):
-            return [{**self.body, "prompt": one} for one in prompt]
-        return [self.body]
+        ask = self.ask
+        assert not isinstance(ask, EmbeddingRequest), "embeddings are not sent to an adapter"
+        if isinstance(ask, CompletionRequest) and len(prompts := ask.prompts()) > 1:
+            return [ask.model_copy(update={"prompt": prompt}) for prompt in prompts]
+        return [ask]
 
-    def request_for(self, candidate: Candidate, body: dict[str, Any] | None = None) -> Request:
+    def request_for(self, candidate: Candidate, part: Generate) -> Request:
         """The request as this deployment receives it: its model name, its quirks."""
-        sent = {**(self.body if body is None else body), "model": candidate.deployment.model}
-        if not candidate.upstream.developer_role and "messages" in sent:
-            sent["messages"] = [{**message, "role": "system"} if message["role"] == "developer" else message for message in sent["messages"]]
-        return Request(endpoint=self.endpoint, body=sent)
+        update: dict[str, Any] = {"model": candidate.deployment.model}
+        if not candidate.upstream.developer_role and isinstance(part, ChatCompletionRequest):
+            update["messages"] = [m.model_copy(update={"role": "system"}) if m.role == "developer" else m for m in part.messages]
+        return Request(part.model_copy(update=update))
+
+
+def _names(ask: Ask, name: str) -> bool:
+    """The request sets ``name``, as a field of its schema or as one passed through."""
+    return getattr(ask, name, None) is not None or (ask.model_extra or {}).get(name) is not None
 
 
 def plan(deps: Deps, principal: Principal, ask: Ask) -> Plan:
@@ -92,7 +98,7 @@ def plan(deps: Deps, principal: Principal, ask: Ask) -> Plan:
     markups = [markup for _, markup in principal.resellers]
     candidates = deps.router.candidates(models, prefs, policy, used, ask.user, lambda c: deps.pricebook.paid(c.model, c.deployment, markups))
     kind: Kind = "chat" if isinstance(ask, ChatCompletionRequest) else "completion"
-    found = Plan(kind, tuple(models), tuple(candidates), body, 0)
+    found = Plan(kind, tuple(models), tuple(candidates), ask, 0)
     return replace(found, output_per_choice=_output_bound(deps, ask, model, found.local))
 
 
@@ -106,7 +112,7 @@ def _embedding(deps: Deps, principal: Principal, ask: EmbeddingRequest) -> Plan:
         raise InvalidRequest(f"The model `{model.id}` only produces {embedder.dimensions} dimensions.", param="dimensions")
     if len(ask.inputs()) > deps.settings.embeddings.max_inputs:
         raise InvalidRequest(f"Too many inputs: at most {deps.settings.embeddings.max_inputs} per request.", param="input")
-    return Plan("embedding", (model,), (Candidate(model, model.deployments[0], EMBEDDER),), {}, 0)
+    return Plan("embedding", (model,), (Candidate(model, model.deployments[0], EMBEDDER),), ask, 0)
 
 
 def _in_scope(principal: Principal, models: Iterable[Model]) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 from emporion.core.answers import Chunk, Completion, Endpoint
+from emporion.core.requests import ROUTING_FIELDS, ChatCompletionRequest, Generate
 
 __all__ = ["PARAMETERS", "Adapter", "Chunk", "Completion", "Endpoint", "Request", "Upstream"]
 
@@ -29,11 +30,19 @@ class Upstream:
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """A validated request in OpenAI's wire format (the lingua franca), ``model`` set to the
-    name the upstream knows."""
+    """A request as one deployment receives it: the typed request, its ``model`` the name the
+    upstream knows. ``body`` is it in OpenAI's wire format, the lingua franca an adapter
+    translates from (the routing fields, Emporion's own, left out)."""
 
-    endpoint: Endpoint
-    body: dict[str, Any]
+    ask: Generate
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return "chat" if isinstance(self.ask, ChatCompletionRequest) else "completion"
+
+    @property
+    def body(self) -> dict[str, Any]:
+        return self.ask.model_dump(exclude_none=True, exclude=set(ROUTING_FIELDS))
 
 
 # The OpenAI request parameters that an adapter or host may be unable to honour.
