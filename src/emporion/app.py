@@ -79,7 +79,7 @@ def build_app(settings: Settings) -> Starlette:
         Route("/healthz", healthz), Route("/readyz", readyz),
     ]  # fmt: skip
     middleware = [Middleware(Edge, cors_origins=settings.server.cors_origins), Middleware(CancelOnDisconnect)]
-    return Starlette(routes=routes, middleware=middleware, exception_handlers=handlers, lifespan=lifespan)  # type: ignore[arg-type]
+    return Starlette(routes=routes, middleware=middleware, exception_handlers=handlers, lifespan=lifespan)  # type: ignore[arg-type]  # Starlette's handler and lifespan types are narrower than what it accepts
 
 
 def _tune_gc() -> None:

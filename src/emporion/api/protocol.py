@@ -25,7 +25,7 @@ class EdgeProtocol(HttpToolsProtocol):
     _header_timer: asyncio.TimerHandle | None = None
     _in_headers = False  # a request has begun and its headers are not complete
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # uvicorn's stub says BaseTransport; it is always a Transport
         super().connection_made(transport)
         self._arm_header_timer()
 

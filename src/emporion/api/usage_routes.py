@@ -46,11 +46,11 @@ async def _report(db: Database, org_id: str, query: QueryParams) -> Response:
     for name, value in query.items():
         no_nul(value, name)
     group_by = query.get("group_by") or "day"
-    if group_by not in GROUPS:
+    if not metering_usage.is_group(group_by):
         raise InvalidRequest(f"`group_by` is one of {', '.join(GROUPS)}.", param="group_by")
     first, last = metering_usage.parse_range(query.get("start"), query.get("end"))
     key_id = query.get("key_id") or None
-    rows = await metering_usage.usage(db, org_id, *metering_usage.bounds(first, last), group_by, key_id)  # type: ignore[arg-type]
+    rows = await metering_usage.usage(db, org_id, *metering_usage.bounds(first, last), group_by, key_id)
     return json_response(
         {
             "object": "usage",

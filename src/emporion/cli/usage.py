@@ -56,14 +56,15 @@ def show(
     config: ConfigFile = None,
 ) -> None:
     """Requests, tokens and cost, summed by day, model or key."""
-    if by not in metering_usage.GROUPS:
+    if not metering_usage.is_group(by):
         fail(f"--by is one of {', '.join(metering_usage.GROUPS)}", 2)
+    grouping = by
     settings = load(data_dir, config)
 
     async def work(db: Database):
         first, last = metering_usage.parse_range(start, end)
         found = await _org(db, org)
-        rows = await metering_usage.usage(db, found.id, *metering_usage.bounds(first, last), by)  # type: ignore[arg-type]
+        rows = await metering_usage.usage(db, found.id, *metering_usage.bounds(first, last), grouping)
         return found, first, last, rows
 
     found, first, last, rows = _run(settings, work)

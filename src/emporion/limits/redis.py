@@ -364,7 +364,7 @@ def _listening(base: type[AbstractConnection], heard: Callable[[], None]) -> typ
     """``base`` calling ``heard`` on every reply that Redis sends it: to commands, to the
     handshake of a new connection, and errors (an error is an answer too)."""
 
-    class Listening(base):  # type: ignore[misc, valid-type]
+    class Listening(base):  # type: ignore[misc, valid-type]  # a class made at run time from the pool's connection class
         async def read_response(self, *args: Any, **kwargs: Any) -> Any:
             try:
                 response = await super().read_response(*args, **kwargs)

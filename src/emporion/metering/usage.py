@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from sqlalchemy import ColumnElement, SQLColumnExpression, func, select
 
@@ -17,8 +17,16 @@ from emporion.errors import InvalidRequest
 from emporion.store.session import Database
 from emporion.store.tables import ApiKey, RequestRecord
 
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs
+
 GroupBy = Literal["day", "model", "key"]
 GROUPS: tuple[str, ...] = get_args(GroupBy)
+
+
+def is_group(value: str) -> TypeIs[GroupBy]:
+    """``value`` names a grouping of usage rows (what ``usage`` takes)."""
+    return value in GROUPS
 DAY_S = 86_400
 DEFAULT_DAYS = 30
 MAX_DAYS = 5 * 366

@@ -4,7 +4,7 @@ answers back, over HTTP. The translation both ways is formats/anthropic.py's, sh
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, ClassVar
 
 from emporion.errors import ContextLengthExceeded, EmporionError, InvalidRequest, ServiceUnavailable, UpstreamError
@@ -50,7 +50,7 @@ class AnthropicAdapter:
                     raise _status_error(upstream, response.status, raw, response.headers)
         return from_anthropic(parse_json(upstream, raw))
 
-    async def stream(self, request: Request, upstream: Upstream) -> AsyncIterator[Chunk]:
+    async def stream(self, request: Request, upstream: Upstream) -> AsyncGenerator[Chunk, None]:
         body = {**_body(request), "stream": True}
         with mapped_transport_errors(upstream):
             async with self._session(upstream).post(

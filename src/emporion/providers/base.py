@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -59,6 +59,6 @@ class Adapter(Protocol):
 
     async def complete(self, request: Request, upstream: Upstream) -> Completion: ...
 
-    def stream(self, request: Request, upstream: Upstream) -> AsyncIterator[Chunk]: ...
+    def stream(self, request: Request, upstream: Upstream) -> AsyncGenerator[Chunk, None]: ...
 
     async def aclose(self) -> None: ...

@@ -5,7 +5,7 @@ and usage metadata."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, ClassVar
 
 import orjson
@@ -56,7 +56,7 @@ class GeminiAdapter:
                     raise _status_error(upstream, response.status, raw, response.headers)
         return from_gemini(parse_json(upstream, raw))
 
-    async def stream(self, request: Request, upstream: Upstream) -> AsyncIterator[Chunk]:
+    async def stream(self, request: Request, upstream: Upstream) -> AsyncGenerator[Chunk, None]:
         body = to_gemini(request)
         url = f"{upstream.base_url.rstrip('/')}/models/{request.body['model']}:streamGenerateContent?alt=sse"
         with mapped_transport_errors(upstream):

@@ -6,7 +6,7 @@ parsing, usage normalization and the mapping of upstream failures onto Emporion'
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any, ClassVar
 
 from emporion.core.answers import Choice, Delta
@@ -61,7 +61,7 @@ class OpenAICompatAdapter:
             raise UpstreamError(f"upstream {upstream.name} answered without usage")
         return Completion(choices=[Choice.from_openai(choice) for choice in choices if isinstance(choice, dict)], usage=usage)
 
-    async def stream(self, request: Request, upstream: Upstream) -> AsyncIterator[Chunk]:
+    async def stream(self, request: Request, upstream: Upstream) -> AsyncGenerator[Chunk, None]:
         body = {**request.body, "stream": True, "stream_options": {"include_usage": True}}
         with mapped_transport_errors(upstream):
             async with self._session(upstream).post(

@@ -22,6 +22,7 @@ from emporion.routing.health import HealthBook
 from emporion.settings import OrgPolicy
 
 Sort = Literal["price", "latency", "throughput"]
+SUFFIX_SORTS: dict[str, Sort] = {"floor": "price", "nitro": "throughput"}  # OpenRouter's model suffixes
 LOCAL = "local"  # in `only` / `ignore` / `order`: every deployment on the operator's own machines
 
 
@@ -39,9 +40,9 @@ class Preferences:
     @classmethod
     def from_wire(cls, wire: Any, suffix: str | None) -> Preferences:
         """OpenRouter's ``provider`` object; prices in max_price are USD per million tokens."""
-        sort = {"floor": "price", "nitro": "throughput"}.get(suffix or "")
+        sort = SUFFIX_SORTS.get(suffix or "")
         if wire is None:
-            return cls(sort=sort)  # type: ignore[arg-type]
+            return cls(sort=sort)
         if not isinstance(wire, dict):
             raise InvalidRequest("'provider' must be an object.", param="provider")
         known = {"order", "only", "ignore", "allow_fallbacks", "sort", "max_price", "data_collection", "require_parameters"}

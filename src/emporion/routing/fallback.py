@@ -89,7 +89,7 @@ class Executor:
             try:
                 await attempt_resources.enter_async_context(self._admitted(candidate))
                 chunks = self.adapters[candidate.upstream.adapter].stream(request_for(candidate), candidate.upstream)
-                attempt_resources.push_async_callback(chunks.aclose)  # type: ignore[attr-defined]
+                attempt_resources.push_async_callback(chunks.aclose)
                 held: list[Chunk] = []
                 async for chunk in chunks:
                     held.append(chunk)

@@ -31,7 +31,7 @@ async def messages(request: Request) -> Response:
     outcome = await handle(deps, principal, chat, message_id, streamed=wire.stream)
     if isinstance(outcome, Streamed):
         events = to_events(message_id, outcome.route.model.id, aiter(outcome))
-        return EventStream(events, {**provenance(outcome.route, message_id), **outcome.headers}, on_close=outcome.aclose)  # type: ignore[return-value]
+        return EventStream(events, {**provenance(outcome.route, message_id), **outcome.headers}, on_close=outcome.aclose)  # type: ignore[return-value]  # an ASGI app, as on the OpenAI routes
     assert isinstance(outcome.result, Completion)
     body = to_message(message_id, outcome.route.model.id, outcome.result)
     headers = {**provenance(outcome.route, message_id), **outcome.headers, "x-emporion-cost": format_usd(outcome.cost)}

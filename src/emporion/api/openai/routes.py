@@ -66,7 +66,7 @@ async def _generate(request: Request, schema: type[ChatCompletionRequest] | type
     if isinstance(outcome, Streamed):
         events = render_stream(endpoint, response_id, outcome.route, aiter(outcome), wire.include_usage, lambda: outcome.charged)
         headers = {**provenance(outcome.route, response_id), **outcome.headers}
-        return EventStream(events, headers, on_close=outcome.aclose)  # type: ignore[return-value]
+        return EventStream(events, headers, on_close=outcome.aclose)  # type: ignore[return-value]  # an ASGI app: Starlette runs whatever a route returns
     assert isinstance(outcome.result, Completion)
     body = render_completion(endpoint, response_id, outcome.route, outcome.result, outcome.cost)
     headers = {**provenance(outcome.route, response_id), **outcome.headers, "x-emporion-cost": format_usd(outcome.cost)}
