@@ -1,23 +1,31 @@
-"""What Emporion adds on top of the model: latency, throughput, CPU and memory, measured against
-a baseline in the same run (only ratios hold on a shared 2-core machine).
+"""What Emporion adds on top of the model, as it is sold: latency, throughput, CPU and memory of
+its whole request path (auth, limits, routing, the hold and settlement of real money, records),
+measured against a floor in the same run (only ratios hold on a shared 2-core machine).
 
 Targets, all in front of one fake OpenAI upstream (bench/fake_upstream.py) that answers at once:
-  direct    the fake upstream itself (the baseline: what the network path costs)
-  floor     a bare pass-through proxy (bench/floor_proxy.py): the least any gateway adds
-  emporion  Emporion's whole request path (auth, routing, adapter, provenance), one process
+  direct                          the fake upstream itself (what the network path costs)
+  floor                           a bare pass-through proxy (bench/floor_proxy.py): the least any gateway adds
+  emporion, SQLite, money on      a priced model: every request is limited, held, settled and recorded
+  emporion, SQLite, money off     the same with an unpriced model (cost 0): the cost of metering is the difference
+  emporion, PG+Redis, money on    a priced model on PostgreSQL (a fresh database, dropped after) with Redis limits
+  emporion@SHA, SQLite, money on  with --baseline REV: the first target run from another git revision's src/
+(bench/gateway_targets.py writes their configs.)
 
 Scenarios, interleaved target by target at each load level:
   chat      non-streamed chat completions, with wrk at concurrency 1, 16, 64
   stream    streamed chat completions (20 chunks, 2 ms apart), with an aiohttp client:
             time to first chunk and total time
-  soak      Emporion's RSS over a long run of requests (leak check)
+  soak      the SQLite money-on target's RSS over a long run of requests (leak check)
 Then the local engine against bare llama-server (bench/engine.py), and local embeddings against
 the bare model (bench/embeddings.py).
 
-    python -m bench.run            # full: 3 rounds of 10 s, a 10-minute soak, engine, embeddings (~25 min)
-    python -m bench.run --quick    # 1 round of 3 s, 10,000-request soak, short engine run (< 3 min)
+    python -m bench.run                        # full: 3 rounds of 10 s, a 10-minute soak, engine, embeddings (~35 min)
+    python -m bench.run --quick                # 1 round of 3 s, 10,000-request soak, short engine run (~4 min)
+    python -m bench.run --quick --no-engine --baseline HEAD~8   # proves a change did not make the path slower
+    python -m bench.run --current HEAD         # the Emporion targets from a revision instead of the working tree
 
-Writes bench/results/gateway.md, latency.png, engine.md and embeddings.md.
+Needs wrk, PostgreSQL (127.0.0.1:5432, user postgres, trust auth) and Redis (127.0.0.1:6379).
+Writes bench/results/gateway.md and gateway.png (bench/gateway_report.py), engine.md and embeddings.md.
 """
 
 from __future__ import annotations
@@ -27,21 +35,21 @@ import asyncio
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 
+from bench import gateway_targets as targets
 from bench.engine import free_port, wait_ready
+from bench.gateway_report import LEVELS, Measure, Results, plot, report
 
 RESULTS = Path(__file__).parent / "results"
-LEVELS = (1, 16, 64)
-TARGETS = ("direct", "floor", "emporion")
 CHAT_BODY = '{"model":"fake","messages":[{"role":"user","content":"Say hello."}],"max_tokens":16}'
 STREAM_BODY = {"model": "fake", "messages": [{"role": "user", "content": "Say hello."}], "stream": True}
 WRK_SCRIPT = """
@@ -56,17 +64,6 @@ done = function(summary, latency, requests)
     latency:percentile(50), latency:percentile(99)))
 end
 """
-
-
-@dataclass
-class Measure:
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    cpu_s_per_1k: float
-    errors: int = 0
-    ttft_p50_ms: float | None = None
-    ttft_p99_ms: float | None = None
 
 
 @dataclass
@@ -94,21 +91,46 @@ def _status_kb(pid: int, key: str) -> int:
 
 
 @dataclass
-class Results:
-    chat: dict[tuple[str, int], list[Measure]] = field(default_factory=dict)
-    stream: dict[tuple[str, int], list[Measure]] = field(default_factory=dict)
-    soak: list[tuple[int, float]] = field(default_factory=list)
-    peak_rss_mb: dict[str, float] = field(default_factory=dict)
+class Live:
+    """A target under load: where to send it, with which key, and whose CPU is its own."""
+
+    name: str
+    process: Process  # CPU and memory are charged to it (the fake itself for "direct")
+    key: str = "unused"
+    stores: targets.StoreCpu | None = None  # PG+Redis: the stores' CPU, reported beside the process's
+    cost_usd: float | None = None  # what the probe request was charged
 
 
-def start(name: str, args: list[str], port: int, ready_path: str, log: Path) -> Process:
-    popen = subprocess.Popen(args, stdout=log.open("a"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    if ready_path:
-        wait_ready(url + ready_path, popen, name)
-    else:
-        _wait_port(port, popen, name)
-    return Process(name, popen, url)
+@dataclass
+class Run:
+    tmp: Path
+    processes: list[Process] = field(default_factory=list)
+    databases: list[str] = field(default_factory=list)
+
+    @property
+    def log(self) -> Path:
+        return self.tmp / "bench.log"
+
+    def start(self, name: str, args: list[str], port: int, ready_path: str, env: dict[str, str] | None = None) -> Process:
+        popen = subprocess.Popen(args, stdout=self.log.open("a"), stderr=subprocess.STDOUT, env=env)
+        process = Process(name, popen, f"http://127.0.0.1:{port}")
+        self.processes.append(process)
+        if ready_path:
+            wait_ready(process.url + ready_path, popen, name)
+        else:
+            _wait_port(port, popen, name)
+        return process
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.popen.terminate()
+        for process in self.processes:
+            try:
+                process.popen.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.popen.kill()
+        for name in self.databases:
+            targets.drop_database(name)
 
 
 def _wait_port(port: int, popen: subprocess.Popen, name: str) -> None:
@@ -123,6 +145,29 @@ def _wait_port(port: int, popen: subprocess.Popen, name: str) -> None:
                 return
         time.sleep(0.05)
     raise SystemExit(f"{name} did not open port {port}")
+
+
+def start_emporion(run: Run, target: targets.Target, name: str, src: Path | None, upstream_url: str) -> Live:
+    """Its own data dir and config, a key of a customer organization, ``emporion serve``, one probe."""
+    data_dir = run.tmp / name.replace(", ", "-").replace("+", "").replace("@", "-").replace(" ", "-")
+    data_dir.mkdir()
+    database = None
+    if target.store == "postgresql":
+        database = targets.create_database()
+        run.databases.append(database)
+    url = targets.PG_URL.format(name=database) if database else None
+    (data_dir / "config.toml").write_text(targets.config_toml(target, upstream_url, url))
+    env = targets.environment(src)
+    key = targets.create_key(data_dir, env)
+    port = free_port()
+    process = run.start(name, [sys.executable, "-m", "emporion", "serve", "--data-dir", str(data_dir), "--port", str(port)],
+                        port, "/readyz", env)  # fmt: skip
+    cost = targets.probe_cost(process.url, key)
+    if target.priced and cost == 0:  # None: a revision that does not report the cost
+        raise SystemExit(f"{name}: the priced model charged nothing for a request")
+    if not target.priced and cost:
+        raise SystemExit(f"{name}: the unpriced model charged {cost!r} for a request")
+    return Live(name, process, key, targets.StoreCpu(database) if database else None, cost)
 
 
 def run_wrk(url: str, key: str, connections: int, duration_s: float, script_dir: Path) -> dict:
@@ -177,218 +222,171 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
-def measure_chat(process: Process, url: str, key: str, level: int, duration_s: float, tmp: Path) -> Measure:
-    cpu = process.cpu_s()
-    out = run_wrk(url, key, level, duration_s, tmp)
-    cpu = process.cpu_s() - cpu
+def _cpu(live: Live) -> tuple[float, float | None]:
+    return live.process.cpu_s(), (live.stores.cpu_s() if live.stores else None)
+
+
+def _per_1k(before: tuple[float, float | None], after: tuple[float, float | None], requests: int) -> tuple[float, float | None]:
+    stores = None if before[1] is None or after[1] is None else (after[1] - before[1]) / requests * 1000
+    return (after[0] - before[0]) / requests * 1000, stores
+
+
+def measure_chat(live: Live, level: int, duration_s: float, tmp: Path) -> Measure:
+    cpu = _cpu(live)
+    out = run_wrk(live.process.url, live.key, level, duration_s, tmp)
     requests = max(1, out["requests"])
+    own, stores = _per_1k(cpu, _cpu(live), requests)
     return Measure(
         rps=requests / (out["duration_us"] / 1e6),
         p50_ms=out["p50_us"] / 1000,
         p99_ms=out["p99_us"] / 1000,
-        cpu_s_per_1k=cpu / requests * 1000,
+        cpu_s_per_1k=own,
+        stores_cpu_s_per_1k=stores,
         errors=out["errors"],
     )
 
 
-def measure_stream(process: Process, url: str, key: str, level: int, duration_s: float) -> Measure:
-    cpu = process.cpu_s()
+def measure_stream(live: Live, level: int, duration_s: float) -> Measure:
+    cpu = _cpu(live)
     began = time.perf_counter()
-    done, ttfts, totals, errors = asyncio.run(run_streams(url, key, level, duration_s))
+    done, ttfts, totals, errors = asyncio.run(run_streams(live.process.url, live.key, level, duration_s))
     elapsed = time.perf_counter() - began
-    cpu = process.cpu_s() - cpu
+    own, stores = _per_1k(cpu, _cpu(live), max(1, done))
     return Measure(
         rps=done / elapsed,
         p50_ms=pct(totals, 50),
         p99_ms=pct(totals, 99),
-        cpu_s_per_1k=cpu / max(1, done) * 1000,
+        cpu_s_per_1k=own,
+        stores_cpu_s_per_1k=stores,
         errors=errors,
         ttft_p50_ms=pct(ttfts, 50),
         ttft_p99_ms=pct(ttfts, 99),
     )
 
 
-def soak(emporion: Process, key: str, requests: int, minutes: float, tmp: Path, samples: list[tuple[int, float]]) -> None:
+def soak(live: Live, requests: int, minutes: float, tmp: Path, samples: list[tuple[int, float]]) -> None:
     """Requests in 2-second slices at concurrency 16 until both ``requests`` were sent and
     ``minutes`` have passed, sampling RSS after each slice."""
     sent = 0
-    samples.append((0, emporion.rss_mb()))
+    samples.append((0, live.process.rss_mb()))
     deadline = time.monotonic() + minutes * 60
     while sent < requests or time.monotonic() < deadline:
-        out = run_wrk(emporion.url, key, 16, 2, tmp)
+        out = run_wrk(live.process.url, live.key, 16, 2, tmp)
         sent += out["requests"]
-        samples.append((sent, emporion.rss_mb()))
+        samples.append((sent, live.process.rss_mb()))
+
+
+def _machine_cpu_s(lives: list[Live]) -> tuple[float, float, float]:
+    """(wall clock, CPU busy on the whole machine, CPU of this bench: its targets, their stores, its load
+    generators): the difference is what other processes took from the measurements."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    busy = (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+    mine = os.times()
+    ours = mine.user + mine.system + mine.children_user + mine.children_system  # wrk, once reaped, is a child
+    ours += sum(live.process.cpu_s() + (live.stores.cpu_s() if live.stores else 0) for live in lives)
+    return time.monotonic(), busy, ours
+
+
+def _other_cores(before: tuple[float, float, float], after: tuple[float, float, float]) -> float:
+    wall, busy, ours = (b - a for a, b in zip(before, after, strict=True))
+    return max(0.0, (busy - ours) / wall)
+
+
+def plan(baseline: str | None, current: str | None) -> list[tuple[str, targets.Target]]:
+    """(role, target) in table order; the roles are what the report's targets section reads."""
+    planned = [
+        ("sqlite_on", targets.Target(rev=current)),
+        ("sqlite_off", targets.Target(priced=False, rev=current)),
+        ("pg_on", targets.Target(store="postgresql", rev=current)),
+    ]
+    if baseline:
+        planned.append(("baseline", targets.Target(rev=baseline)))
+        # the path alone, at the baseline's durability (synchronous=NORMAL, the default before da6014f)
+        planned.append(("sqlite_on_normal", targets.Target(rev=current, sqlite_synchronous="normal")))
+    return planned
+
+
+def start_targets(run: Run, planned: list[tuple[str, targets.Target]], upstream_url: str) -> dict[str, Live]:
+    """Each revision's src/ extracted once; the Emporion targets started side by side."""
+    shas: dict[str | None, str] = {rev: targets.short_sha(rev) for rev in {t.rev for _, t in planned} if rev is not None}
+    sources: dict[str | None, Path] = {rev: targets.extract_src(rev, run.tmp / f"src-{sha}") for rev, sha in shas.items() if rev}
+    names = {role: t.name(shas.get(t.rev)) for role, t in planned}
+    if len(set(names.values())) != len(names):
+        raise SystemExit(f"two targets would have the same name: {sorted(names.values())}")
+    with ThreadPoolExecutor(max_workers=len(planned)) as pool:
+        futures = {
+            role: pool.submit(start_emporion, run, t, names[role], sources.get(t.rev), upstream_url) for role, t in planned
+        }
+        return {role: future.result() for role, future in futures.items()}
+
+
+def sources(planned: list[tuple[str, targets.Target]], emporion: dict[str, Live]) -> dict[str, str]:
+    return {emporion[role].name: targets.describe(t.rev) for role, t in planned}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="one short round (< 3 minutes in all)")
+    parser.add_argument("--quick", action="store_true", help="one short round (about 4 minutes in all)")
     parser.add_argument("--no-engine", action="store_true", help="skip the local engine and embeddings comparisons")
     parser.add_argument("--soak-minutes", type=float, default=10.0, help="length of the leak soak (full mode)")
+    parser.add_argument("--baseline", metavar="REV", help="also run the SQLite money-on target from this git revision")
+    parser.add_argument("--current", metavar="REV", help="run the Emporion targets from this revision, not the working tree")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install wrk")
+    targets.require_stores()
     rounds, duration_s = (1, 3) if args.quick else (3, 10)
     soak_requests = 10_000 if args.quick else 100_000
     soak_minutes = 0 if args.quick else args.soak_minutes
 
-    tmp = Path(tempfile.mkdtemp(prefix="emporion-bench-"))
-    log = tmp / "bench.log"
-    ports = {name: free_port() for name in TARGETS}
-    fake = start("fake upstream", [sys.executable, "-m", "bench.fake_upstream", "--port", str(ports["direct"]),
-                                   "--chunks", "20", "--chunk-interval-ms", "2"], ports["direct"], "", log)  # fmt: skip
-    processes = [fake]
+    run = Run(Path(tempfile.mkdtemp(prefix="emporion-bench-")))
+    began = time.monotonic()
     try:
-        floor = start("floor proxy", [sys.executable, "-m", "bench.floor_proxy", "--port", str(ports["floor"]),
-                                      "--upstream", fake.url], ports["floor"], "", log)  # fmt: skip
-        processes.append(floor)
-        (tmp / "config.toml").write_text(
-            "[engine]\nenabled = false\n[embeddings]\nenabled = false\n"
-            f'[[upstreams]]\nname = "fake"\nbase_url = "{fake.url}/v1"\n[models."fake"]\nupstream = "fake"\n'
-            # Metering stays on the path (every request is limited, held, settled and recorded);
-            # limits high enough that the load measures the gateway, not a 429.
-            "[tiers.free]\nrequests_per_minute = 100000000\ntokens_per_minute = 1000000000000\nmax_concurrent = 100000\n"
-        )
-        key = subprocess.run([sys.executable, "-m", "emporion", "keys", "create", "--data-dir", str(tmp)],
-                             capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
-        emporion = start("emporion", [sys.executable, "-m", "emporion", "serve", "--data-dir", str(tmp),
-                                      "--port", str(ports["emporion"])], ports["emporion"], "/readyz", log)  # fmt: skip
-        processes.append(emporion)
-        # CPU is charged to the process that does the target's work: the fake itself for "direct".
-        owners = {"direct": fake, "floor": floor, "emporion": emporion}
-        results = Results()
+        port = free_port()
+        fake = run.start("fake upstream", [sys.executable, "-m", "bench.fake_upstream", "--port", str(port),
+                                           "--chunks", "20", "--chunk-interval-ms", "2"], port, "")  # fmt: skip
+        port = free_port()
+        floor = run.start("floor proxy", [sys.executable, "-m", "bench.floor_proxy", "--port", str(port),
+                                          "--upstream", fake.url], port, "")  # fmt: skip
+        planned = plan(args.baseline, args.current)
+        emporion = start_targets(run, planned, fake.url)
+        lives = [Live("direct", fake), Live("floor", floor), *emporion.values()]
+        results = Results(names=[live.name for live in lives], roles={role: live.name for role, live in emporion.items()},
+                          probe_cost_usd={live.name: live.cost_usd for live in emporion.values()},
+                          sources=sources(planned, emporion))  # fmt: skip
+        print(f"targets ready after {time.monotonic() - began:.0f} s (log: {run.log})", flush=True)
+        machine = _machine_cpu_s(lives)
         for round_ in range(rounds):
-            order = TARGETS if round_ % 2 == 0 else TARGETS[::-1]
+            order = lives if round_ % 2 == 0 else lives[::-1]
             for level in LEVELS:
-                for name in order:
-                    m = measure_chat(owners[name], owners[name].url, key, level, duration_s, tmp)
-                    results.chat.setdefault((name, level), []).append(m)
-                    print(f"chat   {name:9} c={level:<3} {m.rps:8.0f} req/s  p50 {m.p50_ms:6.2f} ms  p99 {m.p99_ms:6.2f} ms", flush=True)
+                for live in order:
+                    m = measure_chat(live, level, duration_s, run.tmp)
+                    results.chat.setdefault((live.name, level), []).append(m)
+                    print(f"chat   {live.name:38} c={level:<3} {m.rps:8.0f} req/s  p50 {m.p50_ms:6.2f} ms  p99 {m.p99_ms:6.2f} ms  "
+                          f"errors {m.errors}", flush=True)  # fmt: skip
             for level in LEVELS:
-                for name in order:
-                    m = measure_stream(owners[name], owners[name].url, key, level, duration_s)
-                    results.stream.setdefault((name, level), []).append(m)
-                    print(f"stream {name:9} c={level:<3} {m.rps:8.0f} req/s  ttft p50 {m.ttft_p50_ms:6.2f} ms", flush=True)
-        soak(emporion, key, soak_requests, soak_minutes, tmp, results.soak)
-        results.peak_rss_mb = {name: process.peak_rss_mb() for name, process in owners.items()}
+                for live in order:
+                    m = measure_stream(live, level, duration_s)
+                    results.stream.setdefault((live.name, level), []).append(m)
+                    print(f"stream {live.name:38} c={level:<3} {m.rps:8.0f} req/s  ttft p50 {m.ttft_p50_ms:6.2f} ms  "
+                          f"errors {m.errors}", flush=True)  # fmt: skip
+        results.other_cores = _other_cores(machine, _machine_cpu_s(lives))
+        print(f"other processes used {results.other_cores:.2f} cores meanwhile", flush=True)
+        soak(emporion["sqlite_on"], soak_requests, soak_minutes, run.tmp, results.soak)
+        results.peak_rss_mb = {live.name: live.process.peak_rss_mb() for live in lives}
     finally:
-        for process in processes:
-            process.popen.terminate()
-            process.popen.wait(timeout=20)
+        run.stop()
+    results.wall_s = time.monotonic() - began
     RESULTS.mkdir(exist_ok=True)
     text = report(results, rounds, duration_s)
     (RESULTS / "gateway.md").write_text(text)
-    plot(results, RESULTS / "latency.png")
+    plot(results, RESULTS / "gateway.png")
     print(text)
+    print(f"gateway bench: {results.wall_s:.0f} s", flush=True)
     if not args.no_engine:
         engine_args = ["--rounds", "1", "--tokens", "32"] if args.quick else []
         subprocess.run([sys.executable, "-m", "bench.engine", *engine_args], check=True)
         subprocess.run([sys.executable, "-m", "bench.embeddings", *(["--quick"] if args.quick else [])], check=True)
-
-
-def median_measure(values: list[Measure]) -> Measure:
-    def med(attr: str) -> float | None:
-        got = [getattr(v, attr) for v in values if getattr(v, attr) is not None]
-        return statistics.median(got) if got else None
-
-    return Measure(rps=med("rps"), p50_ms=med("p50_ms"), p99_ms=med("p99_ms"), cpu_s_per_1k=med("cpu_s_per_1k"),
-                   errors=sum(v.errors for v in values), ttft_p50_ms=med("ttft_p50_ms"), ttft_p99_ms=med("ttft_p99_ms"))  # fmt: skip
-
-
-def report(results: Results, rounds: int, duration_s: float) -> str:
-    chat = {key: median_measure(values) for key, values in results.chat.items()}
-    stream = {key: median_measure(values) for key, values in results.stream.items()}
-    lines = [
-        f"# Gateway overhead ({time.strftime('%Y-%m-%d')}, 2 cores, medians of {rounds} round(s) of {duration_s} s; "
-        "load from wrk / aiohttp on the same machine)",
-        "",
-        "## Non-streamed chat completions",
-        "",
-        "| target | concurrency | req/s | p50 ms | p99 ms | overhead p50 ms | overhead p99 ms | CPU s / 1k req | errors |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for level in LEVELS:
-        direct = chat[("direct", level)]
-        for name in TARGETS:
-            m = chat[(name, level)]
-            over = "" if name == "direct" else f"{m.p50_ms - direct.p50_ms:.2f} | {m.p99_ms - direct.p99_ms:.2f}"
-            over = over or "– | –"
-            lines.append(f"| {name} | {level} | {m.rps:,.0f} | {m.p50_ms:.2f} | {m.p99_ms:.2f} | {over} | {m.cpu_s_per_1k:.2f} | {m.errors} |")
-    lines += [
-        "",
-        "## Streamed chat completions (20 chunks, 2 ms apart)",
-        "",
-        "| target | concurrency | req/s | TTFT p50 ms | TTFT p99 ms | TTFT overhead p50 ms | total p50 ms | total p99 ms | CPU s / 1k req | errors |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for level in LEVELS:
-        direct = stream[("direct", level)]
-        for name in TARGETS:
-            m = stream[(name, level)]
-            over = "–" if name == "direct" else f"{m.ttft_p50_ms - direct.ttft_p50_ms:.2f}"
-            lines.append(
-                f"| {name} | {level} | {m.rps:,.0f} | {m.ttft_p50_ms:.2f} | {m.ttft_p99_ms:.2f} | {over} | "
-                f"{m.p50_ms:.2f} | {m.p99_ms:.2f} | {m.cpu_s_per_1k:.2f} | {m.errors} |"
-            )
-    first, last = results.soak[0], results.soak[-1]
-    middle = results.soak[len(results.soak) // 2]
-    lines += [
-        "",
-        "## Memory",
-        "",
-        f"Peak RSS: direct (fake upstream) {results.peak_rss_mb['direct']:.0f} MB, floor proxy "
-        f"{results.peak_rss_mb['floor']:.0f} MB, Emporion {results.peak_rss_mb['emporion']:.0f} MB (no local models loaded).",
-        f"Emporion RSS over the soak: {first[1]:.0f} MB at start, {middle[1]:.0f} MB after {middle[0]:,} requests, "
-        f"{last[1]:.0f} MB after {last[0]:,} requests.",
-    ]
-    lines += ["", "## Targets", "", "| target | measured | met |", "| --- | --- | --- |"]
-    c1 = chat[("emporion", 1)]
-    d1 = chat[("direct", 1)]
-    rows = [
-        ("overhead at concurrency 1, p50 <= 1 ms", c1.p50_ms - d1.p50_ms, lambda v: v <= 1, "{:.2f} ms"),
-        ("overhead at concurrency 1, p99 <= 3 ms", c1.p99_ms - d1.p99_ms, lambda v: v <= 3, "{:.2f} ms"),
-    ]
-    for level in (16, 64):
-        ratio = chat[("emporion", level)].rps / chat[("floor", level)].rps
-        rows.append((f"throughput at concurrency {level} >= 50% of the floor proxy", ratio, lambda v: v >= 0.5, "{:.0%}"))
-        rows.append((f"throughput at concurrency {level} >= 20x LiteLLM's 65-81 req/s (>= 1,620)",
-                     chat[("emporion", level)].rps, lambda v: v >= 1620, "{:,.0f} req/s"))  # fmt: skip
-    ttft = stream[("emporion", 1)].ttft_p50_ms - stream[("direct", 1)].ttft_p50_ms
-    rows.append(("streaming TTFT overhead p50 <= 2 ms (concurrency 1)", ttft, lambda v: v <= 2, "{:.2f} ms"))
-    for level in (16, 64):
-        ratio = stream[("emporion", level)].rps / stream[("floor", level)].rps
-        rows.append((f"streamed throughput at concurrency {level} >= 50% of the floor proxy", ratio, lambda v: v >= 0.5, "{:.0%}"))
-    rows.append((f"RSS without local models <= 150 MB after {last[0]:,} requests", last[1], lambda v: v <= 150, "{:.0f} MB"))
-    growth = last[1] - middle[1]
-    rows.append(("no RSS growth over the second half of the soak (<= 5 MB)", growth, lambda v: v <= 5, "{:+.1f} MB"))
-    for label, value, check, fmt in rows:
-        lines.append(f"| {label} | {fmt.format(value)} | {'yes' if check(value) else 'no'} |")
-    lines += ["", "Full path with metering on SQLite, and on PostgreSQL + Redis, join this table with the metering issue."]
-    return "\n".join(lines) + "\n"
-
-
-def plot(results: Results, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for name in TARGETS:
-        p50 = [median_measure(results.chat[(name, level)]).p50_ms for level in LEVELS]
-        p99 = [median_measure(results.chat[(name, level)]).p99_ms for level in LEVELS]
-        rps = [median_measure(results.chat[(name, level)]).rps for level in LEVELS]
-        axes[0].plot(LEVELS, p50, marker="o", label=f"{name} p50")
-        axes[0].plot(LEVELS, p99, marker="x", linestyle="--", label=f"{name} p99")
-        axes[1].plot(LEVELS, rps, marker="o", label=name)
-    axes[0].set(xscale="log", yscale="log", xlabel="concurrency", ylabel="latency (ms)", title="Chat completion latency")
-    axes[1].set(xscale="log", yscale="log", xlabel="concurrency", ylabel="requests/s", title="Throughput")
-    for axis in axes:
-        axis.set_xticks(LEVELS, [str(level) for level in LEVELS])
-        axis.legend(fontsize=7)
-        axis.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":
