@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from emporion.accounts.keys import issue_key
 from emporion.app import build_app
 from emporion.auth.keys import hash_key
 from emporion.core.prices import Charge
@@ -81,7 +82,7 @@ async def operator_key(data_dir: Path) -> str:
     try:
         async with db.session() as session, session.begin():
             org = await repos.create_org(session, "operator")
-            new, _ = await orgs.create_key(session, org, orgs.KeyColumns(kind="operator", label="ops"))
+            new, _ = await issue_key(session, org, orgs.KeyColumns(kind="operator", label="ops"))
     finally:
         await db.close()
     return new.plaintext

@@ -19,6 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from emporion.accounts.keys import issue_key
 from emporion.app import build_app
 from emporion.cli.main import _first_start
 from emporion.core.prices import Margin, Price, charge
@@ -82,7 +83,7 @@ class App:
             org = await repos.create_org(session, org_name, parent_id=parent_id)
             for name, value in org_fields.items():
                 setattr(org, name, value)
-            new, _ = await orgs.create_key(session, org, orgs.KeyColumns(label="test"))
+            new, _ = await issue_key(session, org, orgs.KeyColumns(label="test"))
         if parent is None:
             await self.deps.ledger.grant(org.id, 10**9, reference=f"welcome:{org.id}")
         self.deps.auth.forget()
@@ -169,7 +170,7 @@ async def test_the_first_organization_is_the_operators_and_has_no_tier_limits(tm
         async with app.deps.db.session() as session, session.begin():
             default = await repos.get_or_create_org(session, repos.DEFAULT_ORG)
             assert (default.tier, default.tier_pinned) == (OPERATOR_TIER, True)
-            new, _ = await orgs.create_key(session, default, orgs.KeyColumns(label="more"))
+            new, _ = await issue_key(session, default, orgs.KeyColumns(label="more"))
         for _ in range(FREE.requests_per_minute + 5):
             response = await app.post("/v1/chat/completions", new.plaintext, {"model": "big-context", "messages": USER, "max_tokens": 5})
             assert response.status_code == 200, response.text

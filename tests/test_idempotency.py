@@ -21,6 +21,7 @@ import openai
 import pytest
 from sqlalchemy import event, func, select
 
+from emporion.accounts.keys import issue_key
 from emporion.app import build_app
 from emporion.core.money import NANOS_PER_USD
 from emporion.pipeline import Deps
@@ -265,7 +266,7 @@ async def app(tmp_path: Path, fake_openai):
     async with db.session() as session, session.begin():
         for name in ("acme", "globex"):
             org = await repos.create_org(session, name)
-            new, _ = await orgs.create_key(session, org, orgs.KeyColumns())
+            new, _ = await issue_key(session, org, orgs.KeyColumns())
             keys[name], org_ids[name] = new.plaintext, org.id
     await db.close()
     application = build_app(settings)

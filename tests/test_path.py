@@ -10,6 +10,7 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import func, select
 
+from emporion.accounts.keys import issue_key
 from emporion.core.prices import Price
 from emporion.errors import PermissionDenied
 from emporion.pipeline import Call, Stage
@@ -81,7 +82,7 @@ async def test_the_policy_and_the_keys_scope_refuse_before_any_hold(app):
     walled = await app.key("walled")  # data_policy local-only, and the engine is off
     async with app.deps.db.session() as session, session.begin():
         org = await repos.create_org(session, "scoped")
-        new, _ = await orgs.create_key(session, org, orgs.KeyColumns(label="scoped", allowed_models=["dear"]))
+        new, _ = await issue_key(session, org, orgs.KeyColumns(label="scoped", allowed_models=["dear"]))
     await app.deps.ledger.grant(org.id, 10**9, reference=f"welcome:{org.id}")
     before = await books(app)
     policy = await app.post("/v1/chat/completions", walled, {"model": "big-context", "messages": USER})
@@ -201,7 +202,7 @@ async def test_admin_and_operator_keys_cannot_generate_but_read_their_own_organi
     api_key = await app.key("kinds")
     async with app.deps.db.session() as session, session.begin():
         org = await repos.get_or_create_org(session, "kinds")
-        new, _ = await orgs.create_key(session, org, orgs.KeyColumns(kind=kind, label=kind))
+        new, _ = await issue_key(session, org, orgs.KeyColumns(kind=kind, label=kind))
     before = await books(app)
     for path, body in GENERATING:
         refused = await app.post(path, new.plaintext, body)

@@ -25,6 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from emporion.accounts.keys import issue_key
 from emporion.app import build_app
 from emporion.core.money import NANOS_PER_USD, Nanos
 from emporion.core.prices import Charge, Margin, Price, charge
@@ -84,7 +85,7 @@ class Books:
     async def key(self, name: str, org: str, kind: str = "api") -> str:
         async with self.db.session() as session, session.begin():
             found = await orgs.find_org(session, self.org_ids[org])
-            new, row = await orgs.create_key(session, found, orgs.KeyColumns(label=name))
+            new, row = await issue_key(session, found, orgs.KeyColumns(label=name))
             row.kind = kind
         self.key_ids[name], self.keys[name] = row.id, new.plaintext
         return row.id

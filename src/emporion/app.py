@@ -24,6 +24,7 @@ from emporion.api.middleware import Edge
 from emporion.api.openai.routes import json_response
 from emporion.api.openai.routes import routes as openai_routes
 from emporion.api.openapi import routes as openapi_routes
+from emporion.api.protocol import edge_protocol
 from emporion.api.usage_routes import routes as usage_routes
 from emporion.auth.principal import Authenticator
 from emporion.catalog.builtin import EMBEDDINGS_UPSTREAM, MINILM_MAX_TOKENS, build_catalog
@@ -80,6 +81,11 @@ def build_app(settings: Settings) -> Starlette:
     ]  # fmt: skip
     middleware = [Middleware(Edge, cors_origins=settings.server.cors_origins), Middleware(CancelOnDisconnect)]
     return Starlette(routes=routes, middleware=middleware, exception_handlers=handlers, lifespan=lifespan)  # type: ignore[arg-type]  # Starlette's handler and lifespan types are narrower than what it accepts
+
+
+def http_protocol(settings: Settings) -> type:
+    """The HTTP/1.1 protocol uvicorn serves the app with: framing errors in the envelope, headers time-limited."""
+    return edge_protocol(settings.server.header_timeout_s)
 
 
 def _tune_gc() -> None:

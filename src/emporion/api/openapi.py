@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from emporion import __version__
-from emporion.api.admin import schemas as admin
+from emporion.accounts import schemas as admin
 from emporion.api.openai.routes import json_response
 from emporion.api.usage_routes import FORMATS
 from emporion.core.requests import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
@@ -94,6 +94,7 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("GET", "/admin/v1/prices", "The price book.", "Admin", query=(MODEL_FILTER,)),
     Operation("POST", "/admin/v1/margins", "Set the operator's margin.", "Admin", admin.SetMargin),
     Operation("GET", "/admin/v1/margins", "The margins.", "Admin", query=(MODEL_FILTER,)),
+    Operation("GET", "/admin/v1/audit", "The audit trail of accounts, newest first (an admin key: its tree's events).", "Admin", query=(Query("org_id", "Only the events concerning this organization."), Query("action", "Only this action (organization.create, key.revoke, credit.top_up, price.set, ...).", {"type": "string", "minLength": 1, "maxLength": 40}), Query("object_id", "Only the events of this object.", {"type": "string", "minLength": 1, "maxLength": 80}), Query("since", "From this Unix time on (seconds).", {"type": "number", "minimum": 0, "maximum": admin.MAX_EPOCH_S}), Query("until", "Before this Unix time (seconds).", {"type": "number", "minimum": 0, "maximum": admin.MAX_EPOCH_S}), Query("limit", "At most this many events (default 50).", {"type": "integer", "minimum": 1, "maximum": admin.MAX_AUDIT_PAGE}), Query("after", "The `last_id` of the previous page.", {"type": "integer", "minimum": 1}))),
     Operation("GET", ORG + "/usage", "An organization's usage.", "Admin", query=USAGE),
     Operation("GET", ORG + "/statements/{month}", "An organization's statement of a month (YYYY-MM).", "Admin", query=STATEMENT, media=STATEMENT_MEDIA),
     Operation("GET", "/healthz", "Liveness, and the state of the engine.", "Service", authenticated=False),

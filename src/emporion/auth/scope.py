@@ -4,6 +4,8 @@ An organization outside a key's reach is answered as if it did not exist (404), 
 
 from __future__ import annotations
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from emporion.auth.principal import Principal
 from emporion.errors import NotFound, PermissionDenied
 from emporion.store import repos
@@ -30,10 +32,21 @@ def reaches(principal: Principal, org: Organization, ancestors: list[Organizatio
     return org.id == principal.org_id or any(a.id == principal.org_id for a in ancestors)
 
 
+async def org_in_reach(
+    session: AsyncSession, principal: Principal, org_id: str, *, for_update: bool = False
+) -> Organization | None:
+    """The organization, when the principal may see it, else None (``for_update``: its row locked
+    until the transaction ends, so what is read of it stays true while it is changed)."""
+    org = await session.get(Organization, org_id, with_for_update=for_update or None)
+    if org is not None and reaches(principal, org, await repos.org_ancestors(session, org)):
+        return org
+    return None
+
+
 async def visible_org(db: Database, principal: Principal, org_id: str) -> Organization:
     """The organization, when the principal may see it; otherwise 404, exactly as for an unknown id."""
     async with db.session() as session:
-        org = await session.get(Organization, org_id)
-        if org is not None and reaches(principal, org, await repos.org_ancestors(session, org)):
-            return org
+        org = await org_in_reach(session, principal, org_id)
+    if org is not None:
+        return org
     raise NotFound(f"No organization with id `{org_id}`.", param="org_id", code="organization_not_found")

@@ -1,40 +1,33 @@
-"""``emporion orgs | members | credits | prices | margins``: the accounts side of the admin API,
-from the command line, checked by the same schemas."""
+"""``emporion orgs | members | credits | prices | margins``: the accounts service from the command
+line, acting as the operator; options checked by the same schemas as the admin API's bodies."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from emporion.api.admin import schemas
+from emporion.accounts import rules, schemas
+from emporion.accounts.audit import Actor
+from emporion.accounts.service import Accounts
 from emporion.cli.options import (
     ConfigFile,
     DataDir,
-    books,
     catalog,
+    checked,
     date,
     err,
     fail,
-    find_org,
     load,
+    org_of,
     out,
     usd,
     validated,
-    with_db,
+    with_accounts,
+    worded,
 )  # fmt: skip
-from emporion.core.money import to_nanos
-from emporion.core.prices import Margin, Price
-from emporion.errors import EmporionError
-from emporion.metering import credits as credit
-from emporion.metering.ledger import Ledger
-from emporion.metering.pricebook import PriceBook
 from emporion.settings import Settings
-from emporion.store import orgs, repos
-from emporion.store.session import Database
 from emporion.store.tables import Organization
 
 orgs_app = typer.Typer(help="Organizations and sub-organizations (a reseller's customers).", no_args_is_help=True)
@@ -49,18 +42,9 @@ margins_app = typer.Typer(help="The operator's versioned margins.", no_args_is_h
 OrgRef = Annotated[str, typer.Argument(help="Organization id or name.")]
 
 
-def _change_org(settings: Settings, ref: str, change: Callable[[Organization], None]) -> Organization:
-    async def work(session):
-        org = await find_org(session, ref)
-        change(org)
-        return org
-
-    return with_db(settings, work)
-
-
-def _check_tier(settings: Settings, tier: str | None) -> None:
-    if tier is not None and not settings.knows_tier(tier):
-        fail(f"unknown tier {tier!r}; the tiers are {', '.join(settings.tier_names)}", 2)
+def _known_tier(settings: Settings, tier: str | None) -> None:
+    with worded(invalid_value=(f"unknown tier {tier!r}; the tiers are {', '.join(settings.tier_names)}", 2)):
+        rules.known_tier(settings, tier)
 
 
 @orgs_app.command("create")
@@ -74,19 +58,16 @@ def orgs_create(
     """Create an organization (a top-level one with the free credit); its id is printed on standard output."""
     settings = load(data_dir, config)
     spec = validated(schemas.CreateOrganization, name=name, tier=tier)
-    _check_tier(settings, spec.tier)
+    _known_tier(settings, spec.tier)
 
-    async def work(db: Database, ledger: Ledger) -> Organization:
-        async with db.session() as session, session.begin():
-            parent_id = None if parent is None else (await find_org(session, parent)).id
-            if await orgs.org_named(session, spec.name, parent_id) is not None:  # names are unique within a parent
-                fail(f"an organization named {spec.name!r} already exists " + ("at the top level" if parent is None else f"under {parent!r}"))
-            org = await repos.create_org(session, spec.name, parent_id=parent_id, tier=spec.tier or next(iter(settings.tiers)))
-            org.tier_pinned = spec.tier is not None
-        await credit.welcome(ledger, settings, org.id, org.parent_id)
+    async def work(accounts: Accounts, actor: Actor) -> Organization:
+        parent_id = None if parent is None else (await org_of(accounts, parent)).id
+        where = "at the top level" if parent is None else f"under {parent!r}"  # names are unique within a parent
+        with worded(organization_exists=(f"an organization named {spec.name!r} already exists {where}", 1)):
+            org, _ = await accounts.create_org(actor, spec.model_copy(update={"parent_id": parent_id}))
         return org
 
-    org = books(settings, work)
+    org = with_accounts(settings, work)
     err.print(f"created organization '{org.name}' ({org.id}), tier {org.tier}")
     print(org.id)
 
@@ -94,16 +75,10 @@ def orgs_create(
 @orgs_app.command("list")
 def orgs_list(data_dir: DataDir = None, config: ConfigFile = None) -> None:
     """Every organization, with its reseller, tier, state and balance."""
-    settings = load(data_dir, config)
-
-    async def work(session):
-        found = await orgs.list_orgs(session)
-        return found, [await orgs.balance_of(session, org.id) for org in found]
-
-    found, balances = with_db(settings, work)
-    names = {org.id: org.name for org in found}
+    found = with_accounts(load(data_dir, config), lambda accounts, actor: accounts.org_balances(actor))
+    names = {org.id: org.name for org, _ in found}
     table = Table("id", "name", "reseller", "tier", "status", "balance", "available", "created")
-    for org, balance in zip(found, balances, strict=True):
+    for org, balance in found:
         tier = org.tier + (" (pinned)" if org.tier_pinned else "")
         status = "suspended" if org.suspended_at else "active"
         table.add_row(org.id, org.name, names.get(org.parent_id or "", "-"), tier, status, usd(balance.balance_nanos),
@@ -114,15 +89,12 @@ def orgs_list(data_dir: DataDir = None, config: ConfigFile = None) -> None:
 @orgs_app.command("show")
 def orgs_show(org: OrgRef, data_dir: DataDir = None, config: ConfigFile = None) -> None:
     """One organization in full."""
-    settings = load(data_dir, config)
 
-    async def work(session):
-        found = await find_org(session, org)
-        parent = None if found.parent_id is None else await session.get(Organization, found.parent_id)
-        balance, keys = await orgs.balance_of(session, found.id), await orgs.count_keys(session, found.id)
-        return found, parent, balance, keys, len(await orgs.members_of(session, found.id))
+    async def work(accounts: Accounts, actor: Actor):
+        return await accounts.org_details(actor, (await org_of(accounts, org)).id)
 
-    found, parent, balance, keys, members = with_db(settings, work)
+    shown = with_accounts(load(data_dir, config), work)
+    found, parent, balance = shown.org, shown.parent, shown.balance
     limits = [found.requests_per_minute, found.tokens_per_minute, found.max_concurrent]
     rows = {
         "id": found.id, "name": found.name, "created": date(found.created_at),
@@ -132,7 +104,7 @@ def orgs_show(org: OrgRef, data_dir: DataDir = None, config: ConfigFile = None) 
         "balance": usd(balance.balance_nanos), "held": usd(balance.held_nanos), "available": usd(balance.available_nanos),
         "resale markup": f"{schemas.plain(found.resale_percent)}% + ${schemas.plain(found.resale_fixed)}",
         "limits (rpm/tpm/concurrent)": "/".join("tier" if v is None else str(v) for v in limits),
-        "active keys": str(keys), "members": str(members),
+        "active keys": str(shown.active_keys), "members": str(shown.members),
     }  # fmt: skip
     for name, value in rows.items():
         print(f"{name}: {value}")
@@ -149,24 +121,21 @@ def orgs_suspend(
     settings = load(data_dir, config)
     spec = validated(schemas.Suspend, reason=reason)
 
-    def change(found: Organization) -> None:
-        found.suspended_at = found.suspended_at or int(time.time())
-        found.suspended_reason = spec.reason or None
-        found.suspended_by_operator = True  # the CLI is the operator
+    async def work(accounts: Accounts, actor: Actor) -> Organization:
+        return await accounts.suspend_org(actor, (await org_of(accounts, org)).id, spec)
 
-    found = _change_org(settings, org, change)
+    found = with_accounts(settings, work)
     err.print(f"suspended '{found.name}' ({found.id}); running servers notice within {settings.server.auth_cache_s:g}s")
 
 
 @orgs_app.command("restore")
 def orgs_restore(org: OrgRef, data_dir: DataDir = None, config: ConfigFile = None) -> None:
     """Lift a suspension."""
-    settings = load(data_dir, config)
 
-    def change(found: Organization) -> None:
-        found.suspended_at, found.suspended_reason, found.suspended_by_operator = None, None, False
+    async def work(accounts: Accounts, actor: Actor) -> Organization:
+        return await accounts.restore_org(actor, (await org_of(accounts, org)).id)
 
-    found = _change_org(settings, org, change)
+    found = with_accounts(load(data_dir, config), work)
     err.print(f"restored '{found.name}' ({found.id})")
 
 
@@ -183,21 +152,20 @@ def orgs_set_tier(
     """Set an organization's tier by hand, or let it float again."""
     settings = load(data_dir, config)
     spec = validated(schemas.SetTier, tier=tier, pinned=pinned)
-    _check_tier(settings, spec.tier)
+    _known_tier(settings, spec.tier)
 
-    def change(found: Organization) -> None:
-        found.tier = spec.tier or found.tier
-        found.tier_pinned = spec.pinned
+    async def work(accounts: Accounts, actor: Actor) -> Organization:
+        return await accounts.set_tier(actor, (await org_of(accounts, org)).id, spec)
 
-    found = _change_org(settings, org, change)
+    found = with_accounts(settings, work)
+    err.print(f"'{found.name}' is in tier {found.tier}" + (" (pinned)" if spec.pinned else " (floating)"))
 
-    async def refresh(db: Database, _ledger: Ledger) -> str:
-        await credit.refresh_tiers(db, settings)
-        async with db.session() as session:
-            return (await find_org(session, found.id)).tier
 
-    tier_now = found.tier if spec.pinned else books(settings, refresh)
-    err.print(f"'{found.name}' is in tier {tier_now}" + (" (pinned)" if spec.pinned else " (floating)"))
+def _update(settings: Settings, org: str, spec: schemas.UpdateOrganization) -> Organization:
+    async def work(accounts: Accounts, actor: Actor) -> Organization:
+        return await accounts.update_org(actor, (await org_of(accounts, org)).id, spec)
+
+    return with_accounts(settings, work)
 
 
 @orgs_app.command("set-markup")
@@ -210,12 +178,7 @@ def orgs_set_markup(
 ) -> None:
     """Set a reseller's markup over what it pays, charged to its sub-organizations."""
     settings = load(data_dir, config)
-    spec = validated(schemas.UpdateOrganization, resale_percent=percent, resale_fixed_usd=fixed)
-
-    def change(found: Organization) -> None:
-        found.resale_percent, found.resale_fixed = str(spec.resale_percent), str(spec.resale_fixed_usd)
-
-    found = _change_org(settings, org, change)
+    found = _update(settings, org, validated(schemas.UpdateOrganization, resale_percent=percent, resale_fixed_usd=fixed))
     err.print(f"'{found.name}' marks up {schemas.plain(found.resale_percent)}% + ${schemas.plain(found.resale_fixed)} per request")
 
 
@@ -231,14 +194,8 @@ def orgs_set_limits(
     """Override the tier's rate limits for one organization."""
     settings = load(data_dir, config)
     given = {"requests_per_minute": requests_per_minute, "tokens_per_minute": tokens_per_minute, "max_concurrent": max_concurrent}
-    validated(schemas.UpdateOrganization, **{name: value for name, value in given.items() if value})
-
-    def change(found: Organization) -> None:
-        for name, value in given.items():
-            if value is not None:
-                setattr(found, name, value or None)
-
-    found = _change_org(settings, org, change)
+    fields = {name: value or None for name, value in given.items() if value is not None}  # 0: None, back to the tier's
+    found = _update(settings, org, checked(schemas.UpdateOrganization, fields))
     shown = "/".join("tier" if v is None else str(v) for v in (found.requests_per_minute, found.tokens_per_minute, found.max_concurrent))
     err.print(f"'{found.name}' limits (rpm/tpm/concurrent): {shown}")
 
@@ -258,13 +215,12 @@ def members_add(
     settings = load(data_dir, config)
     spec = validated(schemas.AddMember, email=email, role=role)
 
-    async def work(session):
-        found = await find_org(session, org)
-        return found, await orgs.add_member(session, found.id, spec.email, spec.role)
+    async def work(accounts: Accounts, actor: Actor):
+        found = await org_of(accounts, org)
+        with worded(member_exists=(f"{spec.email} is already a member of '{found.name}'", 1)):
+            return found, await accounts.add_member(actor, found.id, spec)
 
-    found, member = with_db(settings, work)
-    if member is None:
-        fail(f"{spec.email} is already a member of '{found.name}'")
+    found, member = with_accounts(settings, work)
     err.print(f"added {member.email} to '{found.name}' as {member.role}")
     print(member.id)
 
@@ -272,13 +228,12 @@ def members_add(
 @members_app.command("list")
 def members_list(org: OrgRef, data_dir: DataDir = None, config: ConfigFile = None) -> None:
     """An organization's members."""
-    settings = load(data_dir, config)
 
-    async def work(session):
-        return await orgs.members_of(session, (await find_org(session, org)).id)
+    async def work(accounts: Accounts, actor: Actor):
+        return await accounts.list_members(actor, (await org_of(accounts, org)).id)
 
     table = Table("id", "email", "role", "added")
-    for member in with_db(settings, work):
+    for member in with_accounts(load(data_dir, config), work):
         table.add_row(member.id, member.email, member.role, date(member.created_at))
     out.print(table)
 
@@ -288,17 +243,16 @@ def members_remove(
     org: OrgRef, member: Annotated[str, typer.Argument(help="Member id or email.")], data_dir: DataDir = None, config: ConfigFile = None
 ) -> None:
     """Remove a member (never the last owner)."""
-    settings = load(data_dir, config)
 
-    async def work(session):
-        found = await orgs.find_member(session, (await find_org(session, org)).id, member)
-        if found is None:
+    async def work(accounts: Accounts, actor: Actor):
+        found = await org_of(accounts, org)
+        chosen = await accounts.find_member(actor, found.id, member)
+        if chosen is None:
             fail(f"no member {member!r} in that organization")
-        if not await orgs.remove_member(session, found):
-            fail("an organization keeps at least one owner")
-        return found
+        with worded(last_owner=("an organization keeps at least one owner", 1)):
+            return await accounts.remove_member(actor, found.id, chosen.id)
 
-    removed = with_db(settings, work)
+    removed = with_accounts(load(data_dir, config), work)
     err.print(f"removed {removed.email}")
 
 
@@ -310,26 +264,18 @@ Reference = Annotated[str | None, typer.Option(help="A payment id: the same refe
 
 def _credit(settings: Settings, org: str, amount: str, reference: str | None, kind: str) -> None:
     spec = validated(schemas.AddCredit, amount_usd=amount, kind=kind, reference=reference)
-    nanos = to_nanos(spec.amount_usd)
 
-    async def work(db: Database, ledger: Ledger):
-        async with db.session() as session:
-            found = await find_org(session, org)
-        if kind == "transfer" and found.parent_id is None:
-            fail(f"'{found.name}' has no reseller to transfer credit from")
-        try:  # a reference used before for another amount: refused, with what it was used for
-            applied = await credit.add_credit(ledger, spec.kind, found.id, nanos, spec.reference, source_org=found.parent_id)
-        except EmporionError as exc:
-            fail(exc.message)
-        await credit.refresh_tiers(db, settings)
-        async with db.session() as session:
-            return found, applied, await orgs.balance_of(session, found.id), (await find_org(session, found.id)).tier
+    async def work(accounts: Accounts, actor: Actor):
+        found = await org_of(accounts, org)
+        with worded(no_reseller=(f"'{found.name}' has no reseller to transfer credit from", 1)):
+            return found, await accounts.add_credit(actor, found.id, spec)
 
-    found, applied, balance, tier = books(settings, work)
-    if not applied:
+    found, credited = with_accounts(settings, work)
+    if not credited.applied:
         fail(f"reference {spec.reference!r} was credited before; nothing changed")
     what = {"top_up": "topped up", "grant": "granted", "transfer": "transferred"}[kind]
-    err.print(f"{what} {usd(nanos)} to '{found.name}': balance {usd(balance.balance_nanos)}, tier {tier}")
+    balance = usd(credited.balance.balance_nanos)
+    err.print(f"{what} {usd(credited.amount_nanos)} to '{found.name}': balance {balance}, tier {credited.tier}")
 
 
 @credits_app.command("top-up")
@@ -353,29 +299,23 @@ def credits_transfer(org: OrgRef, amount: Amount, reference: Reference = None, d
 @credits_app.command("refund")
 def credits_refund(request_id: str, data_dir: DataDir = None, config: ConfigFile = None) -> None:
     """Give a request's charge back (once)."""
-    settings = load(data_dir, config)
 
-    async def work(db: Database, ledger: Ledger) -> int:
-        async with db.session() as session:
-            charged, refunded = await orgs.charge_state(session, request_id)
-        if not charged:
-            fail(f"no charged request with id {request_id!r}")
-        if refunded:
-            fail(f"{request_id} was refunded already")
-        return await ledger.refund(request_id)
+    async def work(accounts: Accounts, actor: Actor) -> int:
+        not_charged = (f"no charged request with id {request_id!r}", 1)
+        with worded(generation_not_found=not_charged, already_refunded=(f"{request_id} was refunded already", 1)):
+            return await accounts.refund(actor, request_id)
 
-    err.print(f"refunded {usd(books(settings, work))} for {request_id}")
+    err.print(f"refunded {usd(with_accounts(load(data_dir, config), work))} for {request_id}")
 
 
 @credits_app.command("balance")
 def credits_balance(org: OrgRef, data_dir: DataDir = None, config: ConfigFile = None) -> None:
     """Balance, held (by requests running now) and available, in USD."""
-    settings = load(data_dir, config)
 
-    async def work(session):
-        return await orgs.balance_of(session, (await find_org(session, org)).id)
+    async def work(accounts: Accounts, actor: Actor):
+        return await accounts.balance(actor, (await org_of(accounts, org)).id)
 
-    balance = with_db(settings, work)
+    balance = with_accounts(load(data_dir, config), work)
     print(f"balance: {usd(balance.balance_nanos)}")
     print(f"held: {usd(balance.held_nanos)}")
     print(f"available: {usd(balance.available_nanos)}")
@@ -404,14 +344,15 @@ def prices_set(
         cache_write=cache_write, request=request, effective_at=effective_at,
     )  # fmt: skip
     known = catalog(settings)
-    if not known.has(spec.model):
-        fail(f"unknown model {spec.model!r}", 2)
-    upstreams = {deployment.upstream for deployment in known.get(spec.model).deployments}
-    if spec.upstream and spec.upstream not in upstreams:
-        fail(f"{spec.model} is not deployed on {spec.upstream!r} (it is on {', '.join(sorted(upstreams))})", 2)
-    price = Price(spec.prompt, spec.completion, spec.cached_prompt, spec.cache_write, spec.request)
-    row_id = books(settings, lambda db, _: PriceBook(db).set_price(spec.model, price, spec.upstream, spec.effective_at))
-    err.print(f"price {row_id} for {spec.model}: ${spec.prompt} prompt, ${spec.completion} completion per token")
+    upstreams = sorted({d.upstream for d in known.get(spec.model).deployments}) if known.has(spec.model) else []
+
+    async def work(accounts: Accounts, actor: Actor):
+        not_there = f"{spec.model} is not deployed on {spec.upstream!r} (it is on {', '.join(upstreams)})"
+        with worded(model_not_found=(f"unknown model {spec.model!r}", 2), invalid_value=(not_there, 2)):
+            return await accounts.set_price(actor, spec)
+
+    row = with_accounts(settings, work, known)
+    err.print(f"price {row.id} for {spec.model}: ${spec.prompt} prompt, ${spec.completion} completion per token")
 
 
 @prices_app.command("list")
@@ -419,9 +360,9 @@ def prices_list(
     model: Annotated[str | None, typer.Option(help="One model only.")] = None, data_dir: DataDir = None, config: ConfigFile = None
 ) -> None:
     """Every price version set with the CLI or the admin API (without one, the config's applies)."""
-    settings = load(data_dir, config)
+    rows = with_accounts(load(data_dir, config), lambda accounts, actor: accounts.list_prices(actor, model))
     table = Table("id", "model", "upstream", "prompt $/tok", "completion $/tok", "cached $/tok", "cache write $/tok", "request $", "from")
-    for row in with_db(settings, lambda session: orgs.price_rows(session, model)):
+    for row in rows:
         plain = schemas.plain
         table.add_row(str(row.id), row.model_id, row.upstream or "*", plain(row.prompt), plain(row.completion),
                       plain(row.cached_prompt) or "-", plain(row.cache_write) or "-", plain(row.request), date(row.effective_at))  # fmt: skip
@@ -440,18 +381,19 @@ def margins_set(
     """A new margin version, for one model or for all."""
     settings = load(data_dir, config)
     spec = validated(schemas.SetMargin, model=model, percent=percent, fixed_usd=fixed, effective_at=effective_at)
-    if spec.model is not None and not catalog(settings).has(spec.model):
-        fail(f"unknown model {spec.model!r}", 2)
-    margin = Margin(spec.percent, spec.fixed_usd)
-    row_id = books(settings, lambda db, _: PriceBook(db).set_margin(margin, spec.model or "", spec.effective_at))
-    err.print(f"margin {row_id} for {spec.model or 'every model'}: {spec.percent}% + ${spec.fixed_usd} per request")
+
+    async def work(accounts: Accounts, actor: Actor):
+        with worded(model_not_found=(f"unknown model {spec.model!r}", 2)):
+            return await accounts.set_margin(actor, spec)
+
+    row = with_accounts(settings, work, None if spec.model is None else catalog(settings))
+    err.print(f"margin {row.id} for {spec.model or 'every model'}: {spec.percent}% + ${spec.fixed_usd} per request")
 
 
 @margins_app.command("list")
 def margins_list(data_dir: DataDir = None, config: ConfigFile = None) -> None:
     """Every margin version."""
-    settings = load(data_dir, config)
     table = Table("id", "model", "percent", "fixed $", "from")
-    for row in with_db(settings, orgs.margin_rows):
+    for row in with_accounts(load(data_dir, config), lambda accounts, actor: accounts.list_margins(actor)):
         table.add_row(str(row.id), row.model_id or "*", schemas.plain(row.percent), schemas.plain(row.fixed), date(row.effective_at))
     out.print(table)

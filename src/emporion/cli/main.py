@@ -1,5 +1,5 @@
 """The ``emporion`` command: serve, keys, models, engine; the accounts commands live in cli/accounts.py,
-the usage reports in cli/usage.py."""
+the audit trail in cli/audit.py, the usage reports in cli/usage.py."""
 
 from __future__ import annotations
 
@@ -16,8 +16,12 @@ from rich.panel import Panel
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 from rich.table import Table
 
-from emporion.api.admin import schemas
+from emporion.accounts import rules, schemas
+from emporion.accounts.audit import Actor
+from emporion.accounts.service import Accounts
+from emporion.auth.keys import NewKey
 from emporion.catalog.builtin import GEMMA_ID, MINILM_ID
+from emporion.catalog.models import Catalog
 from emporion.cli.accounts import (
     credits_app,
     margins_app,
@@ -25,30 +29,32 @@ from emporion.cli.accounts import (
     orgs_app,
     prices_app,
 )
+from emporion.cli.audit import audit_app
 from emporion.cli.options import (
     ConfigFile,
     DataDir,
-    books,
     catalog,
     date,
     err,
     fail,
-    find_org,
     load,
+    org_of,
     out,
     validated,
+    with_accounts,
     with_db,
+    worded,
 )
 from emporion.cli.usage import usage_app
 from emporion.engine.build import build_llama_server, find_llama_server
 from emporion.engine.gemma import ensure_gemma
 from emporion.engine.gguf_info import read_gguf_info
-from emporion.metering import credits as credit
 from emporion.metering.ledger import Ledger
-from emporion.settings import OPERATOR_TIER, Settings
-from emporion.store import orgs, repos
-from emporion.store.session import Database, open_database
-from emporion.store.tables import LocalModel
+from emporion.metering.pricebook import PriceBook
+from emporion.settings import Settings
+from emporion.store import repos
+from emporion.store.session import open_database
+from emporion.store.tables import ApiKey, LocalModel
 
 app = typer.Typer(help="Emporion: an OpenAI-compatible gateway and marketplace for AI models.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
@@ -63,6 +69,7 @@ app.add_typer(credits_app, name="credits")
 app.add_typer(prices_app, name="prices")
 app.add_typer(margins_app, name="margins")
 app.add_typer(usage_app, name="usage")
+app.add_typer(audit_app, name="audit")
 
 
 @app.command()
@@ -76,8 +83,7 @@ def serve(
     """Start the gateway with the local models (no configuration needed)."""
     import uvicorn
 
-    from emporion.api.protocol import edge_protocol
-    from emporion.app import StartupError, build_app
+    from emporion.app import StartupError, build_app, http_protocol
 
     settings = load(data_dir, config)
     server = settings.server.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v is not None})
@@ -99,7 +105,7 @@ def serve(
             host=settings.server.host,
             port=settings.server.port,
             loop="uvloop",
-            http=edge_protocol(settings.server.header_timeout_s),
+            http=http_protocol(settings),
             access_log=access_log,
             log_level="info",
             timeout_graceful_shutdown=10,
@@ -111,19 +117,15 @@ def serve(
 
 async def _first_start(settings: Settings) -> None:
     """On an empty database: a default organization (with the free credit) and one API key, shown once."""
-    db: Database = await open_database(settings.database_url)
+    db = await open_database(settings.database_url)
     ledger = Ledger(db)
     try:
-        async with db.session() as session, session.begin():
-            if await repos.count_organizations(session):
-                return
-            org = await repos.get_or_create_org(session, repos.DEFAULT_ORG)
-            org.tier, org.tier_pinned = OPERATOR_TIER, True  # the operator's own: no tier limits
-            new, _ = await orgs.create_key(session, org, orgs.KeyColumns(label="first key"))
-        await credit.welcome(ledger, settings, org.id)
+        new = await Accounts(db, ledger, settings, PriceBook(db), Catalog([])).first_start()
     finally:
         await ledger.aclose()
         await db.close()
+    if new is None:
+        return
     err.print(
         Panel(
             f"[bold]{new.plaintext}[/bold]\n\nThis is your API key for organization '{repos.DEFAULT_ORG}'. It is shown "
@@ -161,24 +163,20 @@ def keys_create(
         schemas.CreateKey, label=label, kind=kind, budget_usd=budget, budget_period=period,
         period_budget_usd=period_budget, allowed_models=allowed, expires_in_days=expires_in_days,
     )  # fmt: skip
+    known = None
     if spec.allowed_models:
         known = catalog(settings)
         unknown = [m for m in spec.allowed_models if not known.has(m)]
-        if unknown:
-            fail(f"unknown model(s): {', '.join(unknown)}", 2)
+        with worded(model_not_found=(f"unknown model(s): {', '.join(unknown)}", 2)):
+            rules.known_models(known, spec.allowed_models)
 
-    async def work(db: Database, ledger: Ledger):
-        async with db.session() as session, session.begin():
-            organization = await find_org(session, org, missing_ok=True)  # an existing one by id or name; else a new top-level one
-            created = organization is None
-            if organization is None:
-                organization = await repos.create_org(session, org, tier=next(iter(settings.tiers)))
-            new, row = await orgs.create_key(session, organization, spec.columns())
-        if created:
-            await credit.welcome(ledger, settings, organization.id)
-        return new, row
+    async def work(accounts: Accounts, actor: Actor) -> tuple[NewKey, ApiKey]:
+        found = await org_of(accounts, org, missing_ok=True)  # an existing one by id or name; else a new top-level one
+        if found is None:
+            return await accounts.create_key_with_org(actor, validated(schemas.CreateOrganization, name=org), spec)
+        return await accounts.create_key(actor, found.id, spec)
 
-    new, row = books(settings, work)
+    new, row = with_accounts(settings, work, known)
     err.print(f"created {row.kind} key {row.prefix}… ({row.id}) for organization '{org}'; it is shown only this once:")
     print(new.plaintext)
 
@@ -186,8 +184,7 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(data_dir: DataDir = None, config: ConfigFile = None) -> None:
     """List keys (prefixes only: keys themselves are never stored)."""
-    settings = load(data_dir, config)
-    rows = with_db(settings, repos.list_keys)
+    rows = with_accounts(load(data_dir, config), lambda accounts, actor: accounts.all_keys(actor))
     table = Table("id", "key", "organization", "label", "created", "status")
     for key, org in rows:
         status = "revoked" if key.revoked_at else "active"
@@ -198,11 +195,14 @@ def keys_list(data_dir: DataDir = None, config: ConfigFile = None) -> None:
 @keys_app.command("revoke")
 def keys_revoke(key: Annotated[str, typer.Argument(help="Key id or prefix.")], data_dir: DataDir = None, config: ConfigFile = None) -> None:
     """Revoke a key; requests with it fail with 401 within seconds."""
-    settings = load(data_dir, config)
-    revoked = with_db(settings, lambda session: repos.revoke_key(session, key))
-    if revoked is None:
-        err.print(f"[red]error:[/red] no single active key matches {key!r}")
-        raise typer.Exit(1)
+
+    async def work(accounts: Accounts, actor: Actor) -> ApiKey:
+        matches = await accounts.active_keys(actor, key)
+        if len(matches) != 1:
+            fail(f"no single active key matches {key!r}")
+        return await accounts.revoke_key(actor, matches[0].id)
+
+    revoked = with_accounts(load(data_dir, config), work)
     err.print(f"revoked {revoked.prefix}… ({revoked.id})")
 
 

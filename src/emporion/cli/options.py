@@ -1,13 +1,15 @@
 """What every ``emporion`` command shares: the --data-dir and --config options, loading the
-settings they name, opening the database (and the ledger), checking options with the admin API's
-own schemas, and failing with a message on standard error."""
+settings they name, opening the database (or the accounts service over it, acting as the
+operator at the command line), checking options with the accounts service's own schemas, and
+failing with a message on standard error."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -16,14 +18,16 @@ from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from emporion.api.body import invalid_request
+from emporion.accounts.audit import Actor, at_cli
+from emporion.accounts.service import Accounts
 from emporion.catalog.models import Catalog
 from emporion.core.money import Nanos, format_usd
-from emporion.errors import EmporionError
+from emporion.errors import EmporionError, invalid_request
 from emporion.metering.ledger import Ledger
+from emporion.metering.pricebook import PriceBook
 from emporion.settings import ConfigError, Settings, load_settings
 from emporion.store import orgs, repos
-from emporion.store.session import Database, open_database
+from emporion.store.session import open_database
 from emporion.store.tables import Organization
 
 err = Console(stderr=True)
@@ -70,29 +74,49 @@ def with_db(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]) ->
     return asyncio.run(run())
 
 
-def books(settings: Settings, work: Callable[[Database, Ledger], Awaitable[T]]) -> T:
-    """Runs ``work`` with the database and the ledger (for commands that move money)."""
+def with_accounts(settings: Settings, work: Callable[[Accounts, Actor], Awaitable[T]], known: Catalog | None = None) -> T:
+    """Runs ``work`` with the accounts service over the database, as the operator at the command
+    line (``known``: the catalog, for commands that name models). A refusal of the service that
+    ``work`` does not word itself exits 1 with the service's message."""
 
     async def run() -> T:
         db = await open_database(settings.database_url)
         ledger = Ledger(db)
         try:
-            return await work(db, ledger)
+            return await work(Accounts(db, ledger, settings, PriceBook(db), Catalog([]) if known is None else known), at_cli())
         finally:
             await ledger.aclose()
             await db.close()
 
-    return asyncio.run(run())
+    with worded():
+        return asyncio.run(run())
 
 
-def validated(schema: type[Schema], **fields: Any) -> Schema:
-    """The options checked by the admin API's own body schema, so both refuse the same things."""
+@contextlib.contextmanager
+def worded(**by_code: tuple[str, int]) -> Iterator[None]:
+    """A refusal of the accounts service as this command words it: its error code -> (message, exit
+    status); any other code, the service's own message and exit status 1."""
     try:
-        return schema.model_validate({name: value for name, value in fields.items() if value is not None})
+        yield
+    except EmporionError as exc:
+        message, status = by_code.get(exc.instance_code or exc.code or "", (exc.message, 1))
+        fail(message, status)
+
+
+def checked(schema: type[Schema], fields: dict[str, Any]) -> Schema:
+    """``fields`` checked by the accounts service's own schema (a None is a field set to null), so
+    the CLI and the API refuse the same things."""
+    try:
+        return schema.model_validate(fields)
     except ValidationError as exc:
         fail(invalid_request(exc).message, 2)
     except EmporionError as exc:
         fail(exc.message, 2)
+
+
+def validated(schema: type[Schema], **fields: Any) -> Schema:
+    """The options given (not None) checked by the accounts service's own schema."""
+    return checked(schema, {name: value for name, value in fields.items() if value is not None})
 
 
 async def find_org(session: AsyncSession, ref: str, *, missing_ok: bool = False) -> Organization:
@@ -108,6 +132,12 @@ async def find_org(session: AsyncSession, ref: str, *, missing_ok: bool = False)
     if found is None and not missing_ok:
         fail(f"no organization with id or name {ref!r}")
     return found  # type: ignore[return-value]
+
+
+async def org_of(accounts: Accounts, ref: str, *, missing_ok: bool = False) -> Organization:
+    """``find_org`` for a command running with the accounts service."""
+    async with accounts.db.session() as session:
+        return await find_org(session, ref, missing_ok=missing_ok)
 
 
 def catalog(settings: Settings) -> Catalog:

@@ -97,7 +97,7 @@ class _Expire:
 
 
 @dataclass(frozen=True, slots=True)
-class _Move:
+class Move:
     kind: str  # topup, grant, refund
     reference: str | None
     lines: tuple[tuple[str, int], ...]
@@ -105,7 +105,7 @@ class _Move:
 
 
 @dataclass(frozen=True, slots=True)
-class _Transfer:
+class Transfer:
     source: str  # org ids
     target: str
     amount: int
@@ -117,7 +117,7 @@ class _Short(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class _Refund:
+class Refund:
     request_id: str
 
 
@@ -156,25 +156,39 @@ class Ledger:
         and returns False."""
         return await self._move("topup", reference, CASH, org_id, amount)
 
+    async def apply_in(self, conn: AsyncConnection, op: Move | Transfer | Refund) -> Any:
+        """One credit, transfer or refund in the caller's transaction (the accounts service's,
+        which records its audit event in the same one), applied by the very code the group-commit
+        writer applies its batches with; a refusal is raised. A caller whose transaction then
+        rolls back calls ``rolled_back``, as the writer does."""
+        result = (await self._apply(conn, [op]))[0]
+        if isinstance(result, BaseException):  # the batch code hands refusals back as values
+            raise result
+        return result
+
+    def rolled_back(self) -> None:
+        """Forget what a rolled-back transaction seemed to create (accounts it made)."""
+        self._known.clear()
+
     async def grant(self, org_id: str, amount: Nanos, reference: str | None = None) -> bool:
         """Free credit given: grants -> customer."""
         return await self._move("grant", reference, GRANTS, org_id, amount)
 
     async def _move(self, kind: str, reference: str | None, source: str, org_id: str, amount: Nanos) -> bool:
-        _positive(amount)
+        positive(amount)
         lines = ((source, -amount), (customer(org_id), amount))
-        return await self.writer.submit(_Move(kind, _scoped(org_id, reference), lines, org_id))
+        return await self.writer.submit(Move(kind, scoped(org_id, reference), lines, org_id))
 
     async def transfer(self, source_org: str, target_org: str, amount: Nanos, reference: str | None = None) -> bool:
         """Credit moved between organizations (a reseller funding its customer): customer ->
         customer, only from what the source has available (402 insufficient_credits otherwise).
         Idempotent by ``reference`` (per source organization) like a top-up."""
-        _positive(amount)
-        return await self.writer.submit(_Transfer(source_org, target_org, amount, _scoped(source_org, reference)))
+        positive(amount)
+        return await self.writer.submit(Transfer(source_org, target_org, amount, scoped(source_org, reference)))
 
     async def refund(self, request_id: str) -> Nanos:
         """Gives a settled request's charge back, every share reversed; once. Returns the amount."""
-        return await self.writer.submit(_Refund(request_id))
+        return await self.writer.submit(Refund(request_id))
 
     # --- the request path ------------------------------------------------------------------------
 
@@ -247,11 +261,11 @@ class Ledger:
         by_kind: dict[type, list[int]] = defaultdict(list)
         for index, op in enumerate(ops):
             by_kind[type(op)].append(index)
-        for index in by_kind[_Move]:
+        for index in by_kind[Move]:
             results[index] = await self._apply_move(conn, ops[index])
-        for index in by_kind[_Transfer]:
+        for index in by_kind[Transfer]:
             results[index] = await self._apply_transfer(conn, ops[index])
-        for index in by_kind[_Refund]:
+        for index in by_kind[Refund]:
             results[index] = await self._apply_refund(conn, ops[index])
         if by_kind[_Reserve]:
             await self._apply_reserves(conn, [(i, ops[i]) for i in by_kind[_Reserve]], results)
@@ -274,12 +288,12 @@ class Ledger:
         await _apply_deltas(conn, deltas)
         return results
 
-    async def _apply_move(self, conn: AsyncConnection, op: _Move) -> bool:
+    async def _apply_move(self, conn: AsyncConnection, op: Move) -> bool:
         for account, _ in op.lines:
             await self._ensure(conn, account, op.org_id if account.startswith("customer:") else None)
         return await _post(conn, op.kind, op.reference, dict(op.lines), int(self.clock()))
 
-    async def _apply_transfer(self, conn: AsyncConnection, op: _Transfer) -> bool | InsufficientCredits:
+    async def _apply_transfer(self, conn: AsyncConnection, op: Transfer) -> bool | InsufficientCredits:
         source, target = customer(op.source), customer(op.target)
         await self._ensure(conn, source, op.source)
         await self._ensure(conn, target, op.target)
@@ -297,7 +311,7 @@ class Ledger:
             )
         return True
 
-    async def _apply_refund(self, conn: AsyncConnection, op: _Refund) -> int:
+    async def _apply_refund(self, conn: AsyncConnection, op: Refund) -> int:
         charge_lines = (
             await conn.execute(
                 select(Entry.account_id, Entry.amount_nanos)
@@ -446,12 +460,12 @@ class Ledger:
         self._known.add(account_id)
 
 
-def _positive(amount: int) -> None:
+def positive(amount: int) -> None:
     if amount <= 0:
         raise InvalidRequest("An amount of credit must be positive.", param="amount")
 
 
-def _scoped(org_id: str, reference: str | None) -> str | None:
+def scoped(org_id: str, reference: str | None) -> str | None:
     """A payment reference is unique per organization (the one credited; for a transfer, the
     one paying), so one tenant's references can neither block nor reveal another's."""
     return None if reference is None else f"{org_id}:{reference}"
@@ -465,9 +479,9 @@ async def _lock_rows(conn: AsyncConnection, ops: Sequence[Any]) -> None:
     budgets: set[str] = set()
     closing, refunded, expire_at = [], [], None
     for op in ops:
-        if isinstance(op, _Move):
+        if isinstance(op, Move):
             accounts.update(account for account, _ in op.lines)
-        elif isinstance(op, _Transfer):
+        elif isinstance(op, Transfer):
             accounts.update((customer(op.source), customer(op.target)))
         elif isinstance(op, _Reserve):
             accounts.add(customer(op.org_id))
@@ -477,7 +491,7 @@ async def _lock_rows(conn: AsyncConnection, ops: Sequence[Any]) -> None:
             closing.append(op.request_id)
         elif isinstance(op, _Release):
             closing.append(op.request_id)
-        elif isinstance(op, _Refund):
+        elif isinstance(op, Refund):
             refunded.append(op.request_id)
         elif isinstance(op, _Expire):
             expire_at = op.now

@@ -18,6 +18,7 @@ from decimal import Decimal
 from typing import Protocol
 
 from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from emporion.catalog.models import Deployment, Model
 from emporion.core.prices import Margin, Price, seen_by
@@ -106,27 +107,39 @@ class PriceBook:
 
     async def set_price(self, model_id: str, price: Price, upstream: str = GLOBAL, effective_at: float | None = None) -> int:
         """A new price version (``upstream``: one deployment's price; "" the model's)."""
-        now = int(time.time())
-        row = {
-            "model_id": model_id, "upstream": upstream, "prompt": str(price.prompt), "completion": str(price.completion),
-            "cached_prompt": None if price.cached_prompt is None else str(price.cached_prompt),
-            "cache_write": None if price.cache_write is None else str(price.cache_write),
-            "request": str(price.request), "effective_at": now if effective_at is None else int(effective_at), "created_at": now,
-        }  # fmt: skip
         async with self.db.engine.begin() as conn:
-            row_id = (await conn.execute(insert(PriceRow).values(**row).returning(PriceRow.id))).scalar_one()
+            row_id = await insert_price(conn, model_id, price, upstream, effective_at)
         await self.load()
         return row_id
 
     async def set_margin(self, margin: Margin, model_id: str = GLOBAL, effective_at: float | None = None) -> int:
         """A new margin version for one model, or the global one (``model_id`` "")."""
-        now = int(time.time())
-        row = {"model_id": model_id, "percent": str(margin.percent), "fixed": str(margin.fixed),
-               "effective_at": now if effective_at is None else int(effective_at), "created_at": now}  # fmt: skip
         async with self.db.engine.begin() as conn:
-            row_id = (await conn.execute(insert(MarginRow).values(**row).returning(MarginRow.id))).scalar_one()
+            row_id = await insert_margin(conn, margin, model_id, effective_at)
         await self.load()
         return row_id
+
+
+async def insert_price(
+    conn: AsyncConnection, model_id: str, price: Price, upstream: str = GLOBAL, effective_at: float | None = None
+) -> int:
+    """A price version's row, in the caller's transaction: ``PriceBook.load`` sees it once committed."""
+    now = int(time.time())
+    row = {
+        "model_id": model_id, "upstream": upstream, "prompt": str(price.prompt), "completion": str(price.completion),
+        "cached_prompt": None if price.cached_prompt is None else str(price.cached_prompt),
+        "cache_write": None if price.cache_write is None else str(price.cache_write),
+        "request": str(price.request), "effective_at": now if effective_at is None else int(effective_at), "created_at": now,
+    }  # fmt: skip
+    return (await conn.execute(insert(PriceRow).values(**row).returning(PriceRow.id))).scalar_one()
+
+
+async def insert_margin(conn: AsyncConnection, margin: Margin, model_id: str = GLOBAL, effective_at: float | None = None) -> int:
+    """A margin version's row, in the caller's transaction: ``PriceBook.load`` sees it once committed."""
+    now = int(time.time())
+    row = {"model_id": model_id, "percent": str(margin.percent), "fixed": str(margin.fixed),
+           "effective_at": now if effective_at is None else int(effective_at), "created_at": now}  # fmt: skip
+    return (await conn.execute(insert(MarginRow).values(**row).returning(MarginRow.id))).scalar_one()
 
 
 class _PriceColumns(Protocol):

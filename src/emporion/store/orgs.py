@@ -1,5 +1,6 @@
-"""Reads and writes behind the admin API and CLI: organization trees, members, keys with their
-budgets and scopes, account balances, and the versioned price and margin rows."""
+"""Reads and writes behind the accounts service: organization trees, members, keys with their
+budgets and scopes (a key's secret is made by the service: only its hash and prefix come here),
+account balances, and the versioned price and margin rows."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from emporion.auth.keys import NewKey, generate_key
 from emporion.store.repos import new_id
 from emporion.store.tables import (
     Account,
     ApiKey,
+    Entry,
     MarginRow,
     Member,
     Organization,
@@ -90,10 +91,9 @@ class KeyColumns:
     max_concurrent: int | None = None
 
 
-async def create_key(session: AsyncSession, org: Organization, columns: KeyColumns) -> tuple[NewKey, ApiKey]:
-    new = generate_key()
+async def insert_key(session: AsyncSession, org_id: str, columns: KeyColumns, key_hash: str, prefix: str) -> ApiKey:
     row = ApiKey(
-        id=new_id("key"), org_id=org.id, key_hash=new.key_hash, prefix=new.prefix, label=columns.label,
+        id=new_id("key"), org_id=org_id, key_hash=key_hash, prefix=prefix, label=columns.label,
         created_at=int(time.time()), revoked_at=None, kind=columns.kind, expires_at=columns.expires_at,
         allowed_models=None if columns.allowed_models is None else json.dumps(columns.allowed_models),
         budget_nanos=columns.budget_nanos, budget_period=columns.budget_period, period_budget_nanos=columns.period_budget_nanos,
@@ -102,7 +102,13 @@ async def create_key(session: AsyncSession, org: Organization, columns: KeyColum
     )  # fmt: skip
     session.add(row)
     await session.flush()
-    return new, row
+    return row
+
+
+async def active_keys_matching(session: AsyncSession, id_or_prefix: str) -> list[ApiKey]:
+    """The active keys with this id, or this prefix (the CLI accepts either)."""
+    query = select(ApiKey).where((ApiKey.id == id_or_prefix) | (ApiKey.prefix == id_or_prefix), ApiKey.revoked_at.is_(None))
+    return list((await session.scalars(query)).all())
 
 
 async def keys_of(session: AsyncSession, org_id: str) -> list[ApiKey]:
@@ -161,6 +167,24 @@ async def balance_of(session: AsyncSession, org_id: str) -> Balance:
     """The organization's customer account (zero before its first credit)."""
     row = (await session.execute(select(Account.balance_nanos, Account.held_nanos).where(Account.id == f"customer:{org_id}"))).first()
     return Balance(0, 0) if row is None else Balance(int(row[0]), int(row[1]))
+
+
+async def balances_of(session: AsyncSession, org_ids: list[str]) -> dict[str, Balance]:
+    """``balance_of`` for many organizations in one query."""
+    accounts = {f"customer:{org_id}": org_id for org_id in org_ids}
+    query = select(Account.id, Account.balance_nanos, Account.held_nanos).where(Account.id.in_(list(accounts)))
+    rows = await session.execute(query)
+    found = {accounts[account]: Balance(int(balance), int(held)) for account, balance, held in rows.all()}
+    return {org_id: found.get(org_id, Balance(0, 0)) for org_id in org_ids}
+
+
+async def charged_org(session: AsyncSession, request_id: str) -> str | None:
+    """The organization a request's charge was taken from (its customer account's)."""
+    query = (
+        select(Account.org_id).join(Entry, Entry.account_id == Account.id).join(Posting, Posting.id == Entry.posting_id)
+        .where(Posting.request_id == request_id, Posting.kind == "charge", Account.kind == "customer")
+    )  # fmt: skip
+    return await session.scalar(query.limit(1))
 
 
 async def charge_state(session: AsyncSession, request_id: str) -> tuple[bool, bool]:

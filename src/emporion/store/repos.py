@@ -31,7 +31,7 @@ async def get_or_create_org(session: AsyncSession, name: str) -> Organization:
 
 
 async def create_org(session: AsyncSession, name: str, parent_id: str | None = None, tier: str = "free") -> Organization:
-    """A new organization (its free credit is granted by ``metering.credits.welcome`` once committed)."""
+    """A new organization (its free credit is granted by ``metering.credits.welcome``)."""
     org = Organization(
         id=new_id("org"), name=name, created_at=int(time.time()), parent_id=parent_id, tier=tier, tier_pinned=False,
         resale_percent="0", resale_fixed="0",
@@ -74,22 +74,6 @@ async def list_keys(session: AsyncSession) -> list[tuple[ApiKey, Organization]]:
         .order_by(ApiKey.created_at, ApiKey.id)
     )
     return [(key, org) for key, org in rows.all()]
-
-
-async def revoke_key(session: AsyncSession, key_id_or_prefix: str) -> ApiKey | None:
-    """Revokes by id, or by prefix when exactly one active key has it."""
-    matches = (
-        await session.scalars(
-            select(ApiKey).where(
-                (ApiKey.id == key_id_or_prefix) | (ApiKey.prefix == key_id_or_prefix),
-                ApiKey.revoked_at.is_(None),
-            )
-        )
-    ).all()
-    if len(matches) != 1:
-        return None
-    matches[0].revoked_at = int(time.time())
-    return matches[0]
 
 
 async def add_local_model(session: AsyncSession, model: LocalModel) -> None:

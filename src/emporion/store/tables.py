@@ -247,3 +247,26 @@ class IdempotencyKey(Base):
     status: Mapped[int | None] = mapped_column(Integer, nullable=True)
     headers: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON object
     body: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+
+
+class AuditEvent(Base):
+    """One change made to accounts (accounts/audit.py): who made it, what it was, the object it
+    changed and the organization it concerns, with the object before and after (JSON, never a
+    secret). Written in the change's own transaction; append-only: triggers refuse UPDATE and
+    DELETE (migration 0006)."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_org_id", "org_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    created_at_ms: Mapped[int] = mapped_column(BigInteger, index=True)  # epoch milliseconds
+    actor_kind: Mapped[str] = mapped_column(String(10))  # key, cli, system
+    actor_key_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    actor_org_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    actor_name: Mapped[str | None] = mapped_column(String(200), nullable=True)  # cli: "cli:<OS user>"
+    action: Mapped[str] = mapped_column(String(40))  # organization.create, key.revoke, credit.top_up, price.set, ...
+    object_type: Mapped[str] = mapped_column(String(40))  # organization, api_key, organization.member, generation, price, margin
+    object_id: Mapped[str] = mapped_column(String(80), index=True)
+    org_id: Mapped[str | None] = mapped_column(String(40), nullable=True)  # null: the operator's own (prices, margins)
+    before: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON object; null: created
+    after: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON object; null: removed

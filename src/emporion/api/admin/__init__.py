@@ -1,1 +1,1 @@
-"""The admin API."""
+"""The admin API (/admin/v1): thin routes over the accounts service (emporion.accounts)."""

@@ -1,5 +1,6 @@
-"""Request bodies of the admin API (the CLI validates its options with the same models).
-Checks across fields raise InvalidRequest naming the field (pydantic lets it through as is).
+"""What the accounts service accepts: the admin API's request bodies and query, which the CLI
+validates its options with too. Checks across fields raise InvalidRequest naming the field
+(pydantic lets it through as is).
 
 Money is exact: USD amounts arrive as decimal strings (or JSON numbers) and become Decimals,
 never floats; an amount finer than a nano-USD is refused rather than rounded.
@@ -20,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from emporion.core.money import NANOS_PER_USD, Nanos, to_nanos
+from emporion.core.money import NANOS_PER_USD, Nanos, format_usd, to_nanos
 from emporion.errors import InvalidRequest
 from emporion.store.orgs import KeyColumns
 
@@ -30,6 +31,7 @@ MAX_PRICE_USD = Decimal(1_000)  # per token, or per request
 MAX_PERCENT = Decimal(10_000)
 MAX_INT32 = 2**31 - 1
 MAX_EPOCH_S = 253_402_300_799  # 9999-12-31
+MAX_AUDIT_PAGE = 500
 DAY_S = 86_400
 
 
@@ -44,6 +46,16 @@ def _plain(value: Decimal) -> Decimal:
 def plain(text: str | None) -> str | None:
     """Decimal text as people write it (the store may hold 1.5E-7 for 0.00000015)."""
     return None if text is None else format(Decimal(text).normalize(), "f")
+
+
+def usd_fields(name: str, amount: int | None) -> dict[str, str | int | None]:
+    """An amount as answers carry it: ``<name>_usd`` (exact decimal text) and ``<name>_nanos``."""
+    return {f"{name}_usd": None if amount is None else format_usd(Nanos(amount)), f"{name}_nanos": amount}
+
+
+def usd_text_fields(name: str, text: str) -> dict[str, str | int | None]:
+    """``usd_fields`` of an amount stored as decimal text (a markup's or a margin's fixed fee)."""
+    return usd_fields(name, to_nanos(Decimal(text)))
 
 
 def _bounded(most: Decimal, *, positive: bool = False, nanos: bool = True):
@@ -190,3 +202,19 @@ class SetMargin(Body):
     percent: Percent = Decimal(0)
     fixed_usd: Usd = Decimal(0)
     effective_at: Epoch | None = None
+
+
+class AuditQuery(BaseModel):
+    """``GET /admin/v1/audit``'s query (and ``emporion audit list``'s options): events newest
+    first, ``after`` the id of the last one of the previous page; ``since`` (inclusive) and
+    ``until`` (exclusive) in epoch seconds."""
+
+    model_config = ConfigDict(extra="ignore")  # a query string may carry more than we read
+
+    org_id: Id | None = None
+    action: Annotated[str, StringConstraints(min_length=1, max_length=40)] | None = None
+    object_id: Annotated[str, StringConstraints(min_length=1, max_length=80)] | None = None
+    since: Annotated[Decimal, Field(ge=0, le=MAX_EPOCH_S, allow_inf_nan=False)] | None = None
+    until: Annotated[Decimal, Field(ge=0, le=MAX_EPOCH_S, allow_inf_nan=False)] | None = None
+    limit: Annotated[int, Field(ge=1, le=MAX_AUDIT_PAGE)] = 50
+    after: Annotated[int, Field(ge=1, le=2**63 - 1)] | None = None
