@@ -24,6 +24,7 @@ serve: install
 test: install
 	$(BIN)/pip install --quiet -e '.[test]'
 	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 

@@ -71,11 +71,18 @@ def main() -> None:
     duration_s = 3 if args.quick else 10
     data_dir = Path(tempfile.mkdtemp(prefix="emporion-bench-emb-"))
     (data_dir / "config.toml").write_text("[engine]\nenabled = false\n")
-    key = subprocess.run([sys.executable, "-m", "emporion", "keys", "create", "--data-dir", str(data_dir)],
-                         capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    key = subprocess.run(
+        [sys.executable, "-m", "emporion", "keys", "create", "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     port = free_port()
-    gateway = subprocess.Popen([sys.executable, "-m", "emporion", "serve", "--data-dir", str(data_dir), "--port", str(port)],
-                               stdout=(data_dir / "serve.log").open("w"), stderr=subprocess.STDOUT)  # fmt: skip
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "emporion", "serve", "--data-dir", str(data_dir), "--port", str(port)],
+        stdout=(data_dir / "serve.log").open("w"),
+        stderr=subprocess.STDOUT,
+    )
     rows = []
     try:
         url = f"http://127.0.0.1:{port}"

@@ -96,23 +96,48 @@ def main() -> None:
     config = f"[engine]\nthreads = {args.threads}\nthreads_batch = {args.threads_batch}\n[embeddings]\nenabled = false\n"
     (data_dir / "config.toml").write_text(config)
     key = subprocess.run(
-        [sys.executable, "-m", "emporion", "keys", "create", "--data-dir", str(data_dir)], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "emporion", "keys", "create", "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
 
     engine = EngineSettings(threads=args.threads, threads_batch=args.threads_batch)
     direct_port, gateway_port = free_port(), free_port()
     logs = open(data_dir / "bench.log", "w")
     direct = subprocess.Popen(
-        [str(binary), "--model", str(gguf), "--alias", "gemma-3-270m", "--host", "127.0.0.1", "--port", str(direct_port),
-         "--ctx-size", str(engine.ctx_per_request * engine.parallel), "--parallel", str(engine.parallel), "--no-kv-unified",
-         "--threads", str(args.threads), "--threads-batch", str(args.threads_batch), "--no-webui",
-         "--chat-template", "gemma", "--no-jinja"],
-        stdout=logs, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        [
+            str(binary),
+            "--model",
+            str(gguf),
+            "--alias",
+            "gemma-3-270m",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(direct_port),
+            "--ctx-size",
+            str(engine.ctx_per_request * engine.parallel),
+            "--parallel",
+            str(engine.parallel),
+            "--no-kv-unified",
+            "--threads",
+            str(args.threads),
+            "--threads-batch",
+            str(args.threads_batch),
+            "--no-webui",
+            "--chat-template",
+            "gemma",
+            "--no-jinja",
+        ],
+        stdout=logs,
+        stderr=subprocess.STDOUT,
+    )
     gateway = subprocess.Popen(
         [sys.executable, "-m", "emporion", "serve", "--data-dir", str(data_dir), "--port", str(gateway_port)],
-        stdout=logs, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        stdout=logs,
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_ready(f"http://127.0.0.1:{direct_port}/health", direct, "llama-server")
         wait_ready(f"http://127.0.0.1:{gateway_port}/readyz", gateway, "emporion")

@@ -23,11 +23,17 @@ COMPLETION = json.dumps(
         "object": "chat.completion",
         "created": 0,
         "model": "fake",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello! How can I help you today?"},
-                     "logprobs": None, "finish_reason": "stop"}],
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Hello! How can I help you today?"},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
         "usage": {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21},
     }
-).encode()  # fmt: skip
+).encode()
 EMBEDDING = json.dumps(
     {
         "object": "list",
@@ -49,7 +55,9 @@ def _stream_parts(chunks: int) -> tuple[bytes, bytes, bytes]:
     token = _chunk({**head, "choices": [{"index": 0, "delta": {"content": " word"}, "finish_reason": None}]})
     tail = (
         _chunk({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-        + _chunk({**head, "choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": chunks, "total_tokens": 12 + chunks}})
+        + _chunk(
+            {**head, "choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": chunks, "total_tokens": 12 + chunks}}
+        )
         + _chunk_raw(b"data: [DONE]\n\n")
         + b"0\r\n\r\n"
     )

@@ -16,7 +16,9 @@ from aiohttp import web
 async def proxy(request: web.Request) -> web.StreamResponse:
     session: aiohttp.ClientSession = request.app["session"]
     body = await request.read()
-    async with session.post(request.app["upstream"] + request.path, data=body, headers={"content-type": "application/json"}) as upstream:
+    async with session.post(
+        request.app["upstream"] + request.path, data=body, headers={"content-type": "application/json"}
+    ) as upstream:
         response = web.StreamResponse(status=upstream.status, headers={"content-type": upstream.headers.get("content-type", "")})
         await response.prepare(request)
         async for chunk in upstream.content.iter_any():

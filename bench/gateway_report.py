@@ -51,9 +51,16 @@ def median_measure(values: list[Measure]) -> Measure:
         got = [getattr(v, attr) for v in values if getattr(v, attr) is not None]
         return statistics.median(got) if got else None
 
-    return Measure(rps=med("rps"), p50_ms=med("p50_ms"), p99_ms=med("p99_ms"), cpu_s_per_1k=med("cpu_s_per_1k"),
-                   stores_cpu_s_per_1k=med("stores_cpu_s_per_1k"), errors=sum(v.errors for v in values),
-                   ttft_p50_ms=med("ttft_p50_ms"), ttft_p99_ms=med("ttft_p99_ms"))  # fmt: skip
+    return Measure(
+        rps=med("rps"),
+        p50_ms=med("p50_ms"),
+        p99_ms=med("p99_ms"),
+        cpu_s_per_1k=med("cpu_s_per_1k"),
+        stores_cpu_s_per_1k=med("stores_cpu_s_per_1k"),
+        errors=sum(v.errors for v in values),
+        ttft_p50_ms=med("ttft_p50_ms"),
+        ttft_p99_ms=med("ttft_p99_ms"),
+    )
 
 
 def _stores(m: Measure) -> str:
@@ -82,8 +89,10 @@ def report(results: Results, rounds: int, duration_s: float) -> str:
             m = chat[(name, level)]
             share = "–" if name == "direct" else f"{m.rps / floor.rps:.0%}"
             over = "– | –" if name == "direct" else f"{m.p50_ms - direct.p50_ms:.2f} | {m.p99_ms - direct.p99_ms:.2f}"
-            lines.append(f"| {name} | {level} | {m.rps:,.0f} | {share} | {m.p50_ms:.2f} | {m.p99_ms:.2f} | {over} | "
-                         f"{m.cpu_s_per_1k:.2f} | {_stores(m)} | {m.errors} |")  # fmt: skip
+            lines.append(
+                f"| {name} | {level} | {m.rps:,.0f} | {share} | {m.p50_ms:.2f} | {m.p99_ms:.2f} | {over} | "
+                f"{m.cpu_s_per_1k:.2f} | {_stores(m)} | {m.errors} |"
+            )
     lines += [
         "",
         "## Streamed chat completions (20 chunks, 2 ms apart)",
@@ -134,9 +143,12 @@ def _ratio(a: float, b: float) -> str:
 def _side_by_side(results: Results, chat: dict[tuple[str, int], Measure]) -> list[str]:
     roles = {role: name for role, name in results.roles.items()}
     present = [role for role in ROLES if role in roles]
-    comparisons = [("sqlite_on", "sqlite_off", "money on / off"), ("pg_on", "sqlite_on", "PG+Redis / SQLite"),
-                   ("sqlite_on", "baseline", "current / baseline"),
-                   ("sqlite_on_normal", "baseline", "current / baseline, both NORMAL")]  # fmt: skip
+    comparisons = [
+        ("sqlite_on", "sqlite_off", "money on / off"),
+        ("pg_on", "sqlite_on", "PG+Redis / SQLite"),
+        ("sqlite_on", "baseline", "current / baseline"),
+        ("sqlite_on_normal", "baseline", "current / baseline, both NORMAL"),
+    ]
     comparisons = [c for c in comparisons if c[0] in roles and c[1] in roles]
     heads = [roles[role] if role == "baseline" else ROLES[role] for role in present]
     lines = [

@@ -81,16 +81,26 @@ def extract_src(rev: str, into: Path) -> Path:
 
 def config_toml(target: Target, upstream_url: str, database_url: str | None) -> str:
     lines = [
-        "[engine]", "enabled = false", "[embeddings]", "enabled = false",
-        "[[upstreams]]", 'name = "fake"', f'base_url = "{upstream_url}/v1"',
-        '[models."fake"]', 'upstream = "fake"',
-    ]  # fmt: skip
+        "[engine]",
+        "enabled = false",
+        "[embeddings]",
+        "enabled = false",
+        "[[upstreams]]",
+        'name = "fake"',
+        f'base_url = "{upstream_url}/v1"',
+        '[models."fake"]',
+        'upstream = "fake"',
+    ]
     if target.priced:
         lines.append(f'pricing = {{ prompt = "{PROMPT_USD}", completion = "{COMPLETION_USD}" }}')
     lines += [
-        "[metering]", 'free_credit_usd = "1000000"',
-        "[tiers.free]", "requests_per_minute = 100000000", "tokens_per_minute = 1000000000000", "max_concurrent = 100000",
-    ]  # fmt: skip
+        "[metering]",
+        'free_credit_usd = "1000000"',
+        "[tiers.free]",
+        "requests_per_minute = 100000000",
+        "tokens_per_minute = 1000000000000",
+        "max_concurrent = 100000",
+    ]
     if database_url:
         lines += ["[database]", f'url = "{database_url}"']
     elif target.sqlite_synchronous:
@@ -111,8 +121,13 @@ def environment(src: Path | None) -> dict[str, str]:
 def create_key(data_dir: Path, env: dict[str, str]) -> str:
     """An API key of a new organization in the first tier, with the free credit (the first start's
     default organization is the operator's, which has no tier limits: not what customers get)."""
-    result = subprocess.run([sys.executable, "-m", "emporion", "keys", "create", "--org", "bench", "--data-dir", str(data_dir)],
-                            capture_output=True, text=True, env=env, cwd=tempfile.gettempdir())  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "emporion", "keys", "create", "--org", "bench", "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tempfile.gettempdir(),
+    )
     if result.returncode != 0:
         raise SystemExit(f"emporion keys create failed in {data_dir}:\n{result.stderr[-3000:]}")
     return result.stdout.strip().splitlines()[-1]

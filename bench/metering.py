@@ -90,12 +90,27 @@ async def lifecycle(ledger: Ledger, org: str, request_id: str, cell: Cell, rng: 
     reserved = time.perf_counter()
     usage = Usage(input_tokens=prompt, output_tokens=rng.randint(1, MAX_TOKENS))
     record: dict[str, Any] = {
-        "org_id": org, "key_id": "key_bench", "model": "bench-model", "upstream": "bench", "upstream_model": "bench-model",
-        "provider": "openai_compat", "endpoint": "chat", "streamed": False, "status": "completed", "finish_reason": "stop",
-        "input_tokens": usage.input_tokens, "cached_input_tokens": 0, "cache_write_tokens": 0,
-        "output_tokens": usage.output_tokens, "usage_source": "upstream", "price_id": None, "margin_id": None,
-        "attempts": 1, "latency_ms": int((reserved - began) * 1000), "created_at": int(time.time()),
-    }  # fmt: skip
+        "org_id": org,
+        "key_id": "key_bench",
+        "model": "bench-model",
+        "upstream": "bench",
+        "upstream_model": "bench-model",
+        "provider": "openai_compat",
+        "endpoint": "chat",
+        "streamed": False,
+        "status": "completed",
+        "finish_reason": "stop",
+        "input_tokens": usage.input_tokens,
+        "cached_input_tokens": 0,
+        "cache_write_tokens": 0,
+        "output_tokens": usage.output_tokens,
+        "usage_source": "upstream",
+        "price_id": None,
+        "margin_id": None,
+        "attempts": 1,
+        "latency_ms": int((reserved - began) * 1000),
+        "created_at": int(time.time()),
+    }
     settled = await ledger.settle(request_id, charge(usage, PRICE, MARGIN), upstream="bench", record=record)
     done = time.perf_counter()
     if settled is None:
@@ -194,10 +209,24 @@ async def check_books(db: Database, settled: int, orgs: int) -> None:
         charges = (await conn.execute(select(func.count()).select_from(Posting).where(Posting.kind == "charge"))).scalar_one()
         records = (await conn.execute(select(func.count()).select_from(RequestRecord))).scalar_one()
         topups = (await conn.execute(select(func.count()).select_from(Posting).where(Posting.kind == "topup"))).scalar_one()
-    found = {"sum of balances": total, "held": held, "open holds": open_holds, "holds": holds,
-             "charge postings": charges, "records": records, "top-ups": topups}  # fmt: skip
-    wanted = {"sum of balances": 0, "held": 0, "open holds": 0, "holds": settled,
-              "charge postings": settled, "records": settled, "top-ups": orgs}  # fmt: skip
+    found = {
+        "sum of balances": total,
+        "held": held,
+        "open holds": open_holds,
+        "holds": holds,
+        "charge postings": charges,
+        "records": records,
+        "top-ups": topups,
+    }
+    wanted = {
+        "sum of balances": 0,
+        "held": 0,
+        "open holds": 0,
+        "holds": settled,
+        "charge postings": settled,
+        "records": settled,
+        "top-ups": orgs,
+    }
     if found != wanted:
         raise SystemExit(f"the books do not balance after {settled} settled requests: found {found}, wanted {wanted}")
 
@@ -273,20 +302,24 @@ async def bench(levels: tuple[int, ...], duration_s: float) -> dict:
 
 
 def render(report: dict, levels: tuple[int, ...], duration_s: float) -> str:
-    title = (f"# Metering: request lifecycles per second ({time.strftime('%Y-%m-%d')}, 2 cores, {duration_s:g} s "
-             f"per cell, {ORGS} organizations)")  # fmt: skip
+    title = (
+        f"# Metering: request lifecycles per second ({time.strftime('%Y-%m-%d')}, 2 cores, {duration_s:g} s "
+        f"per cell, {ORGS} organizations)"
+    )
     intro = (
         "One lifecycle: `ledger.reserve` (the worst-case hold), then `ledger.settle` (the charge split between provider "
         "and operator, and the request's record, in the same transaction). *grouped*: the group-commit writer as shipped "
         f"(up to {group_commit.MAX_BATCH} writes a transaction); *single*: the same ledger with `MAX_BATCH = 1`, one "
         "transaction per write. Latencies are the grouped ledger's (single's in brackets). SQLite runs in WAL mode, "
         "twice side by side: with `synchronous=FULL` as shipped (the WAL synced to disk at every commit, so a committed "
-        "write survives a power loss) and with `synchronous=NORMAL` (`[database] sqlite_synchronous = \"normal\"`: synced "
+        'write survives a power loss) and with `synchronous=NORMAL` (`[database] sqlite_synchronous = "normal"`: synced '
         f"at checkpoints only); one fsync of a small write costs {report[('sqlite', 'fsync')]:.2f} ms on the disk holding "
         "the files."
     )
-    header = ("| store | concurrency | grouped req/s | single req/s | grouped / single | reserve p50 / p99 ms | "
-              "settle p50 / p99 ms | mean batch | rolled back | books |")  # fmt: skip
+    header = (
+        "| store | concurrency | grouped req/s | single req/s | grouped / single | reserve p50 / p99 ms | "
+        "settle p50 / p99 ms | mean batch | rolled back | books |"
+    )
     lines = [
         title,
         "",
@@ -311,15 +344,19 @@ def render(report: dict, levels: tuple[int, ...], duration_s: float) -> str:
 def meaning(report: dict, levels: tuple[int, ...]) -> list[str]:
     """The paragraph under the table, from this run's numbers."""
     top = levels[-1]
-    ratios = [report[(store, level, True)].rps / report[(store, level, False)].rps
-              for store in STORES for level in levels if level > 1]  # fmt: skip
+    ratios = [
+        report[(store, level, True)].rps / report[(store, level, False)].rps for store in STORES for level in levels if level > 1
+    ]
     one = [report[(store, 1, True)].rps / report[(store, 1, False)].rps for store in STORES]
     single = {store: max(report[(store, level, False)].rps for level in levels) for store in STORES}
     grouped = {store: report[(store, top, True)] for store in STORES}
-    slower = all(pct(report[(store, level, True)].reserve_ms, 50) > pct(report[(store, level, True)].settle_ms, 50)
-                 for store in STORES for level in levels if level > 1)  # fmt: skip
-    lockstep = all(abs(report[(store, level, True)].mean_batch - level) < 0.5 * level
-                   for store in STORES for level in levels)  # fmt: skip
+    slower = all(
+        pct(report[(store, level, True)].reserve_ms, 50) > pct(report[(store, level, True)].settle_ms, 50)
+        for store in STORES
+        for level in levels
+        if level > 1
+    )
+    lockstep = all(abs(report[(store, level, True)].mean_batch - level) < 0.5 * level for store in STORES for level in levels)
     per_write = {store: 1000 / (2 * single[store]) for store in single}
     rolled_back = sum(cell.failed_batches for key, cell in report.items() if len(key) == 3)
     text = (
@@ -344,13 +381,19 @@ def meaning(report: dict, levels: tuple[int, ...]) -> list[str]:
         "a batch pays one fsync, whatever the number of writes in it."
     )
     if lockstep:
-        text += (" The mean batch is about the concurrency: the clients move in lockstep, all reservations in one "
-                 "transaction, all settlements in the next.")  # fmt: skip
+        text += (
+            " The mean batch is about the concurrency: the clients move in lockstep, all reservations in one "
+            "transaction, all settlements in the next."
+        )
     if slower:
-        text += (" Under load a reservation waits longer than a settlement: reservations are applied one conditional "
-                 "UPDATE each (they must be refused one by one), settlements in bulk statements.")  # fmt: skip
-    text += (" Every cell ended with balanced books: balances sum to zero, no hold open, one charge posting and one "
-             f"request record per settled request. Transactions rolled back (then retried write by write): {rolled_back}.")  # fmt: skip
+        text += (
+            " Under load a reservation waits longer than a settlement: reservations are applied one conditional "
+            "UPDATE each (they must be refused one by one), settlements in bulk statements."
+        )
+    text += (
+        " Every cell ended with balanced books: balances sum to zero, no hold open, one charge posting and one "
+        f"request record per settled request. Transactions rolled back (then retried write by write): {rolled_back}."
+    )
     return [text]
 
 

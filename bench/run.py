@@ -160,8 +160,9 @@ def start_emporion(run: Run, target: targets.Target, name: str, src: Path | None
     env = targets.environment(src)
     key = targets.create_key(data_dir, env)
     port = free_port()
-    process = run.start(name, [sys.executable, "-m", "emporion", "serve", "--data-dir", str(data_dir), "--port", str(port)],
-                        port, "/readyz", env)  # fmt: skip
+    process = run.start(
+        name, [sys.executable, "-m", "emporion", "serve", "--data-dir", str(data_dir), "--port", str(port)], port, "/readyz", env
+    )
     cost = targets.probe_cost(process.url, key)
     if target.priced and cost == 0:  # None: a revision that does not report the cost
         raise SystemExit(f"{name}: the priced model charged nothing for a request")
@@ -175,8 +176,10 @@ def run_wrk(url: str, key: str, connections: int, duration_s: float, script_dir:
     script.write_text(WRK_SCRIPT % (CHAT_BODY, key))
     result = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{duration_s}s", "-s", str(script), url + "/v1/chat/completions"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     line = next(line for line in result.stdout.splitlines() if line.startswith("RESULT "))
     return json.loads(line[7:])
 
@@ -343,17 +346,25 @@ def main() -> None:
     began = time.monotonic()
     try:
         port = free_port()
-        fake = run.start("fake upstream", [sys.executable, "-m", "bench.fake_upstream", "--port", str(port),
-                                           "--chunks", "20", "--chunk-interval-ms", "2"], port, "")  # fmt: skip
+        fake = run.start(
+            "fake upstream",
+            [sys.executable, "-m", "bench.fake_upstream", "--port", str(port), "--chunks", "20", "--chunk-interval-ms", "2"],
+            port,
+            "",
+        )
         port = free_port()
-        floor = run.start("floor proxy", [sys.executable, "-m", "bench.floor_proxy", "--port", str(port),
-                                          "--upstream", fake.url], port, "")  # fmt: skip
+        floor = run.start(
+            "floor proxy", [sys.executable, "-m", "bench.floor_proxy", "--port", str(port), "--upstream", fake.url], port, ""
+        )
         planned = plan(args.baseline, args.current)
         emporion = start_targets(run, planned, fake.url)
         lives = [Live("direct", fake), Live("floor", floor), *emporion.values()]
-        results = Results(names=[live.name for live in lives], roles={role: live.name for role, live in emporion.items()},
-                          probe_cost_usd={live.name: live.cost_usd for live in emporion.values()},
-                          sources=sources(planned, emporion))  # fmt: skip
+        results = Results(
+            names=[live.name for live in lives],
+            roles={role: live.name for role, live in emporion.items()},
+            probe_cost_usd={live.name: live.cost_usd for live in emporion.values()},
+            sources=sources(planned, emporion),
+        )
         print(f"targets ready after {time.monotonic() - began:.0f} s (log: {run.log})", flush=True)
         machine = _machine_cpu_s(lives)
         for round_ in range(rounds):
@@ -362,14 +373,20 @@ def main() -> None:
                 for live in order:
                     m = measure_chat(live, level, duration_s, run.tmp)
                     results.chat.setdefault((live.name, level), []).append(m)
-                    print(f"chat   {live.name:38} c={level:<3} {m.rps:8.0f} req/s  p50 {m.p50_ms:6.2f} ms  p99 {m.p99_ms:6.2f} ms  "
-                          f"errors {m.errors}", flush=True)  # fmt: skip
+                    print(
+                        f"chat   {live.name:38} c={level:<3} {m.rps:8.0f} req/s  p50 {m.p50_ms:6.2f} ms  p99 {m.p99_ms:6.2f} ms  "
+                        f"errors {m.errors}",
+                        flush=True,
+                    )
             for level in LEVELS:
                 for live in order:
                     m = measure_stream(live, level, duration_s)
                     results.stream.setdefault((live.name, level), []).append(m)
-                    print(f"stream {live.name:38} c={level:<3} {m.rps:8.0f} req/s  ttft p50 {m.ttft_p50_ms:6.2f} ms  "
-                          f"errors {m.errors}", flush=True)  # fmt: skip
+                    print(
+                        f"stream {live.name:38} c={level:<3} {m.rps:8.0f} req/s  ttft p50 {m.ttft_p50_ms:6.2f} ms  "
+                        f"errors {m.errors}",
+                        flush=True,
+                    )
         results.other_cores = _other_cores(machine, _machine_cpu_s(lives))
         print(f"other processes used {results.other_cores:.2f} cores meanwhile", flush=True)
         soak(emporion["sqlite_on"], soak_requests, soak_minutes, run.tmp, results.soak)

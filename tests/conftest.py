@@ -41,8 +41,12 @@ def free_port() -> int:
 def emporion(*args: str, data_dir: Path, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "emporion", *args, "--data-dir", str(data_dir)],
-        capture_output=True, text=True, check=check, timeout=120, **kwargs,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=120,
+        **kwargs,
+    )
 
 
 @dataclass
@@ -242,8 +246,10 @@ def start_gateway(data_dir: Path, key: str = "", port: int | None = None, log_na
     with log.open("a") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "emporion", "serve", "--data-dir", str(data_dir), "--port", str(port)],
-            stdout=out, stderr=subprocess.STDOUT, env=env,
-        )  # fmt: skip
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     while True:

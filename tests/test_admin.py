@@ -120,7 +120,9 @@ async def test_operator_uses_every_route(admin):
     assert (await admin.ok("GET", path))["name"] == "acme"
 
     patched = await admin.ok("PATCH", path, {"resale_percent": "12.5", "resale_fixed_usd": "0.001", "requests_per_minute": 7})
-    assert patched["resale_percent"] == "12.5" and patched["resale_fixed_usd"] == "0.001" and patched["resale_fixed_nanos"] == 10**6
+    assert (
+        patched["resale_percent"] == "12.5" and patched["resale_fixed_usd"] == "0.001" and patched["resale_fixed_nanos"] == 10**6
+    )
     assert patched["requests_per_minute"] == 7 and patched["tokens_per_minute"] is None
     cleared = await admin.ok("PATCH", path, {"requests_per_minute": None})
     assert cleared["requests_per_minute"] is None and cleared["resale_percent"] == "12.5"
@@ -138,10 +140,22 @@ async def test_operator_uses_every_route(admin):
     assert {m["email"] for m in (await admin.ok("GET", path + "/members"))["data"]} == {"boss@acme.example", "dev@acme.example"}
     assert (await admin.ok("DELETE", f"{path}/members/{member['id']}"))["deleted"]
 
-    created = await admin.ok("POST", path + "/keys", {"label": "ci", "budget_usd": "5", "budget_period": "month",
-                                                        "period_budget_usd": "1.5", "allowed_models": [MODEL], "expires_in_days": 30})  # fmt: skip
+    created = await admin.ok(
+        "POST",
+        path + "/keys",
+        {
+            "label": "ci",
+            "budget_usd": "5",
+            "budget_period": "month",
+            "period_budget_usd": "1.5",
+            "allowed_models": [MODEL],
+            "expires_in_days": 30,
+        },
+    )
     assert created["key"].startswith("emp-") and created["prefix"] == created["key"][:8]
-    assert created["budget_usd"] == "5" and created["period_budget_nanos"] == 1_500_000_000 and created["budget_period"] == "month"
+    assert (
+        created["budget_usd"] == "5" and created["period_budget_nanos"] == 1_500_000_000 and created["budget_period"] == "month"
+    )
     assert created["allowed_models"] == [MODEL] and created["expires_at"] > time.time() + 29 * 86_400
     keys = (await admin.ok("GET", path + "/keys"))["data"]
     assert [k["id"] for k in keys] == [created["id"]] and "key" not in keys[0]
@@ -153,13 +167,25 @@ async def test_operator_uses_every_route(admin):
     assert not again["applied"] and again["balance_usd"] == "11.25"  # the same payment credits once
     await admin.ok("POST", path + "/credits", {"amount_usd": 2, "kind": "grant"})
     balance = await admin.ok("GET", path + "/credits")
-    assert balance == {"object": "organization.credits", "org_id": org["id"], "balance_usd": "13.25", "balance_nanos": 13_250_000_000,
-                       "held_usd": "0", "held_nanos": 0, "available_usd": "13.25", "available_nanos": 13_250_000_000}  # fmt: skip
+    assert balance == {
+        "object": "organization.credits",
+        "org_id": org["id"],
+        "balance_usd": "13.25",
+        "balance_nanos": 13_250_000_000,
+        "held_usd": "0",
+        "held_nanos": 0,
+        "available_usd": "13.25",
+        "available_nanos": 13_250_000_000,
+    }
 
-    price = await admin.ok("POST", "/admin/v1/prices", {"model": MODEL, "prompt": "0.000003", "completion": "1.5e-7", "upstream": "fake"})
+    price = await admin.ok(
+        "POST", "/admin/v1/prices", {"model": MODEL, "prompt": "0.000003", "completion": "1.5e-7", "upstream": "fake"}
+    )
     assert price["object"] == "price" and price["completion"] == "0.00000015" and price["upstream"] == "fake"
     later = int(time.time()) + 3600
-    await admin.ok("POST", "/admin/v1/prices", {"model": MODEL, "prompt": "0.000004", "completion": "0.00002", "effective_at": later})
+    await admin.ok(
+        "POST", "/admin/v1/prices", {"model": MODEL, "prompt": "0.000004", "completion": "0.00002", "effective_at": later}
+    )
     versions = (await admin.ok("GET", f"/admin/v1/prices?model={MODEL}"))["data"]
     assert [(v["prompt"], v["upstream"]) for v in versions] == [("0.000004", ""), ("0.000003", "fake")]
     assert (await admin.ok("GET", "/admin/v1/prices?model=other"))["data"] == []
@@ -207,8 +233,12 @@ async def test_reseller_admin_manages_its_sub_organizations(admin):
     error_of(await admin.call("PATCH", path, boss, {"resale_percent": 1}), 403, "own_organization_only")
     error_of(await admin.call("PATCH", path, boss, {"max_concurrent": 1}), 403, "operator_key_required")
     error_of(await admin.call("POST", path + "/tier", boss, {"tier": "tier-5"}), 403, "operator_key_required")
-    error_of(await admin.call("POST", path + "/credits", boss, {"amount_usd": "5", "kind": "grant"}), 403, "operator_key_required")
-    error_of(await admin.call("POST", "/admin/v1/organizations", boss, {"name": "x", "tier": "tier-5"}), 403, "operator_key_required")
+    error_of(
+        await admin.call("POST", path + "/credits", boss, {"amount_usd": "5", "kind": "grant"}), 403, "operator_key_required"
+    )
+    error_of(
+        await admin.call("POST", "/admin/v1/organizations", boss, {"name": "x", "tier": "tier-5"}), 403, "operator_key_required"
+    )
     error_of(await admin.call("POST", f"/admin/v1/organizations/{reseller['id']}/suspend", boss, {}), 403, "own_organization")
     error_of(await admin.call("POST", path + "/keys", boss, {"kind": "operator"}), 403, "operator_key_required")
     assert (await admin.ok("GET", path + "/credits", key=boss))["available_usd"] == "0"
@@ -221,7 +251,9 @@ async def test_reseller_admin_manages_its_sub_organizations(admin):
     await admin.ok("POST", path + "/suspend", {"reason": "card declined"}, key=boss)
     for key in (api, sub_api):  # a sub-organization of a suspended one is suspended with it
         error_of(await admin.client.get("/v1/models", headers={"authorization": f"Bearer {key}"}), 403, "account_suspended")
-    denied = error_of(await admin.client.get("/v1/models", headers={"authorization": f"Bearer {sub_api}"}), 403, "account_suspended")
+    denied = error_of(
+        await admin.client.get("/v1/models", headers={"authorization": f"Bearer {sub_api}"}), 403, "account_suspended"
+    )
     assert "customer" not in denied["message"] and "card declined" not in denied["message"]  # not its own: nothing told
     await admin.ok("POST", path + "/restore", key=boss)
     assert (await admin.client.get("/v1/models", headers={"authorization": f"Bearer {api}"})).status_code == 200
@@ -253,7 +285,10 @@ async def test_a_reseller_funds_its_customers_by_transfer_from_what_it_has(admin
     error_of(await admin.call("POST", path, api, {"amount_usd": "1", "kind": "transfer"}), 403, "admin_key_required")
     left = await admin.ok("GET", f"/admin/v1/organizations/{reseller['id']}/credits", key=boss)
     assert left["available_usd"] == "7"  # 1 free + 10 - 4; the refused transfers moved nothing
-    assert moved["tier"] == "free" and (await admin.ok("POST", path, {"amount_usd": "1", "kind": "transfer"}, key=boss))["tier"] == "tier-1"
+    assert (
+        moved["tier"] == "free"
+        and (await admin.ok("POST", path, {"amount_usd": "1", "kind": "transfer"}, key=boss))["tier"] == "tier-1"
+    )
     assert (await admin.ok("GET", f"/admin/v1/organizations/{reseller['id']}", key=boss))["tier"] == "tier-1"  # paid $10, gave $5
     books = await admin.deps.ledger.balances()
     assert sum(books.values()) == 0
@@ -301,7 +336,9 @@ async def test_an_admin_key_on_another_tenants_ids_gets_404_and_learns_nothing(a
     a_admin = await admin.key(a["id"], "admin")
     targets = {}
     for target in (b, parent):
-        member = await admin.ok("POST", f"/admin/v1/organizations/{target['id']}/members", {"email": "owner@x.example", "role": "owner"})
+        member = await admin.ok(
+            "POST", f"/admin/v1/organizations/{target['id']}/members", {"email": "owner@x.example", "role": "owner"}
+        )
         key_id = (await admin.ok("POST", f"/admin/v1/organizations/{target['id']}/keys", {"label": "secret-label"}))["id"]
         targets[target["id"]] = (target, member["id"], key_id)
     for target, member_id, key_id in targets.values():
@@ -316,9 +353,18 @@ async def test_an_admin_key_on_another_tenants_ids_gets_404_and_learns_nothing(a
     assert [o["name"] for o in listed] == ["tenant-a"] and listed[0]["parent_id"] is None  # its reseller is not named
     for target, member_id, _key_id in targets.values():  # and nothing of theirs changed
         seen = await admin.ok("GET", f"/admin/v1/organizations/{target['id']}")
-        assert not seen["suspended"] and seen["tier"] == "free" and seen["resale_percent"] == "0" and seen["balance_usd"] == target["balance_usd"]
-        assert [k["revoked_at"] for k in (await admin.ok("GET", f"/admin/v1/organizations/{target['id']}/keys"))["data"]] == [None]
-        assert [m["id"] for m in (await admin.ok("GET", f"/admin/v1/organizations/{target['id']}/members"))["data"]] == [member_id]
+        assert (
+            not seen["suspended"]
+            and seen["tier"] == "free"
+            and seen["resale_percent"] == "0"
+            and seen["balance_usd"] == target["balance_usd"]
+        )
+        assert [k["revoked_at"] for k in (await admin.ok("GET", f"/admin/v1/organizations/{target['id']}/keys"))["data"]] == [
+            None
+        ]
+        assert [m["id"] for m in (await admin.ok("GET", f"/admin/v1/organizations/{target['id']}/members"))["data"]] == [
+            member_id
+        ]
     names = {o["name"] for o in (await admin.ok("GET", "/admin/v1/organizations"))["data"]}
     assert "planted" not in names
 
@@ -358,10 +404,15 @@ async def test_key_scopes_and_budgets_apply_on_the_request_path(admin):
     response = await admin.client.post("/v1/chat/completions", headers=headers, json={"model": MODEL, "messages": USER})
     error_of(response, 403, "model_not_allowed")
     headers = {"authorization": f"Bearer {await admin.key(org['id'], budget_usd='0')}"}
-    response = await admin.client.post("/v1/chat/completions", headers=headers, json={"model": MODEL, "messages": USER, "max_tokens": 5})
+    response = await admin.client.post(
+        "/v1/chat/completions", headers=headers, json={"model": MODEL, "messages": USER, "max_tokens": 5}
+    )
     error_of(response, 402, "budget_exceeded")
-    error_of(await admin.call("POST", f"/admin/v1/organizations/{org['id']}/keys", admin.operator, {"allowed_models": ["nope"]}),
-             404, "model_not_found")  # fmt: skip
+    error_of(
+        await admin.call("POST", f"/admin/v1/organizations/{org['id']}/keys", admin.operator, {"allowed_models": ["nope"]}),
+        404,
+        "model_not_found",
+    )
 
 
 async def test_a_suspended_organizations_keys_get_403_until_restored(admin):
@@ -419,12 +470,19 @@ async def test_bad_input_is_a_400_with_its_param_and_conflicts_are_409(admin):
         assert error["param"] == param, (url, body, error)
     not_json = await admin.client.post(path + "/members", content=b"{", headers={"authorization": f"Bearer {admin.operator}"})
     error_of(not_json, 400)
-    error_of(await admin.call("POST", "/admin/v1/prices", admin.operator, {"model": "nope", "prompt": "0", "completion": "0"}),
-             404, "model_not_found")  # fmt: skip
+    error_of(
+        await admin.call("POST", "/admin/v1/prices", admin.operator, {"model": "nope", "prompt": "0", "completion": "0"}),
+        404,
+        "model_not_found",
+    )
     error_of(await admin.call("POST", "/admin/v1/margins", admin.operator, {"model": "nope"}), 404, "model_not_found")
     error_of(await admin.call("GET", "/admin/v1/organizations/org_nope", admin.operator), 404, "organization_not_found")
-    nul = [("GET", "/admin/v1/organizations/org%00x"), ("DELETE", "/admin/v1/keys/key%00x"),
-           ("GET", "/admin/v1/prices?model=a%00"), ("DELETE", path + "/members/m%00")]  # PostgreSQL refuses NUL in text
+    nul = [
+        ("GET", "/admin/v1/organizations/org%00x"),
+        ("DELETE", "/admin/v1/keys/key%00x"),
+        ("GET", "/admin/v1/prices?model=a%00"),
+        ("DELETE", path + "/members/m%00"),
+    ]  # PostgreSQL refuses NUL in text
     for method, url in nul:
         error_of(await admin.call(method, url, admin.operator), 400, "invalid_value")
     error_of(await admin.call("POST", "/admin/v1/organizations", admin.operator, {"name": "nul\u0000"}), 400, "invalid_value")
@@ -436,7 +494,9 @@ async def test_bad_input_is_a_400_with_its_param_and_conflicts_are_409(admin):
     error_of(await admin.call("DELETE", f"{path}/members/{owner['id']}", admin.operator), 409, "last_owner")
     error_of(await admin.call("POST", "/admin/v1/organizations/operator/suspend", admin.operator), 404)
     operator_org = next(o for o in (await admin.ok("GET", "/admin/v1/organizations"))["data"] if o["name"] == "operator")
-    error_of(await admin.call("POST", f"/admin/v1/organizations/{operator_org['id']}/suspend", admin.operator), 403, "own_organization")
+    error_of(
+        await admin.call("POST", f"/admin/v1/organizations/{operator_org['id']}/suspend", admin.operator), 403, "own_organization"
+    )
 
 
 # --- references and names --------------------------------------------------------------------------
@@ -449,20 +509,47 @@ async def test_a_reference_reused_with_another_amount_is_422_and_the_same_again_
     assert first["applied"] and first["balance_usd"] == "26"
     same = await admin.ok("POST", path, {"amount_usd": "25", "kind": "top_up", "reference": "invoice-42"})
     assert not same["applied"] and same["balance_usd"] == "26"  # the same payment again: a no-op
-    other = error_of(await admin.call("POST", path, admin.operator, {"amount_usd": "2500", "kind": "top_up", "reference": "invoice-42"}),
-                     422, "reference_reused")  # fmt: skip
+    other = error_of(
+        await admin.call("POST", path, admin.operator, {"amount_usd": "2500", "kind": "top_up", "reference": "invoice-42"}),
+        422,
+        "reference_reused",
+    )
     assert other["param"] == "reference" and "$25" in other["message"] and "$2500" in other["message"]
-    error_of(await admin.call("POST", path, admin.operator, {"amount_usd": "2", "kind": "grant", "reference": "welcome"}), 422, "reference_reused")
+    error_of(
+        await admin.call("POST", path, admin.operator, {"amount_usd": "2", "kind": "grant", "reference": "welcome"}),
+        422,
+        "reference_reused",
+    )
     assert (await admin.ok("POST", path, {"amount_usd": "3", "kind": "grant", "reference": "invoice-42"}))["applied"]  # per kind
 
     boss = await admin.key(org["id"], "admin")
     shop, mall = await admin.org("shop", key=boss), await admin.org("mall", key=boss)
-    moved = await admin.ok("POST", f"/admin/v1/organizations/{shop['id']}/credits", {"amount_usd": "4", "kind": "transfer", "reference": "t-1"}, key=boss)
+    moved = await admin.ok(
+        "POST",
+        f"/admin/v1/organizations/{shop['id']}/credits",
+        {"amount_usd": "4", "kind": "transfer", "reference": "t-1"},
+        key=boss,
+    )
     assert moved["applied"]
     for target, amount in ((shop, "5"), (mall, "4")):  # another amount, or the same reference to another customer
-        error_of(await admin.call("POST", f"/admin/v1/organizations/{target['id']}/credits", boss,
-                                  {"amount_usd": amount, "kind": "transfer", "reference": "t-1"}), 422, "reference_reused")  # fmt: skip
-    assert not (await admin.ok("POST", f"/admin/v1/organizations/{shop['id']}/credits", {"amount_usd": "4", "kind": "transfer", "reference": "t-1"}, key=boss))["applied"]
+        error_of(
+            await admin.call(
+                "POST",
+                f"/admin/v1/organizations/{target['id']}/credits",
+                boss,
+                {"amount_usd": amount, "kind": "transfer", "reference": "t-1"},
+            ),
+            422,
+            "reference_reused",
+        )
+    assert not (
+        await admin.ok(
+            "POST",
+            f"/admin/v1/organizations/{shop['id']}/credits",
+            {"amount_usd": "4", "kind": "transfer", "reference": "t-1"},
+            key=boss,
+        )
+    )["applied"]
     assert (await admin.ok("GET", path))["balance_usd"] == "25"  # 1 + 25 + 3 - 4: nothing else moved
     assert sum((await admin.deps.ledger.balances()).values()) == 0
 
@@ -480,13 +567,19 @@ async def test_names_are_unique_within_a_parent_so_no_admin_learns_another_tenan
     theirs = await admin.org("acme-customer", key=b_boss)  # another tenant's name: no 409 that would tell it exists
     assert mine["id"] != theirs["id"] and theirs["parent_id"] == beta["id"]
     assert (await admin.org("alpha-resale", key=b_boss))["parent_id"] == beta["id"]  # even a top-level organization's name
-    again = error_of(await admin.call("POST", "/admin/v1/organizations", b_boss, {"name": "acme-customer"}), 409, "organization_exists")
+    again = error_of(
+        await admin.call("POST", "/admin/v1/organizations", b_boss, {"name": "acme-customer"}), 409, "organization_exists"
+    )
     assert alpha["id"] not in str(again) and mine["id"] not in str(again)  # a conflict within its own parent stays a 409
     nested = await admin.org("acme-customer", parent_id=theirs["id"], key=b_boss)  # one level down is another parent
     assert nested["parent_id"] == theirs["id"]
-    error_of(await admin.call("POST", "/admin/v1/organizations", admin.operator, {"name": "alpha-resale"}), 409, "organization_exists")
+    error_of(
+        await admin.call("POST", "/admin/v1/organizations", admin.operator, {"name": "alpha-resale"}), 409, "organization_exists"
+    )
     assert (await admin.org("acme-customer"))["parent_id"] is None  # top-level names are unique among top-level ones
-    error_of(await admin.call("POST", "/admin/v1/organizations", admin.operator, {"name": "acme-customer"}), 409, "organization_exists")
+    error_of(
+        await admin.call("POST", "/admin/v1/organizations", admin.operator, {"name": "acme-customer"}), 409, "organization_exists"
+    )
     b_names = sorted(o["name"] for o in (await admin.ok("GET", "/admin/v1/organizations", key=b_boss))["data"])
     assert b_names == ["acme-customer", "acme-customer", "alpha-resale", "beta-resale"]
 
@@ -506,7 +599,9 @@ async def test_names_are_unique_within_a_parent_so_no_admin_learns_another_tenan
     solo = run("orgs", "show", "solo")  # a name only one sub-organization has
     assert solo.returncode == 0 and "reseller: alpha-resale" in solo.stdout
     async with admin.deps.db.session() as session:
-        assert (await repos.get_or_create_org(session, "alpha-resale")).id == alpha["id"]  # top-level, as `keys create --org` finds it
+        assert (await repos.get_or_create_org(session, "alpha-resale")).id == alpha[
+            "id"
+        ]  # top-level, as `keys create --org` finds it
         assert (await orgs.org_named(session, "dup", beta["id"])).parent_id == beta["id"]
 
 
@@ -541,14 +636,33 @@ async def test_migration_0005_keeps_every_row_and_scopes_names_to_their_parent(d
         async with db.engine.begin() as conn:
             await conn.run_sync(upgrade("0004"))
         async with db.engine.begin() as conn:
-            await conn.execute(text("insert into organizations (id, name, created_at, parent_id) values ('o1', 'acme', 1, null), ('o2', 'shop', 1, 'o1')"))
-            await conn.execute(text("insert into api_keys (id, org_id, key_hash, prefix, label, created_at) values ('k1', 'o1', 'h1', 'p', '', 1), ('k2', 'o2', 'h2', 'p', '', 1)"))
-            await conn.execute(text("insert into accounts (id, kind, org_id, balance_nanos, held_nanos) values ('customer:o2', 'customer', 'o2', 5, 0)"))
+            await conn.execute(
+                text(
+                    "insert into organizations (id, name, created_at, parent_id) values ('o1', 'acme', 1, null), ('o2', 'shop', 1, 'o1')"
+                )
+            )
+            await conn.execute(
+                text(
+                    "insert into api_keys (id, org_id, key_hash, prefix, label, created_at) values ('k1', 'o1', 'h1', 'p', '', 1), ('k2', 'o2', 'h2', 'p', '', 1)"
+                )
+            )
+            await conn.execute(
+                text(
+                    "insert into accounts (id, kind, org_id, balance_nanos, held_nanos) values ('customer:o2', 'customer', 'o2', 5, 0)"
+                )
+            )
         await db.migrate()  # to head
         async with db.engine.begin() as conn:
-            assert (await conn.execute(text("select id, name, parent_id from organizations order by id"))).all() == [("o1", "acme", None), ("o2", "shop", "o1")]
+            assert (await conn.execute(text("select id, name, parent_id from organizations order by id"))).all() == [
+                ("o1", "acme", None),
+                ("o2", "shop", "o1"),
+            ]
             assert (await conn.execute(text("select id, org_id from api_keys order by id"))).all() == [("k1", "o1"), ("k2", "o2")]
-            await conn.execute(text("insert into organizations (id, name, created_at, parent_id) values ('o3', 'shop', 1, null), ('o4', 'shop', 1, 'o3')"))
+            await conn.execute(
+                text(
+                    "insert into organizations (id, name, created_at, parent_id) values ('o3', 'shop', 1, null), ('o4', 'shop', 1, 'o3')"
+                )
+            )
         refused = [
             "insert into organizations (id, name, created_at, parent_id) values ('o5', 'acme', 1, null)",  # a top-level name
             "insert into organizations (id, name, created_at, parent_id) values ('o6', 'shop', 1, 'o1')",  # within one parent
@@ -584,7 +698,9 @@ def test_cli_manages_accounts_end_to_end(tmp_path):
     run("credits", "top-up", "acme", "0.5")
     assert "tier: tier-1" in run("orgs", "show", "acme").stdout
     run("credits", "transfer", "acme-shop", "2.5")  # from its reseller, acme
-    assert run("credits", "balance", "acme-shop").stdout.splitlines()[0] == "balance: $2.5"  # a sub-organization has no free credit
+    assert (
+        run("credits", "balance", "acme-shop").stdout.splitlines()[0] == "balance: $2.5"
+    )  # a sub-organization has no free credit
     assert run("credits", "balance", "acme").stdout.splitlines()[0] == "balance: $4"
     short = run("credits", "transfer", "acme-shop", "4.01", check=False)
     assert short.returncode == 1 and "Insufficient credits" in short.stderr
@@ -608,12 +724,31 @@ def test_cli_manages_accounts_end_to_end(tmp_path):
     assert member_id in run("members", "list", "acme").stdout
     assert run("members", "remove", "acme", member_id, check=False).returncode == 1  # the last owner stays
 
-    key = run("keys", "create", "--org", "new-co", "--label", "capped", "--budget", "3", "--period", "day",
-              "--period-budget", "0.25", "--models", "gemma-3-270m", "--expires-in-days", "7").stdout.strip()  # fmt: skip
+    key = run(
+        "keys",
+        "create",
+        "--org",
+        "new-co",
+        "--label",
+        "capped",
+        "--budget",
+        "3",
+        "--period",
+        "day",
+        "--period-budget",
+        "0.25",
+        "--models",
+        "gemma-3-270m",
+        "--expires-in-days",
+        "7",
+    ).stdout.strip()
     assert key.startswith("emp-") and "\n" not in key
     with sqlite3.connect(tmp_path / "emporion.db") as db:
-        row = db.execute("select budget_nanos, budget_period, period_budget_nanos, allowed_models, expires_at, kind, label "
-                         "from api_keys where key_hash = ?", [hash_key(key)]).fetchone()  # fmt: skip
+        row = db.execute(
+            "select budget_nanos, budget_period, period_budget_nanos, allowed_models, expires_at, kind, label "
+            "from api_keys where key_hash = ?",
+            [hash_key(key)],
+        ).fetchone()
     assert row[:4] == (3 * 10**9, "day", 250_000_000, '["gemma-3-270m"]') and row[4] > time.time() + 6 * 86_400
     assert row[5:] == ("api", "capped")
     assert run("credits", "balance", "new-co").stdout.startswith("balance: $1")  # a new organization's free credit

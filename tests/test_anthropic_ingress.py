@@ -44,7 +44,9 @@ def test_streamed_messages_through_an_openai_upstream(gateway, fake_openai):
 def test_agent_loop_tool_use_then_answer(gateway, request, model, fake_name, streamed):
     fake = request.getfixturevalue(fake_name)
     fake.scripts.clear()
-    fake.enqueue(Script(text="", tool_calls=[("get_weather", {"city": "Lyon"})], finish_reason="tool_calls"), Script(text="Sunny in Lyon."))
+    fake.enqueue(
+        Script(text="", tool_calls=[("get_weather", {"city": "Lyon"})], finish_reason="tool_calls"), Script(text="Sunny in Lyon.")
+    )
     api = client(gateway)
     history = [{"role": "user", "content": "Weather in Lyon?"}]
 
@@ -67,14 +69,19 @@ def test_agent_loop_tool_use_then_answer(gateway, request, model, fake_name, str
     if fake_name == "fake_openai":
         assert fake.received[-1]["messages"][-1] == {"role": "tool", "tool_call_id": use.id, "content": "sunny, 24 C"}
     else:
-        assert fake.received[-1]["messages"][-1]["content"][0] == {"type": "tool_result", "tool_use_id": use.id, "content": "sunny, 24 C"}
+        assert fake.received[-1]["messages"][-1]["content"][0] == {
+            "type": "tool_result",
+            "tool_use_id": use.id,
+            "content": "sunny, 24 C",
+        }
 
 
 def test_tool_use_stream_ends_with_tool_use_even_if_upstream_says_stop(gateway, fake_openai):
     fake_openai.scripts.clear()
     fake_openai.enqueue(Script(text="", tool_calls=[("get_weather", {"city": "Nice"})], finish_reason="stop"))
-    with client(gateway).messages.stream(model="conf-openai_compat", max_tokens=50, tools=[WEATHER],
-                                         messages=[{"role": "user", "content": "Weather?"}]) as stream:  # fmt: skip
+    with client(gateway).messages.stream(
+        model="conf-openai_compat", max_tokens=50, tools=[WEATHER], messages=[{"role": "user", "content": "Weather?"}]
+    ) as stream:
         final = stream.get_final_message()
     assert final.stop_reason == "tool_use"
 
@@ -84,7 +91,9 @@ def test_errors_use_anthropics_envelope(gateway):
         client(gateway).messages.create(model="no-such-model", max_tokens=5, messages=[{"role": "user", "content": "x"}])
     assert info.value.body["type"] == "error" and info.value.body["error"]["type"] == "not_found_error"
     with pytest.raises(anthropic.AuthenticationError):
-        client(gateway, key="emp-wrong").messages.create(model="gemma-3-270m", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+        client(gateway, key="emp-wrong").messages.create(
+            model="gemma-3-270m", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+        )
     with pytest.raises(anthropic.BadRequestError) as info:
         client(gateway).messages.create(model="gemma-3-270m", max_tokens=0, messages=[{"role": "user", "content": "x"}])
     assert info.value.body["error"]["type"] == "invalid_request_error"

@@ -207,11 +207,24 @@ async def test_each_operation_through_the_api_records_one_event_with_its_before_
     assert event["before"] is None and event["after"]["completion"] == "0.00000015" and event["after"]["upstream"] == "fake"
     margin = await a.ok("POST", "/admin/v1/margins", {"percent": "5", "fixed_usd": "0.0001"})
     event = await trail.one("margin.set", str(margin["id"]), None)
-    assert event["after"] == {"id": margin["id"], "model": None, "percent": "5", "fixed_usd": "0.0001", "fixed_nanos": 100_000,
-                              "effective_at": margin["effective_at"]}  # fmt: skip
+    assert event["after"] == {
+        "id": margin["id"],
+        "model": None,
+        "percent": "5",
+        "fixed_usd": "0.0001",
+        "fixed_nanos": 100_000,
+        "effective_at": margin["effective_at"],
+    }
 
-    for method, url in (("GET", path), ("GET", path + "/keys"), ("GET", path + "/members"), ("GET", path + "/credits"),
-                        ("GET", "/admin/v1/organizations"), ("GET", "/admin/v1/prices"), ("GET", "/admin/v1/audit")):  # fmt: skip
+    for method, url in (
+        ("GET", path),
+        ("GET", path + "/keys"),
+        ("GET", path + "/members"),
+        ("GET", path + "/credits"),
+        ("GET", "/admin/v1/organizations"),
+        ("GET", "/admin/v1/prices"),
+        ("GET", "/admin/v1/audit"),
+    ):
         await a.ok(method, url)
     await trail.none()  # reading changes nothing
 
@@ -347,8 +360,15 @@ async def test_the_audit_list_pages_newest_first_and_filters(trail):
     assert (await a.ok("GET", f"/admin/v1/audit?since={at + 60}"))["data"] == []
     assert newest in [e["id"] for e in (await a.ok("GET", f"/admin/v1/audit?since={at - 60}&until={at + 60}"))["data"]]
     assert (await a.ok("GET", f"/admin/v1/audit?until={at - 3600}"))["data"] == []
-    for query, param in (("limit=0", "limit"), ("limit=501", "limit"), ("limit=x", "limit"), ("after=-1", "after"),
-                         ("since=NaN", "since"), ("until=1e400", "until"), ("action=" + "a" * 41, "action")):  # fmt: skip
+    for query, param in (
+        ("limit=0", "limit"),
+        ("limit=501", "limit"),
+        ("limit=x", "limit"),
+        ("after=-1", "after"),
+        ("since=NaN", "since"),
+        ("until=1e400", "until"),
+        ("action=" + "a" * 41, "action"),
+    ):
         assert error_of(await a.call("GET", f"/admin/v1/audit?{query}", a.operator), 400)["param"] == param
     error_of(await a.call("GET", "/admin/v1/audit?object_id=a%00b", a.operator), 400, "invalid_value")
     error_of(await a.call("GET", "/admin/v1/audit?org_id=org_nope", a.operator), 404, "organization_not_found")
@@ -361,8 +381,11 @@ async def test_the_database_refuses_to_change_or_delete_an_event(trail):
     await trail.admin.org("kept")
     [event] = await trail.new()
     engine = trail.db.engine
-    statements = [f"UPDATE audit_events SET action = 'organization.nothing' WHERE id = {event['id']}",
-                  f"DELETE FROM audit_events WHERE id = {event['id']}", "DELETE FROM audit_events"]  # fmt: skip
+    statements = [
+        f"UPDATE audit_events SET action = 'organization.nothing' WHERE id = {event['id']}",
+        f"DELETE FROM audit_events WHERE id = {event['id']}",
+        "DELETE FROM audit_events",
+    ]
     if engine.dialect.name == "postgresql":
         statements.append("TRUNCATE audit_events")
     for statement in statements:
@@ -507,7 +530,9 @@ async def test_the_first_start_records_the_system_making_the_default_organizatio
     finally:
         await db.close()
     assert [(e["action"], e["actor"]["kind"], e["actor"]["name"]) for e in events] == [
-        ("organization.create", "system", "first start"), ("key.create", "system", "first start")]  # fmt: skip
+        ("organization.create", "system", "first start"),
+        ("key.create", "system", "first start"),
+    ]
     org, key = events
     assert org["after"]["name"] == "default" and org["after"]["tier"] == "operator" and org["after"]["balance_nanos"] == 10**9
     assert key["org_id"] == org["object_id"] and key["after"]["label"] == "first key" and key["after"]["kind"] == "api"

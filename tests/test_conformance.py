@@ -38,9 +38,12 @@ def test_plain_completion_and_usage(gateway, adapter):
     name, model, fake = adapter
     fake.enqueue(Script(text="Paris is the capital", prompt_tokens=11, cached_tokens=4))
     completion = gateway.client().chat.completions.create(
-        model=model, messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"}],
-        max_tokens=50, temperature=0.3, stop=["\n\n"],
-    )  # fmt: skip
+        model=model,
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"}],
+        max_tokens=50,
+        temperature=0.3,
+        stop=["\n\n"],
+    )
     assert completion.choices[0].message.content == "Paris is the capital"
     assert completion.choices[0].finish_reason == "stop"
     assert completion.model == model
@@ -100,7 +103,11 @@ def test_tool_call_non_streamed(gateway, adapter):
 
 def test_tool_call_streamed(gateway, adapter):
     name, model, fake = adapter
-    fake.enqueue(Script(text="", tool_calls=[("get_weather", {"city": "Oslo"}), ("get_weather", {"city": "Rome"})], finish_reason="tool_calls"))
+    fake.enqueue(
+        Script(
+            text="", tool_calls=[("get_weather", {"city": "Oslo"}), ("get_weather", {"city": "Rome"})], finish_reason="tool_calls"
+        )
+    )
     chunks = list(
         gateway.client().chat.completions.create(
             model=model, messages=[{"role": "user", "content": "Weather?"}], tools=[WEATHER_TOOL], stream=True
@@ -129,20 +136,37 @@ def test_tool_result_round_trip(gateway, adapter):
         model=model,
         messages=[
             {"role": "user", "content": "Weather in Paris?"},
-            {"role": "assistant", "content": None, "tool_calls": [
-                {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+                ],
+            },
             {"role": "tool", "tool_call_id": "call_1", "content": '{"sky": "sunny"}'},
         ],
         tools=[WEATHER_TOOL],
-    )  # fmt: skip
+    )
     assert completion.choices[0].message.content == "It is sunny in Paris."
     body = sent(fake)
     if name == "anthropic":
-        assert body["messages"][1] == {"role": "assistant", "content": [{"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"city": "Paris"}}]}
-        assert body["messages"][2] == {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "content": '{"sky": "sunny"}'}]}
+        assert body["messages"][1] == {
+            "role": "assistant",
+            "content": [{"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"city": "Paris"}}],
+        }
+        assert body["messages"][2] == {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": "call_1", "content": '{"sky": "sunny"}'}],
+        }
     elif name == "gemini":
-        assert body["contents"][1] == {"role": "model", "parts": [{"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}]}
-        assert body["contents"][2] == {"role": "user", "parts": [{"functionResponse": {"name": "get_weather", "response": {"sky": "sunny"}}}]}
+        assert body["contents"][1] == {
+            "role": "model",
+            "parts": [{"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}],
+        }
+        assert body["contents"][2] == {
+            "role": "user",
+            "parts": [{"functionResponse": {"name": "get_weather", "response": {"sky": "sunny"}}}],
+        }
     else:
         assert body["messages"][2] == {"role": "tool", "tool_call_id": "call_1", "content": '{"sky": "sunny"}'}
 
@@ -184,14 +208,22 @@ def test_images_are_translated(gateway, request, name):
     pixel = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
     gateway.client().chat.completions.create(
         model=f"conf-{name}",
-        messages=[{"role": "user", "content": [
-            {"type": "text", "text": "What is this?"},
-            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{pixel}"}},
-        ]}],
-    )  # fmt: skip
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What is this?"},
+                    {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{pixel}"}},
+                ],
+            }
+        ],
+    )
     body = sent(fake)
     if name == "anthropic":
-        assert body["messages"][0]["content"][1] == {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": pixel}}
+        assert body["messages"][0]["content"][1] == {
+            "type": "image",
+            "source": {"type": "base64", "media_type": "image/png", "data": pixel},
+        }
     else:
         assert body["contents"][0]["parts"][1] == {"inlineData": {"mimeType": "image/png", "data": pixel}}
 

@@ -17,7 +17,10 @@ async def pragmas(db: Database) -> list[tuple[int, str]]:
     """(synchronous, journal_mode) as each of two connections open at the same time sees it."""
     async with db.engine.connect() as one, db.engine.connect() as two:
         return [
-            ((await conn.exec_driver_sql("PRAGMA synchronous")).scalar_one(), (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar_one())
+            (
+                (await conn.exec_driver_sql("PRAGMA synchronous")).scalar_one(),
+                (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar_one(),
+            )
             for conn in (one, two)
         ]
 

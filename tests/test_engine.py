@@ -138,21 +138,32 @@ def records_of(gateway, key: str) -> list[tuple]:
 
 def test_a_client_leaving_a_non_streamed_request_stops_the_generation_and_pays_for_what_was_made(gateway):
     key = new_key(gateway, "impatient")
-    with httpx.Client(base_url=gateway.url, headers={"authorization": f"Bearer {key}"}, timeout=httpx.Timeout(30, read=2.0)) as http:
+    with httpx.Client(
+        base_url=gateway.url, headers={"authorization": f"Bearer {key}"}, timeout=httpx.Timeout(30, read=2.0)
+    ) as http:
         with pytest.raises(httpx.ReadTimeout):
-            http.post("/v1/completions", json={"model": GEMMA, "prompt": "Once upon a time", "max_tokens": 4000, "temperature": 0.9})
+            http.post(
+                "/v1/completions", json={"model": GEMMA, "prompt": "Once upon a time", "max_tokens": 4000, "temperature": 0.9}
+            )
     wait_until(lambda: slots_busy(gateway) == 0, timeout_s=10)  # not the minute 4,000 tokens would take
     wait_until(lambda: len(records_of(gateway, key)) == 1, timeout_s=10)
     [(status, source, prompt_tokens, output_tokens, _)] = records_of(gateway, key)
     assert (status, source) == ("cancelled", "counted")
-    assert prompt_tokens == gateway.client().completions.create(model=GEMMA, prompt="Once upon a time", max_tokens=1).usage.prompt_tokens
+    assert (
+        prompt_tokens
+        == gateway.client().completions.create(model=GEMMA, prompt="Once upon a time", max_tokens=1).usage.prompt_tokens
+    )
     assert 0 < output_tokens < 4000
 
 
 def test_a_non_streamed_local_answer_is_whole(gateway):
     """Emporion streams from the engine itself and folds the answer back: the client cannot tell."""
-    completion = gateway.client().completions.create(model=GEMMA, prompt="The capital of France is", max_tokens=8, seed=3, temperature=0)
-    streamed = gateway.client().completions.create(model=GEMMA, prompt="The capital of France is", max_tokens=8, seed=3, temperature=0, stream=True)
+    completion = gateway.client().completions.create(
+        model=GEMMA, prompt="The capital of France is", max_tokens=8, seed=3, temperature=0
+    )
+    streamed = gateway.client().completions.create(
+        model=GEMMA, prompt="The capital of France is", max_tokens=8, seed=3, temperature=0, stream=True
+    )
     assert completion.choices[0].text == "".join(chunk.choices[0].text for chunk in streamed if chunk.choices)
     assert completion.choices[0].finish_reason == "length" and completion.usage.completion_tokens == 8
     chat = gateway.client().chat.completions.create(model=GEMMA, messages=[{"role": "user", "content": "Hi"}], max_tokens=5)
@@ -165,15 +176,21 @@ def test_images_for_the_text_only_local_model_are_a_400_and_take_the_model_away_
     for _ in range(7):  # more than the breaker's threshold (5)
         with pytest.raises(openai.BadRequestError) as refused:
             openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=key, max_retries=0).chat.completions.create(
-                model=GEMMA, messages=[{"role": "user", "content": [{"type": "text", "text": "What is this?"}, image]}], max_tokens=5
+                model=GEMMA,
+                messages=[{"role": "user", "content": [{"type": "text", "text": "What is this?"}, image]}],
+                max_tokens=5,
             )
         assert refused.value.code == "unsupported_modality"
     assert records_of(gateway, key) == []  # refused before anything was held or sent
-    assert gateway.client().chat.completions.create(model=GEMMA, messages=[{"role": "user", "content": "Hi"}], max_tokens=3).choices
+    assert (
+        gateway.client().chat.completions.create(model=GEMMA, messages=[{"role": "user", "content": "Hi"}], max_tokens=3).choices
+    )
 
 
 def test_a_local_generation_without_max_tokens_stops_at_the_configured_default(gateway):
-    completion = gateway.client().completions.create(model=GEMMA, prompt="A very long story begins. Chapter one:", temperature=0.9, seed=1)
+    completion = gateway.client().completions.create(
+        model=GEMMA, prompt="A very long story begins. Chapter one:", temperature=0.9, seed=1
+    )
     assert completion.usage.completion_tokens <= DEFAULT_MAX_TOKENS
     if completion.usage.completion_tokens == DEFAULT_MAX_TOKENS:
         assert completion.choices[0].finish_reason == "length"
@@ -181,7 +198,9 @@ def test_a_local_generation_without_max_tokens_stops_at_the_configured_default(g
 
 def test_an_aborted_stream_bills_its_prompt_at_the_engines_real_token_count(gateway):
     key = new_key(gateway, "quitter")
-    messages = [{"role": "user", "content": "Tell me everything about the history of the city of Lyon, from the Romans to today."}]
+    messages = [
+        {"role": "user", "content": "Tell me everything about the history of the city of Lyon, from the Romans to today."}
+    ]
     client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=key, max_retries=0)
     stream = client.chat.completions.create(model=GEMMA, messages=messages, max_tokens=2000, stream=True)
     for received, _chunk in enumerate(stream):

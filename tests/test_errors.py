@@ -63,7 +63,9 @@ def test_huge_body_is_413(gateway):
 @pytest.mark.parametrize("authorization", [None, "", "Bearer", "Bearer garbage", "Basic dXNlcjpwYXNz", "Bearer emp-" + "x" * 43])
 def test_missing_or_bad_key_is_401(gateway, authorization):
     headers = {} if authorization is None else {"authorization": authorization}
-    response = httpx.post(f"{gateway.url}{CHAT}", json={"model": GEMMA, "messages": [{"role": "user", "content": "hi"}]}, headers=headers)
+    response = httpx.post(
+        f"{gateway.url}{CHAT}", json={"model": GEMMA, "messages": [{"role": "user", "content": "hi"}]}, headers=headers
+    )
     error = assert_envelope(response, 401)
     assert error["code"] in ("invalid_api_key", "missing_api_key")
     assert "x" * 20 not in error["message"]  # a presented key is never echoed whole

@@ -145,7 +145,13 @@ def test_no_input_makes_a_5xx_or_leaves_the_envelope(case, model, plain, known, 
 def test_the_description_covers_every_route(tmp_path):
     (tmp_path / "config.toml").write_text("[engine]\nenabled = false\n\n[embeddings]\nenabled = false\n")
     app = build_app(load_settings(tmp_path))
-    served = {(method, route.path) for route in app.routes if isinstance(route, Route) for method in route.methods or () if method != "HEAD"}
+    served = {
+        (method, route.path)
+        for route in app.routes
+        if isinstance(route, Route)
+        for method in route.methods or ()
+        if method != "HEAD"
+    }
     described = {(op.method, op.path) for op in OPERATIONS}
     assert served == described
 

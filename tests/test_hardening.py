@@ -53,8 +53,14 @@ FREE = TierSettings(requests_per_minute=20, tokens_per_minute=40_000, max_concur
 def settings_for(data_dir: Path, fake_url: str, **changes) -> Settings:
     upstream = UpstreamConfig(name="fake", base_url=f"{fake_url}/v1", api_key_env="HARDENING_UPSTREAM_KEY")
     models = {
-        "big-context": ModelConfig(upstream="fake", context_length=128_000, pricing=Pricing(prompt=Decimal("0.00000015"), completion=Decimal("0.0000006"))),
-        "luxury": ModelConfig(upstream="fake", context_length=1_000_000, pricing=Pricing(prompt=Decimal("0.000001"), completion=Decimal("0.001"))),
+        "big-context": ModelConfig(
+            upstream="fake",
+            context_length=128_000,
+            pricing=Pricing(prompt=Decimal("0.00000015"), completion=Decimal("0.0000006")),
+        ),
+        "luxury": ModelConfig(
+            upstream="fake", context_length=1_000_000, pricing=Pricing(prompt=Decimal("0.000001"), completion=Decimal("0.001"))
+        ),
         "flaky": ModelConfig(deployments=[DeploymentConfig(upstream="fake", model="flaky-upstream")]),
     }
     fields = {
@@ -155,7 +161,9 @@ async def test_a_request_that_can_never_fit_the_limit_says_so_without_retry_afte
         assert never.status_code == 429 and "retry-after" not in never.headers
         assert "Request too large" in never.json()["error"]["message"]
         fake.enqueue(Script(prompt_tokens=70))  # 75 tokens used of 100
-        assert (await app.post("/v1/chat/completions", key, {"model": "big-context", "messages": USER, "max_tokens": 60})).status_code == 200
+        assert (
+            await app.post("/v1/chat/completions", key, {"model": "big-context", "messages": USER, "max_tokens": 60})
+        ).status_code == 200
         later = await app.post("/v1/chat/completions", key, {"model": "big-context", "messages": USER, "max_tokens": 60})
         assert later.status_code == 429 and int(later.headers["retry-after"]) >= 1
 
@@ -172,11 +180,15 @@ async def test_the_first_organization_is_the_operators_and_has_no_tier_limits(tm
             assert (default.tier, default.tier_pinned) == (OPERATOR_TIER, True)
             new, _ = await issue_key(session, default, orgs.KeyColumns(label="more"))
         for _ in range(FREE.requests_per_minute + 5):
-            response = await app.post("/v1/chat/completions", new.plaintext, {"model": "big-context", "messages": USER, "max_tokens": 5})
+            response = await app.post(
+                "/v1/chat/completions", new.plaintext, {"model": "big-context", "messages": USER, "max_tokens": 5}
+            )
             assert response.status_code == 200, response.text
         newcomer = await app.key("newcomer")  # everyone else starts on the first tier
         statuses = [
-            (await app.post("/v1/chat/completions", newcomer, {"model": "big-context", "messages": USER, "max_tokens": 5})).status_code
+            (
+                await app.post("/v1/chat/completions", newcomer, {"model": "big-context", "messages": USER, "max_tokens": 5})
+            ).status_code
             for _ in range(FREE.requests_per_minute + 1)
         ]
         assert statuses.count(429) == 1
@@ -205,7 +217,12 @@ async def test_an_upstream_error_reaches_the_client_without_credentials_or_urls(
 async def test_an_upstream_404_is_a_client_error_and_opens_no_breaker_for_others(gateway, fake):
     mine, theirs = await gateway.key("mistaken"), await gateway.key("bystander")
     for _ in range(4):  # the breaker opens after 2 failures of the upstream itself
-        fake.enqueue(Script(status=404, error={"error": {"message": "The model `flaky-upstream` does not exist", "type": "invalid_request_error"}}))
+        fake.enqueue(
+            Script(
+                status=404,
+                error={"error": {"message": "The model `flaky-upstream` does not exist", "type": "invalid_request_error"}},
+            )
+        )
         response = await gateway.post("/v1/chat/completions", mine, {"model": "flaky", "messages": USER, "max_tokens": 5})
         assert response.status_code == 404 and response.json()["error"]["type"] == "invalid_request_error", response.text
     response = await gateway.post("/v1/chat/completions", theirs, {"model": "flaky", "messages": USER, "max_tokens": 5})
@@ -215,10 +232,14 @@ async def test_an_upstream_404_is_a_client_error_and_opens_no_breaker_for_others
 async def test_an_upstream_400_opens_no_breaker_either(gateway, fake):
     mine, theirs = await gateway.key("bad-input"), await gateway.key("good-input")
     for _ in range(4):
-        fake.enqueue(Script(status=400, error={"error": {"message": "image input is not supported", "type": "invalid_request_error"}}))
+        fake.enqueue(
+            Script(status=400, error={"error": {"message": "image input is not supported", "type": "invalid_request_error"}})
+        )
         response = await gateway.post("/v1/chat/completions", mine, {"model": "flaky", "messages": USER, "max_tokens": 5})
         assert response.status_code == 400, response.text
-    assert (await gateway.post("/v1/chat/completions", theirs, {"model": "flaky", "messages": USER, "max_tokens": 5})).status_code == 200
+    assert (
+        await gateway.post("/v1/chat/completions", theirs, {"model": "flaky", "messages": USER, "max_tokens": 5})
+    ).status_code == 200
 
 
 # --- bad provider preferences --------------------------------------------------------------------
@@ -249,7 +270,12 @@ async def test_a_price_override_of_a_disabled_local_model_starts_and_a_hybrid_mo
     models = {
         **settings.models,
         "gemma-3-270m": ModelConfig(pricing=Pricing(prompt=Decimal("0.00000002"), completion=Decimal("0.00000004"))),
-        "hybrid": ModelConfig(deployments=[DeploymentConfig(upstream="local:gemma-3-270m"), DeploymentConfig(upstream="fake", model="hybrid-remote")]),
+        "hybrid": ModelConfig(
+            deployments=[
+                DeploymentConfig(upstream="local:gemma-3-270m"),
+                DeploymentConfig(upstream="fake", model="hybrid-remote"),
+            ]
+        ),
     }
     async for app in started(settings.model_copy(update={"models": models})):
         key = await app.key("hybrid-user")
@@ -301,7 +327,9 @@ async def test_a_stream_cut_mid_way_is_recorded_as_partial_with_its_finish_reaso
             request_id = chunk.id
             pieces.extend(choice.delta.content or "" for choice in chunk.choices)
     assert "".join(pieces) == "a b c"
-    record = (await gateway.http.get("/v1/generation", params={"id": request_id}, headers={"authorization": f"Bearer {key}"})).json()["data"]
+    record = (
+        await gateway.http.get("/v1/generation", params={"id": request_id}, headers={"authorization": f"Bearer {key}"})
+    ).json()["data"]
     assert record["status"] == "partial" and record["finish_reason"] == "error"
     assert record["tokens_completion"] == 3 and record["usage_source"] == "counted"
 
@@ -320,7 +348,12 @@ _WORDS = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",
 
 
 @settings(max_examples=300, deadline=None)
-@given(before=_WORDS, after=_WORDS, key=_KEY, shape=st.sampled_from(["{}", "Bearer {}", "sk-{}", "api_key={}", '"x-api-key": "{}"', "https://h.example/v1?key={}"]))
+@given(
+    before=_WORDS,
+    after=_WORDS,
+    key=_KEY,
+    shape=st.sampled_from(["{}", "Bearer {}", "sk-{}", "api_key={}", '"x-api-key": "{}"', "https://h.example/v1?key={}"]),
+)
 def test_no_credential_or_operator_key_survives_redaction(before: str, after: str, key: str, shape: str) -> None:
     upstream = Upstream(name="u", adapter="openai_compat", base_url="http://10.1.2.3:8000/v1", api_key=key)
     text = upstream_text(upstream, f"{before} {shape.format(key)} {after} http://10.1.2.3:8000/v1/chat")
@@ -336,17 +369,24 @@ _PERCENT = st.decimals(min_value=0, max_value=200, places=2)
 
 @settings(max_examples=300, deadline=None)
 @given(
-    prompt=_PRICE, completion=_PRICE.filter(lambda value: value > 0), request_fee=_PRICE, margin=_PERCENT,
-    markups=st.lists(_PERCENT, max_size=3), prompt_tokens=st.integers(0, 10**6), most=st.integers(1, 10**6),
+    prompt=_PRICE,
+    completion=_PRICE.filter(lambda value: value > 0),
+    request_fee=_PRICE,
+    margin=_PERCENT,
+    markups=st.lists(_PERCENT, max_size=3),
+    prompt_tokens=st.integers(0, 10**6),
+    most=st.integers(1, 10**6),
     available=st.integers(0, 10**12),
-)  # fmt: skip
+)
 def test_the_output_a_credit_pays_for_never_costs_more_than_the_credit_and_is_the_most_it_can(
     prompt, completion, request_fee, margin, markups, prompt_tokens, most, available
 ) -> None:
     price = Price(prompt=prompt, completion=completion, request=request_fee)
 
     def cost(n: int) -> int:
-        return charge(Usage(input_tokens=prompt_tokens, output_tokens=n), price, Margin(margin), [Margin(m) for m in markups]).total
+        return charge(
+            Usage(input_tokens=prompt_tokens, output_tokens=n), price, Margin(margin), [Margin(m) for m in markups]
+        ).total
 
     n = affordable_output(cost, most, available)
     assert 0 <= n <= most

@@ -356,10 +356,15 @@ def test_a_route_keeps_its_own_request_id(served):
 
 
 def preflight(origin: str) -> bytes:
-    return request_bytes("OPTIONS", CHAT, headers={
-        "Origin": origin, "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "authorization, content-type, x-api-key, idempotency-key, x-stainless-os",
-    })  # fmt: skip
+    return request_bytes(
+        "OPTIONS",
+        CHAT,
+        headers={
+            "Origin": origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type, x-api-key, idempotency-key, x-stainless-os",
+        },
+    )
 
 
 def cors_headers(answer: Answer) -> dict[str, str]:
@@ -402,8 +407,21 @@ def test_no_cors_by_default(local):
 
 # --- 6. validation messages name the client's fields, never pydantic's internals ------------------------
 
-INTERNALS = ("constrained", "[str]", "function-", "pydantic", "tagged-union", "lax-or-strict", "json-or-python",
-             "literal[", "list[", "dict[", "TextPart", "ImagePart", "ChatMessage")  # fmt: skip
+INTERNALS = (
+    "constrained",
+    "[str]",
+    "function-",
+    "pydantic",
+    "tagged-union",
+    "lax-or-strict",
+    "json-or-python",
+    "literal[",
+    "list[",
+    "dict[",
+    "TextPart",
+    "ImagePart",
+    "ChatMessage",
+)
 CLEAN_PARAM = re.compile(r"^[a-z_]+(\.(\[\d+\]|[a-z_0-9]+))*$")
 
 scalars = st.one_of(st.integers(-(2**40), 2**40), st.floats(allow_nan=False, allow_infinity=False), st.booleans())

@@ -256,11 +256,16 @@ class App:
 @pytest.fixture
 async def app(tmp_path: Path, fake_openai):
     settings = Settings(
-        data_dir=tmp_path, server=ServerSettings(auth_cache_s=0), engine=EngineSettings(enabled=False),
-        embeddings=EmbeddingSettings(enabled=False), upstreams=[UpstreamConfig(name="fake", base_url=f"{fake_openai.url}/v1")],
-        models={"fake-gpt": ModelConfig(upstream="fake", pricing=Pricing(prompt=Decimal("0.000001"), completion=Decimal("0.000002")))},
+        data_dir=tmp_path,
+        server=ServerSettings(auth_cache_s=0),
+        engine=EngineSettings(enabled=False),
+        embeddings=EmbeddingSettings(enabled=False),
+        upstreams=[UpstreamConfig(name="fake", base_url=f"{fake_openai.url}/v1")],
+        models={
+            "fake-gpt": ModelConfig(upstream="fake", pricing=Pricing(prompt=Decimal("0.000001"), completion=Decimal("0.000002")))
+        },
         metering=MeteringSettings(free_credit_usd=Decimal(0)),
-    )  # fmt: skip
+    )
     db = await open_database(settings.database_url)
     keys, org_ids = {}, {}
     async with db.session() as session, session.begin():

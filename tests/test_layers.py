@@ -10,19 +10,27 @@ import emporion
 
 # Lower first. A package may import from any package of a lower rank, never from its own rank or above.
 RANKS = {
-    "errors": 0, "settings": 0, "__version__": 0,
+    "errors": 0,
+    "settings": 0,
+    "__version__": 0,
     "core": 1,
-    "store": 2, "limits": 2, "formats": 2,
-    "auth": 3, "catalog": 3,
-    "providers": 4, "metering": 4,
+    "store": 2,
+    "limits": 2,
+    "formats": 2,
+    "auth": 3,
+    "catalog": 3,
+    "providers": 4,
+    "metering": 4,
     "engine": 5,  # the local engine serves through an upstream's wire (providers)
     "routing": 6,
-    "pipeline": 7, "accounts": 7,
-    "api": 8, "live": 8,
+    "pipeline": 7,
+    "accounts": 7,
+    "api": 8,
+    "live": 8,
     "app": 9,
     "cli": 10,  # `emporion serve` starts the app
     "__main__": 11,
-}  # fmt: skip  (one rank a line reads as the layer diagram)
+}
 NEVER = {("cli", "api")}  # the CLI is the accounts service's caller beside the API, not the API's
 
 

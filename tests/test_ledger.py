@@ -227,9 +227,7 @@ def test_concurrent_reservations_never_overdraw(postgres_url):
             org = await _org(db, "race-" + secrets.token_hex(3))
             ledger = Ledger(db)
             await ledger.top_up(org, 10 * 1000)
-            outcomes = await asyncio.gather(
-                *(ledger.reserve(org, f"race-{i}", 1000) for i in range(100)), return_exceptions=True
-            )
+            outcomes = await asyncio.gather(*(ledger.reserve(org, f"race-{i}", 1000) for i in range(100)), return_exceptions=True)
             admitted = [o for o in outcomes if o is None]
             refused = [o for o in outcomes if isinstance(o, InsufficientCredits)]
             return len(admitted), len(refused), await ledger.available(org)

@@ -86,9 +86,7 @@ async def limiter(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[
 
 # --- gcra: properties -------------------------------------------------------------------------
 
-rates = st.builds(
-    Rate, amount=st.integers(1, 50), period_s=st.floats(0.5, 120, allow_nan=False, allow_infinity=False)
-)
+rates = st.builds(Rate, amount=st.integers(1, 50), period_s=st.floats(0.5, 120, allow_nan=False, allow_infinity=False))
 starts = st.floats(0, 2e9, allow_nan=False)  # from a monotonic clock near 0 to Redis TIME (epoch)
 
 
@@ -178,11 +176,7 @@ def test_gcra_never_admits_a_cost_above_the_amount() -> None:
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    requests=st.lists(
-        st.tuples(st.floats(0, 5, allow_nan=False), st.integers(0, 3), st.integers(0, 12)), max_size=40
-    )
-)
+@given(requests=st.lists(st.tuples(st.floats(0, 5, allow_nan=False), st.integers(0, 3), st.integers(0, 12)), max_size=40))
 def test_memory_limiter_charges_every_bucket_or_none(requests: list[tuple[float, int, int]]) -> None:
     clock = Clock()
     limiter = MemoryLimiter(clock)
@@ -259,9 +253,7 @@ async def test_memory_and_redis_limiters_agree_on_the_same_script(redis_url: str
             ]
             expected, got = await memory.check(limits), await shared.check(limits)
             assert got.allowed == expected.allowed
-            assert {k: q.remaining for k, q in got.quotas.items()} == {
-                k: q.remaining for k, q in expected.quotas.items()
-            }
+            assert {k: q.remaining for k, q in got.quotas.items()} == {k: q.remaining for k, q in expected.quotas.items()}
             assert got.retry_after_s == pytest.approx(expected.retry_after_s, abs=1.0)
             assert (got.blocked and got.blocked.limit) == (expected.blocked and expected.blocked.limit)
     finally:
@@ -453,9 +445,19 @@ async def test_redis_slots_are_shared_and_a_dead_replicas_leases_expire(redis_ur
 
 @pytest.mark.parametrize(
     ("seconds", "text"),
-    [(0, "0s"), (0.0001, "1ms"), (0.12, "120ms"), (1, "1s"), (1.2, "1.2s"), (59.999, "59.999s"),
-     (360, "6m0s"), (61.5, "1m1.5s"), (3600, "1h0m0s"), (3723.25, "1h2m3.25s")],
-)  # fmt: skip
+    [
+        (0, "0s"),
+        (0.0001, "1ms"),
+        (0.12, "120ms"),
+        (1, "1s"),
+        (1.2, "1.2s"),
+        (59.999, "59.999s"),
+        (360, "6m0s"),
+        (61.5, "1m1.5s"),
+        (3600, "1h0m0s"),
+        (3723.25, "1h2m3.25s"),
+    ],
+)
 def test_durations_are_written_as_openai_writes_them(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
 
@@ -477,8 +479,10 @@ def test_headers_report_the_tightest_bucket_of_each_kind_checked() -> None:
     }
     requests_only, _ = decide(limits[:1], {}, now=0.0)
     assert set(ratelimit_headers(requests_only)) == {
-        "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"
-    }  # fmt: skip
+        "x-ratelimit-limit-requests",
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-reset-requests",
+    }
     assert ratelimit_headers(Decision(True)) == {}
 
 
@@ -492,8 +496,7 @@ async def test_the_rejection_message_reads_like_openais() -> None:
     with pytest.raises(LimitExceeded) as caught:
         await admit(limiter, [limit])
     assert caught.value.message == (
-        "Rate limit reached for requests per minute (org org_x): Limit 60, Used 60, Requested 1. "
-        "Please try again in 700ms."
+        "Rate limit reached for requests per minute (org org_x): Limit 60, Used 60, Requested 1. Please try again in 700ms."
     )
     assert caught.value.headers()["retry-after"] == "1"
     assert caught.value.headers()["retry-after-ms"] == "700"

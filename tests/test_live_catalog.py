@@ -54,7 +54,9 @@ def listed(gateway: Gateway) -> dict[str, dict]:
 
 def chat(gateway: Gateway, model: str) -> httpx.Response:
     with gateway.http() as http:
-        return http.post("/v1/chat/completions", json={"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4})
+        return http.post(
+            "/v1/chat/completions", json={"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+        )
 
 
 def test_a_model_added_while_serving_is_served_and_removed_is_gone(served, tmp_path):

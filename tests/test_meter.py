@@ -23,9 +23,18 @@ per_token = st.decimals(min_value=0, max_value=Decimal("0.001"), places=9)
 
 def model(deployments: list[tuple[str, Pricing | None]], pricing: Pricing = Pricing()) -> Model:
     return Model(
-        id="m", name="m", kind="chat", deployments=tuple(Deployment(u, "m", 1, p) for u, p in deployments),
-        context_length=1000, pricing=pricing, release="closed", license="x", provider="p", owned_by="p", created=0,
-    )  # fmt: skip
+        id="m",
+        name="m",
+        kind="chat",
+        deployments=tuple(Deployment(u, "m", 1, p) for u, p in deployments),
+        context_length=1000,
+        pricing=pricing,
+        release="closed",
+        license="x",
+        provider="p",
+        owned_by="p",
+        created=0,
+    )
 
 
 class NoRows(PriceBook):
@@ -36,10 +45,18 @@ class NoRows(PriceBook):
 
 
 @given(
-    prompt=per_token, completion=per_token, percent=st.integers(0, 100), fixed=per_token, markup=st.integers(0, 50),
-    bound=st.integers(1, 5000), max_out=st.integers(0, 5000), data=st.data(),
-)  # fmt: skip
-def test_no_usage_within_the_bounds_costs_more_than_the_worst_case(prompt, completion, percent, fixed, markup, bound, max_out, data):
+    prompt=per_token,
+    completion=per_token,
+    percent=st.integers(0, 100),
+    fixed=per_token,
+    markup=st.integers(0, 50),
+    bound=st.integers(1, 5000),
+    max_out=st.integers(0, 5000),
+    data=st.data(),
+)
+def test_no_usage_within_the_bounds_costs_more_than_the_worst_case(
+    prompt, completion, percent, fixed, markup, bound, max_out, data
+):
     book = NoRows(Margin(Decimal(percent), fixed))
     dear = Pricing(prompt=prompt * 2, completion=completion)
     m = model([("a", None), ("b", dear)], Pricing(prompt=prompt, completion=completion))
@@ -54,7 +71,9 @@ def test_no_usage_within_the_bounds_costs_more_than_the_worst_case(prompt, compl
 
 @given(st.text(max_size=300), st.integers(0, 4))
 def test_the_prompt_bound_counts_every_byte_and_each_image(text, images):
-    content = [{"type": "text", "text": text}] + [{"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 10_000}}] * images
+    content = [{"type": "text", "text": text}] + [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 10_000}}
+    ] * images
     bound = prompt_bound({"messages": [{"role": "user", "content": content}]}, image_tokens=2000)
     assert bound >= len(text.encode("utf-8", "surrogatepass")) + 2000 * images
     assert bound < len(text.encode("utf-8", "surrogatepass")) + 2000 * images + 100  # images are not counted by their bytes
@@ -79,7 +98,9 @@ def test_prices_and_margins_are_versioned_by_effective_time(tmp_path):
             assert book.priced(m, a, at=50).price_id is None  # no row: the config's price
             old = await book.set_price("m", Price(prompt=Decimal("0.000001"), completion=Decimal("0.000002")), effective_at=100)
             new = await book.set_price("m", Price(prompt=Decimal("0.000003"), completion=Decimal("0.000004")), effective_at=200)
-            only_b = await book.set_price("m", Price(prompt=Decimal("0.5"), completion=Decimal("0.5")), upstream="b", effective_at=100)
+            only_b = await book.set_price(
+                "m", Price(prompt=Decimal("0.5"), completion=Decimal("0.5")), upstream="b", effective_at=100
+            )
             glob = await book.set_margin(Margin(Decimal(10)), effective_at=100)
             mine = await book.set_margin(Margin(Decimal(20), Decimal("0.01")), model_id="m", effective_at=150)
             assert [book.priced(m, a, at=t).price_id for t in (99, 100, 199, 200, 10**10)] == [None, old, old, new, new]

@@ -46,7 +46,9 @@ def client(gateway, key: str) -> openai.OpenAI:
 def generation(gateway, key: str, request_id: str, status: int = 200) -> dict:
     deadline = time.monotonic() + 10
     while True:  # a stream settles when it closes, just after the client has its last byte
-        response = httpx.get(f"{gateway.url}/v1/generation", params={"id": request_id}, headers={"authorization": f"Bearer {key}"})
+        response = httpx.get(
+            f"{gateway.url}/v1/generation", params={"id": request_id}, headers={"authorization": f"Bearer {key}"}
+        )
         if response.status_code == status or time.monotonic() > deadline:
             break
         time.sleep(0.05)
@@ -192,8 +194,12 @@ def test_a_resellers_customer_pays_the_operators_price_plus_the_markup_and_the_r
     assert record["total_cost_nanos"] == base + markup
     assert "upstream_inference_cost" not in record and "price_id" not in record  # the markup is the reseller's secret
     with sqlite3.connect(gateway.data_dir / "emporion.db") as db:
-        balances = dict(db.execute("SELECT id, balance_nanos FROM accounts WHERE id IN (?, ?, ?)",
-                                   [f"customer:{child}", f"reseller:{parent}", f"customer:{parent}"]))  # fmt: skip
+        balances = dict(
+            db.execute(
+                "SELECT id, balance_nanos FROM accounts WHERE id IN (?, ?, ?)",
+                [f"customer:{child}", f"reseller:{parent}", f"customer:{parent}"],
+            )
+        )
     assert balances[f"reseller:{parent}"] == markup
     assert balances[f"customer:{child}"] == 10 * 10**9 - base - markup
     assert balances[f"customer:{parent}"] == 90 * 10**9  # the reseller's own credit paid only the transfer

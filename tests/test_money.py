@@ -32,7 +32,13 @@ def test_shares_add_up_exactly_and_none_is_negative(usage, price, margin, markup
     assert abs(Decimal(c.total) - exact * NANOS_PER_USD) <= Decimal("0.5")
 
 
-@given(usages, prices, margins, st.sampled_from(["input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens"]), tokens)
+@given(
+    usages,
+    prices,
+    margins,
+    st.sampled_from(["input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens"]),
+    tokens,
+)
 def test_cost_never_decreases_as_tokens_increase(usage, price, margin, field, more):
     bigger = Usage(**{**{f: getattr(usage, f) for f in usage.__slots__}, field: getattr(usage, field) + more})
     assert charge(bigger, price, margin).total >= charge(usage, price, margin).total

@@ -36,7 +36,10 @@ def test_model_retrieve_and_unknown(gateway):
 def test_chat_completion_with_gemma_has_text_and_usage(gateway):
     response = gateway.client().with_raw_response.chat.completions.create(
         model=GEMMA,
-        messages=[{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What is the capital of France?"}],
+        messages=[
+            {"role": "system", "content": "Answer briefly."},
+            {"role": "user", "content": "What is the capital of France?"},
+        ],
         max_tokens=12,
         temperature=0,
         seed=7,
@@ -66,9 +69,12 @@ def test_max_completion_tokens_limits_output(gateway):
 
 def test_seeded_sampling_is_repeatable(gateway):
     def ask():
-        return gateway.client().completions.create(
-            model=GEMMA, prompt="Once upon a time", max_tokens=8, temperature=0.9, top_p=0.9, seed=1234
-        ).choices[0].text
+        return (
+            gateway.client()
+            .completions.create(model=GEMMA, prompt="Once upon a time", max_tokens=8, temperature=0.9, top_p=0.9, seed=1234)
+            .choices[0]
+            .text
+        )
 
     assert ask() == ask()
 
@@ -102,7 +108,9 @@ def test_completion_non_streamed_and_streamed(gateway):
     completion = client.completions.create(model=GEMMA, prompt="The quick brown fox", max_tokens=6, temperature=0)
     assert completion.object == "text_completion" and completion.choices[0].text
     assert completion.usage.completion_tokens <= 6
-    streamed = list(client.completions.create(model=GEMMA, prompt="The quick brown fox", max_tokens=6, temperature=0, stream=True))
+    streamed = list(
+        client.completions.create(model=GEMMA, prompt="The quick brown fox", max_tokens=6, temperature=0, stream=True)
+    )
     assert "".join(c.choices[0].text for c in streamed if c.choices) == completion.choices[0].text
 
 
@@ -121,14 +129,18 @@ async def test_async_client_concurrent_requests(gateway):
 
 def test_embeddings_float_and_base64(gateway):
     client = gateway.client()
-    response = client.embeddings.create(model=MINILM, input=["a cat sat on the mat", "a kitten rested on the rug", "stock markets fell"])
+    response = client.embeddings.create(
+        model=MINILM, input=["a cat sat on the mat", "a kitten rested on the rug", "stock markets fell"]
+    )
     vectors = [np.array(item.embedding) for item in response.data]
     assert [item.index for item in response.data] == [0, 1, 2]
     assert all(v.shape == (384,) for v in vectors)
     cos = lambda a, b: float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))  # noqa: E731
     assert cos(vectors[0], vectors[1]) > cos(vectors[0], vectors[2]) + 0.2
     assert response.usage.prompt_tokens > 10 and response.usage.total_tokens == response.usage.prompt_tokens
-    raw = gateway.http().post("/v1/embeddings", json={"model": MINILM, "input": "a cat sat on the mat", "encoding_format": "base64"})
+    raw = gateway.http().post(
+        "/v1/embeddings", json={"model": MINILM, "input": "a cat sat on the mat", "encoding_format": "base64"}
+    )
     decoded = np.frombuffer(base64.b64decode(raw.json()["data"][0]["embedding"]), dtype="<f4")
     assert np.allclose(decoded, vectors[0], atol=1e-5)
 
@@ -156,10 +168,14 @@ def test_completion_with_several_prompts_counts_every_prompt(gateway):
     assert both.usage.prompt_tokens == sum(s.usage.prompt_tokens for s in single)
     chunks = list(
         client.completions.create(
-            model=GEMMA, prompt=["The sky is", "Paris is"], max_tokens=4, temperature=0, stream=True,
+            model=GEMMA,
+            prompt=["The sky is", "Paris is"],
+            max_tokens=4,
+            temperature=0,
+            stream=True,
             stream_options={"include_usage": True},
         )
-    )  # fmt: skip
+    )
     texts = {0: "", 1: ""}
     for chunk in chunks:
         for choice in chunk.choices:

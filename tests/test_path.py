@@ -31,7 +31,11 @@ TIGHT = TierSettings(requests_per_minute=1000, tokens_per_minute=2000, max_concu
 @pytest.fixture
 async def app(tmp_path, fake) -> AsyncIterator[App]:
     base = settings_for(tmp_path, fake.url)
-    upstreams = [*base.upstreams, UpstreamConfig(name="cheap-host", base_url=f"{fake.url}/v1"), UpstreamConfig(name="dear-host", base_url=f"{fake.url}/v1")]
+    upstreams = [
+        *base.upstreams,
+        UpstreamConfig(name="cheap-host", base_url=f"{fake.url}/v1"),
+        UpstreamConfig(name="dear-host", base_url=f"{fake.url}/v1"),
+    ]
     models = {
         **base.models,
         "two-prices": ModelConfig(
@@ -44,7 +48,14 @@ async def app(tmp_path, fake) -> AsyncIterator[App]:
         "dear": ModelConfig(upstream="dear-host", context_length=100_000, pricing=DEAR),
         "small-context": ModelConfig(upstream="fake", context_length=1000),
     }
-    settings = base.model_copy(update={"upstreams": upstreams, "models": models, "tiers": {"free": TIGHT}, "policies": {"walled": OrgPolicy(data_policy="local-only")}})
+    settings = base.model_copy(
+        update={
+            "upstreams": upstreams,
+            "models": models,
+            "tiers": {"free": TIGHT},
+            "policies": {"walled": OrgPolicy(data_policy="local-only")},
+        }
+    )
     async for started_app in started(settings):
         yield started_app
 
@@ -52,7 +63,12 @@ async def app(tmp_path, fake) -> AsyncIterator[App]:
 async def books(app: App) -> tuple[int, ...]:
     """Rows the money path writes: holds, postings, entries, request records."""
     async with app.deps.db.session() as session:
-        return tuple([(await session.execute(select(func.count()).select_from(table))).scalar_one() for table in (Hold, Posting, Entry, RequestRecord)])
+        return tuple(
+            [
+                (await session.execute(select(func.count()).select_from(table))).scalar_one()
+                for table in (Hold, Posting, Entry, RequestRecord)
+            ]
+        )
 
 
 REFUSED_BY_THE_PLAN = [
@@ -60,7 +76,9 @@ REFUSED_BY_THE_PLAN = [
     pytest.param({"model": "small-context"}, 400, "context_length_exceeded", id="beyond the context"),
     pytest.param({"model": "big-context", "provider": {"only": ["nobody"]}}, 404, "no_endpoints", id="no deployment left"),
     pytest.param({"model": "big-context", "provider": {"sort": "cheapest"}}, 400, None, id="bad preferences"),
-    pytest.param({"model": "big-context", "provider": {"max_price": {"prompt": "NaN"}}}, 400, "invalid_value", id="bad max_price"),
+    pytest.param(
+        {"model": "big-context", "provider": {"max_price": {"prompt": "NaN"}}}, 400, "invalid_value", id="bad max_price"
+    ),
     pytest.param({"model": "big-context", "models": ["no-such-fallback"]}, 404, "model_not_found", id="unknown fallback"),
 ]
 
@@ -125,7 +143,9 @@ class Recorder(Stage):
         self.seen.append(("chunk", call.status))
 
     async def observe(self, call: Call) -> None:
-        self.seen.append(("observe", (call.status, call.cost, call.route.model.id if call.route else None, type(call.error).__name__)))
+        self.seen.append(
+            ("observe", (call.status, call.cost, call.route.model.id if call.route else None, type(call.error).__name__))
+        )
         if self.explode:
             raise RuntimeError("a broken observer")
 
@@ -178,7 +198,9 @@ async def test_a_screen_refuses_for_free_and_a_broken_observer_fails_nobody(app,
 
 async def test_routing_compares_the_price_book_not_the_config(app):
     """The config says cheap-host is cheap; the operator's price book now says otherwise."""
-    await app.deps.pricebook.set_price("two-prices", Price(prompt=Decimal("0.01"), completion=Decimal("0.1")), upstream="cheap-host")
+    await app.deps.pricebook.set_price(
+        "two-prices", Price(prompt=Decimal("0.01"), completion=Decimal("0.1")), upstream="cheap-host"
+    )
     key = await app.key("comparing")
     floor = await app.post("/v1/chat/completions", key, {"model": "two-prices:floor", "messages": USER, "max_tokens": 5})
     assert floor.status_code == 200, floor.text
@@ -208,7 +230,9 @@ async def test_admin_and_operator_keys_cannot_generate_but_read_their_own_organi
         refused = await app.post(path, new.plaintext, body)
         assert refused.status_code == 403, (path, refused.text)
         envelope = refused.json()["error"]
-        assert envelope["code" if path != "/v1/messages" else "type"] == ("api_key_required" if path != "/v1/messages" else "permission_error")
+        assert envelope["code" if path != "/v1/messages" else "type"] == (
+            "api_key_required" if path != "/v1/messages" else "permission_error"
+        )
     assert await books(app) == before
     for path in ("/v1/models", "/v1/usage"):
         assert (await app.http.get(path, headers={"authorization": f"Bearer {new.plaintext}"})).status_code == 200

@@ -20,9 +20,12 @@ def test_quick_start_snippet_streams_an_answer_from_gemma(gateway):
     assert 'base_url="http://127.0.0.1:8080/v1"' in snippet
     code = snippet.replace("http://127.0.0.1:8080", gateway.url)
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, "EMPORION_API_KEY": gateway.key},
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()
 

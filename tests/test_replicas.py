@@ -35,7 +35,7 @@ def config(fake_url: str, database_url: str | None = None, redis_url: str | None
         f'[[upstreams]]\nname = "fake"\nbase_url = "{fake_url}/v1"',
         '[models."race"]\nupstream = "fake"\ncontext_length = 8192\npricing = { prompt = "0.000001", completion = "0.00001" }',
         "[tiers.free]\nrequests_per_minute = 1000000\ntokens_per_minute = 1000000000\nmax_concurrent = 10000",
-        "[metering]\nfree_credit_usd = \"0\"\n" + "\n".join(f"{k} = {v}" for k, v in metering.items()),
+        '[metering]\nfree_credit_usd = "0"\n' + "\n".join(f"{k} = {v}" for k, v in metering.items()),
     ]
     if database_url:
         lines.append(f'[database]\nurl = "{database_url}"')
@@ -89,7 +89,9 @@ async def books(db) -> dict:
     async with db.engine.connect() as conn:
         balances = dict((await conn.execute(select(Account.id, Account.balance_nanos))).all())
         held = dict((await conn.execute(select(Account.id, Account.held_nanos))).all())
-        entry_sums = dict((await conn.execute(select(Entry.account_id, func.sum(Entry.amount_nanos)).group_by(Entry.account_id))).all())
+        entry_sums = dict(
+            (await conn.execute(select(Entry.account_id, func.sum(Entry.amount_nanos)).group_by(Entry.account_id))).all()
+        )
         holds = (await conn.execute(select(Hold.request_id, Hold.state))).all()
         charges = (await conn.execute(select(Posting.request_id).where(Posting.kind == "charge"))).scalars().all()
         records = dict((await conn.execute(select(RequestRecord.id, RequestRecord.cost_nanos))).all())
@@ -237,6 +239,7 @@ def test_a_burst_through_two_replicas_admits_exactly_the_rate_limit(tmp_path, fa
     async def at_once() -> list[int]:
         headers = {"authorization": f"Bearer {key}"}
         async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=None)) as client:
+
             async def one(i: int) -> int:
                 url = f"{gateways[i % 2].url}/v1/chat/completions"
                 return (await client.post(url, json=BODY, headers=headers)).status_code

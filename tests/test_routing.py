@@ -75,9 +75,11 @@ def test_stream_failing_after_output_ends_with_error_and_no_splice(gateway, fake
     fake_openai.enqueue(Script(text="one two three four", reset_after_chunks=2))
     anthropic_calls = fake_anthropic.count()
     raw = httpx.post(
-        f"{gateway.url}/v1/chat/completions", headers={"authorization": f"Bearer {gateway.key}"},
-        json={"model": "assistant", "messages": USER, "stream": True}, timeout=30,
-    ).text  # fmt: skip
+        f"{gateway.url}/v1/chat/completions",
+        headers={"authorization": f"Bearer {gateway.key}"},
+        json={"model": "assistant", "messages": USER, "stream": True},
+        timeout=30,
+    ).text
     events = [line[6:] for line in raw.splitlines() if line.startswith("data: ")]
     assert '"finish_reason":"error"' in events[-2] and events[-1].startswith('{"error"')
     assert "[DONE]" not in raw
@@ -110,7 +112,10 @@ def test_provider_preferences_that_match_nothing_are_404(gateway):
 
 
 def test_data_collection_deny_keeps_only_hosts_that_keep_nothing(gateway):
-    served = {call(gateway, model="split", user=f"u{i}", provider={"data_collection": "deny"})[1]["x-emporion-upstream"] for i in range(6)}
+    served = {
+        call(gateway, model="split", user=f"u{i}", provider={"data_collection": "deny"})[1]["x-emporion-upstream"]
+        for i in range(6)
+    }
     assert served == {"gemini-fake"}
 
 

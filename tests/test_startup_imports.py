@@ -39,9 +39,15 @@ print(json.dumps(seen))
 
 
 def test_a_gateway_without_embeddings_never_imports_torch(tmp_path):
-    env = {name: value for name, value in os.environ.items() if not name.startswith("EMPORION_")}  # the defaults: SQLite in tmp_path
+    env = {
+        name: value for name, value in os.environ.items() if not name.startswith("EMPORION_")
+    }  # the defaults: SQLite in tmp_path
     result = subprocess.run(
-        [sys.executable, "-c", CODE.format(heavy_names=set(HEAVY)), str(tmp_path)], capture_output=True, text=True, timeout=120, env=env
+        [sys.executable, "-c", CODE.format(heavy_names=set(HEAVY)), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
     )
     assert result.returncode == 0, result.stderr
     seen = json.loads(result.stdout.splitlines()[-1])

@@ -192,14 +192,24 @@ def test_gguf_header_with_chat_template(tmp_path):
     from emporion.engine.gguf_info import read_gguf_info
 
     path = tmp_path / "tiny.gguf"
-    write_gguf(path, {
-        "general.architecture": "llama", "tokenizer.ggml.tokens": ["<s>", "hello", "world"],
-        "llama.context_length": 2048, "general.name": "Tiny", "tokenizer.chat_template": "{{ messages }}",
-    })  # fmt: skip
+    write_gguf(
+        path,
+        {
+            "general.architecture": "llama",
+            "tokenizer.ggml.tokens": ["<s>", "hello", "world"],
+            "llama.context_length": 2048,
+            "general.name": "Tiny",
+            "tokenizer.chat_template": "{{ messages }}",
+        },
+    )
     info = read_gguf_info(path)
     assert (info.architecture, info.name, info.context_length, info.has_chat_template, info.license) == (
-        "llama", "Tiny", 2048, True, None,
-    )  # fmt: skip
+        "llama",
+        "Tiny",
+        2048,
+        True,
+        None,
+    )
     write_gguf(path, {"general.architecture": "llama"})
     with pytest.raises(ValueError, match="context length"):
         read_gguf_info(path)
@@ -211,11 +221,20 @@ def test_gguf_header_with_chat_template(tmp_path):
 @pytest.mark.parametrize(
     "url",
     [
-        "http://127.0.0.1:8080/v1", "http://localhost/v1", "http://[::1]/v1", "http://10.1.2.3/v1", "http://192.168.0.10/v1",
-        "http://172.16.5.4/v1", "http://169.254.169.254/latest", "http://metadata.google.internal/", "http://[::ffff:127.0.0.1]/",
-        "http://100.64.0.1/", "http://0.0.0.0/", "http://[fe80::1]/",
+        "http://127.0.0.1:8080/v1",
+        "http://localhost/v1",
+        "http://[::1]/v1",
+        "http://10.1.2.3/v1",
+        "http://192.168.0.10/v1",
+        "http://172.16.5.4/v1",
+        "http://169.254.169.254/latest",
+        "http://metadata.google.internal/",
+        "http://[::ffff:127.0.0.1]/",
+        "http://100.64.0.1/",
+        "http://0.0.0.0/",
+        "http://[fe80::1]/",
     ],
-)  # fmt: skip
+)
 async def test_byok_urls_into_the_operators_network_are_refused(url):
     from emporion.errors import PermissionDenied
     from emporion.providers.ssrf import check_upstream_url

@@ -11,9 +11,12 @@ from tests.fakes.openai_upstream import Script
 def test_chat_passes_through_with_upstream_model_and_key(gateway, fake_openai):
     fake_openai.enqueue(Script(text="Bonjour tout le monde", prompt_tokens=11, cached_tokens=4))
     response = gateway.client().with_raw_response.chat.completions.create(
-        model="fake-gpt", messages=[{"role": "developer", "content": "be nice"}, {"role": "user", "content": "hi"}],
-        max_tokens=20, temperature=0.5, extra_body={"reasoning_effort": "low"},
-    )  # fmt: skip
+        model="fake-gpt",
+        messages=[{"role": "developer", "content": "be nice"}, {"role": "user", "content": "hi"}],
+        max_tokens=20,
+        temperature=0.5,
+        extra_body={"reasoning_effort": "low"},
+    )
     completion = response.parse()
     assert completion.choices[0].message.content == "Bonjour tout le monde"
     assert completion.model == "fake-gpt"
@@ -41,7 +44,9 @@ def test_stream_passes_through_chunks_and_usage(gateway, fake_openai):
 
 def test_stream_without_include_usage_has_no_usage_chunk(gateway, fake_openai):
     fake_openai.enqueue(Script(text="a b"))
-    chunks = list(gateway.client().chat.completions.create(model="fake-gpt", messages=[{"role": "user", "content": "x"}], stream=True))
+    chunks = list(
+        gateway.client().chat.completions.create(model="fake-gpt", messages=[{"role": "user", "content": "x"}], stream=True)
+    )
     assert all(c.choices for c in chunks) and all(c.usage is None for c in chunks)
     # the upstream was still asked for usage, which Emporion needs for itself
     assert fake_openai.received[-1]["stream_options"] == {"include_usage": True}
@@ -55,10 +60,17 @@ def test_stream_without_include_usage_has_no_usage_chunk(gateway, fake_openai):
         (Script(status=429, headers={"retry-after": "7"}), 429, openai.RateLimitError, 1),
         (Script(status=401), 502, openai.InternalServerError, 1),
         (Script(raw_body=b"{not json", status=200), 502, openai.InternalServerError, 2),
-        (Script(status=400, error={"error": {"message": "bad thing", "type": "invalid_request_error", "param": "tools", "code": None}}),
-         400, openai.BadRequestError, 1),
+        (
+            Script(
+                status=400,
+                error={"error": {"message": "bad thing", "type": "invalid_request_error", "param": "tools", "code": None}},
+            ),
+            400,
+            openai.BadRequestError,
+            1,
+        ),
     ],
-)  # fmt: skip
+)
 def test_upstream_failures_map_to_clear_errors(gateway, fake_openai, script, status, error_class, attempts):
     """Retryable failures are retried once on the model's only deployment, then reported; a
     Retry-After longer than the backoff cap is passed to the client rather than waited out."""

@@ -74,7 +74,9 @@ class Books:
     org_ids: dict[str, str] = field(default_factory=dict)  # name -> id
     key_ids: dict[str, str] = field(default_factory=dict)  # name -> id
     keys: dict[str, str] = field(default_factory=dict)  # name -> plaintext
-    charged: dict[str, tuple[str, str, str, int, Usage, int]] = field(default_factory=dict)  # id -> (org, key, model, created_at, usage, cost)
+    charged: dict[str, tuple[str, str, str, int, Usage, int]] = field(
+        default_factory=dict
+    )  # id -> (org, key, model, created_at, usage, cost)
 
     async def org(self, name: str, parent: str | None = None) -> str:
         async with self.db.session() as session, session.begin():
@@ -102,12 +104,27 @@ class Books:
         self.clock.now = when
         await self.ledger.reserve(self.org_ids[org], request_id, Nanos(cost.total + 12_345))
         record = {
-            "org_id": self.org_ids[org], "key_id": self.key_ids[key], "model": model, "upstream": "up", "upstream_model": model,
-            "provider": "prov", "endpoint": "chat", "streamed": False, "status": "completed", "finish_reason": "stop",
-            "input_tokens": usage_.input_tokens, "cached_input_tokens": usage_.cached_input_tokens,
-            "cache_write_tokens": usage_.cache_write_tokens, "output_tokens": usage_.output_tokens, "usage_source": "upstream",
-            "price_id": None, "margin_id": None, "attempts": 1, "latency_ms": 42, "created_at": when,
-        }  # fmt: skip
+            "org_id": self.org_ids[org],
+            "key_id": self.key_ids[key],
+            "model": model,
+            "upstream": "up",
+            "upstream_model": model,
+            "provider": "prov",
+            "endpoint": "chat",
+            "streamed": False,
+            "status": "completed",
+            "finish_reason": "stop",
+            "input_tokens": usage_.input_tokens,
+            "cached_input_tokens": usage_.cached_input_tokens,
+            "cache_write_tokens": usage_.cache_write_tokens,
+            "output_tokens": usage_.output_tokens,
+            "usage_source": "upstream",
+            "price_id": None,
+            "margin_id": None,
+            "attempts": 1,
+            "latency_ms": 42,
+            "created_at": when,
+        }
         settled = await self.ledger.settle(request_id, cost, "up", record=record)
         assert settled is not None and settled.charged == cost.total
         self.charged[request_id] = (org, key, model, when, usage_, cost.total)
@@ -158,13 +175,18 @@ def expected(books: Books, org: str, start: int, end: int, group) -> dict[str, t
         if org_ != org or not start <= when < end:
             continue
         row = sums.setdefault(group(key, model, when), [0] * 6)
-        for index, value in enumerate((1, used.input_tokens, used.cached_input_tokens, used.cache_write_tokens, used.output_tokens, cost)):
+        for index, value in enumerate(
+            (1, used.input_tokens, used.cached_input_tokens, used.cache_write_tokens, used.output_tokens, cost)
+        ):
             row[index] += value
     return {name: tuple(row) for name, row in sums.items()}  # type: ignore[misc]
 
 
 def as_dict(rows) -> dict[str, tuple[int, int, int, int, int, int]]:
-    return {r.group: (r.requests, r.input_tokens, r.cached_input_tokens, r.cache_write_tokens, r.output_tokens, r.cost_nanos) for r in rows}
+    return {
+        r.group: (r.requests, r.input_tokens, r.cached_input_tokens, r.cache_write_tokens, r.output_tokens, r.cost_nanos)
+        for r in rows
+    }
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -184,6 +206,7 @@ async def test_usage_by_day_model_and_key_sums_exactly(url):
     try:
         acme = books.org_ids["acme"]
         by_day = await usage(books.db, acme, *JAN, "day")
+
         def day(key: str, model: str, when: int) -> str:
             return dt.datetime.fromtimestamp(when, dt.UTC).date().isoformat()
 
@@ -201,11 +224,15 @@ async def test_usage_by_day_model_and_key_sums_exactly(url):
 
         only = await usage(books.db, acme, *JAN, "model", key_id=books.key_ids["acme-batch"])
         assert sum(r.requests for r in only) == 2
-        assert await usage(books.db, acme, *JAN, "model", key_id=books.key_ids["globex-app"]) == []  # another tenant's key: nothing
+        assert (
+            await usage(books.db, acme, *JAN, "model", key_id=books.key_ids["globex-app"]) == []
+        )  # another tenant's key: nothing
 
         for rows in (by_day, by_model, by_key):
             total = totals(rows)
-            assert total.requests == 4 and total.cost_nanos == sum(c[5] for c in books.charged.values() if c[0] == "acme" and JAN[0] <= c[3] < JAN[1])
+            assert total.requests == 4 and total.cost_nanos == sum(
+                c[5] for c in books.charged.values() if c[0] == "acme" and JAN[0] <= c[3] < JAN[1]
+            )
         assert totals(by_day) == totals(by_model) == totals(by_key)
         december = await usage(books.db, acme, at("2025-12-01 00:00:00"), JAN[0], "day")
         assert [r.group for r in december] == ["2025-12-28"]
@@ -219,9 +246,15 @@ def test_usage_range_defaults_to_the_last_30_days_and_refuses_bad_dates():
     today = dt.date(2026, 3, 10)
     assert parse_range(None, None, today) == (dt.date(2026, 2, 9), today)
     assert parse_range("2026-01-01", "2026-01-31") == (dt.date(2026, 1, 1), dt.date(2026, 1, 31))
-    for start, end, param in (("2026-13-01", None, "start"), ("2026-1-1", None, "start"), (None, "yesterday", "end"),
-                              ("2026-02-01", "2026-01-01", "start"), ("2000-01-01", "2026-01-01", "start"),
-                              (None, "0001-01-01", "end"), ("２０２６-０１-０１", None, "start")):  # fmt: skip
+    for start, end, param in (
+        ("2026-13-01", None, "start"),
+        ("2026-1-1", None, "start"),
+        (None, "yesterday", "end"),
+        ("2026-02-01", "2026-01-01", "start"),
+        ("2000-01-01", "2026-01-01", "start"),
+        (None, "0001-01-01", "end"),
+        ("２０２６-０１-０１", None, "start"),
+    ):
         with pytest.raises(Exception) as raised:
             parse_range(start, end, today)
         assert raised.value.status == 400 and raised.value.param == param  # type: ignore[attr-defined]
@@ -254,16 +287,24 @@ async def test_statement_reconciles_with_the_ledger(url):
             mine = [c for c in in_jan if c[2] == model]
             line = by_model[model]
             assert line.requests == len(mine) and line.amount_nanos == -sum(c[5] for c in mine)
-            assert line.input_tokens == sum(c[4].input_tokens for c in mine) and line.output_tokens == sum(c[4].output_tokens for c in mine)
+            assert line.input_tokens == sum(c[4].input_tokens for c in mine) and line.output_tokens == sum(
+                c[4].output_tokens for c in mine
+            )
         assert jan.adjustments == ()
-        assert jan.closing_nanos == 10 * USD + 2 * USD + 5_250_000_000 - sum(c[5] for c in charged.values() if c[3] < JAN[1]) + charged[refunded][5]
+        assert (
+            jan.closing_nanos
+            == 10 * USD + 2 * USD + 5_250_000_000 - sum(c[5] for c in charged.values() if c[3] < JAN[1]) + charged[refunded][5]
+        )
 
         balances = await books.ledger.balances()
         assert feb.closing_nanos == balances[customer(acme)] == await books.ledger.available(acme)  # no open holds
         later = await statements.statement(books.db, acme, "2026-07")
         assert later.opening_nanos == later.closing_nanos == balances[customer(acme)] and later.charges == ()
         globex = await statements.statement(books.db, books.org_ids["globex"], "2026-01")
-        assert globex.closing_nanos == balances[customer(books.org_ids["globex"])] and {c.model for c in globex.charges} == {"alpha", "beta"}
+        assert globex.closing_nanos == balances[customer(books.org_ids["globex"])] and {c.model for c in globex.charges} == {
+            "alpha",
+            "beta",
+        }
     finally:
         await close(books)
 
@@ -295,7 +336,10 @@ def pdf_text(pdf: bytes) -> str:
             stream = zlib.decompress(stream)
         except zlib.error:
             pass
-        shown += [s.decode("latin-1").replace("\\(", "(").replace("\\)", ")") for s in re.findall(rb"\(((?:[^()\\]|\\.)*)\)\s*Tj", stream)]
+        shown += [
+            s.decode("latin-1").replace("\\(", "(").replace("\\)", ")")
+            for s in re.findall(rb"\(((?:[^()\\]|\\.)*)\)\s*Tj", stream)
+        ]
     return "\n".join(shown)
 
 
@@ -314,13 +358,19 @@ async def test_statement_csv_parses_back_to_the_same_numbers_and_pdf_shows_them(
     assert head["period_start"] == "2026-01-01" and head["period_end"] == "2026-01-31"
     for name, amount in jan.summary():
         assert nanos(head[f"{name}_usd"]) == amount
-    assert nanos(head["opening_balance_usd"]) + sum(nanos(item["amount_usd"]) for item in items) == nanos(head["closing_balance_usd"])
+    assert nanos(head["opening_balance_usd"]) + sum(nanos(item["amount_usd"]) for item in items) == nanos(
+        head["closing_balance_usd"]
+    )
     charges = {item["description"]: item for item in items if item["section"] == "charge"}
     for line in jan.charges:
         item = charges[line.model]
         assert nanos(item["amount_usd"]) == line.amount_nanos and int(item["count"]) == line.requests
         assert (int(item["input_tokens"]), int(item["output_tokens"])) == (line.input_tokens, line.output_tokens)
-    assert {(i["section"], i["description"]) for i in items if i["section"] != "charge"} == {("credit", "grant"), ("credit", "topup"), ("refund", "refund")}
+    assert {(i["section"], i["description"]) for i in items if i["section"] != "charge"} == {
+        ("credit", "grant"),
+        ("credit", "topup"),
+        ("refund", "refund"),
+    }
     assert "e" not in "".join(i["amount_usd"] for i in items).lower()  # plain decimals, never an exponent
 
     pdf = statements.to_pdf(jan)
@@ -329,9 +379,18 @@ async def test_statement_csv_parses_back_to_the_same_numbers_and_pdf_shows_them(
     assert "acme" in text and f"${statements.usd(jan.closing_nanos)}" in text and "alpha" in text
 
     many = statements.Statement(
-        jan.org_id, "Ünïcode ☃ GmbH", jan.month, jan.start, jan.end, jan.opening_nanos, jan.credits,
-        tuple(statements.ChargeLine(f"model-{i}", 1, 1, 0, 0, 1, -1) for i in range(95)), (), (), jan.opening_nanos + jan.credits_nanos - 95,
-    )  # fmt: skip
+        jan.org_id,
+        "Ünïcode ☃ GmbH",
+        jan.month,
+        jan.start,
+        jan.end,
+        jan.opening_nanos,
+        jan.credits,
+        tuple(statements.ChargeLine(f"model-{i}", 1, 1, 0, 0, 1, -1) for i in range(95)),
+        (),
+        (),
+        jan.opening_nanos + jan.credits_nanos - 95,
+    )
     long = pdf_text(statements.to_pdf(many))
     assert "page 3 of 3" in long and "model-94" in long and "Ünïcode ? GmbH" in long
 
@@ -359,16 +418,24 @@ async def gateway(tmp_path):
     """Two tenants with traffic today; acme has a sub-organization. Keys: api and admin for each,
     an operator's; the app is started after the books are written."""
     settings = Settings(
-        data_dir=tmp_path, engine=EngineSettings(enabled=False), embeddings=EmbeddingSettings(enabled=False),
+        data_dir=tmp_path,
+        engine=EngineSettings(enabled=False),
+        embeddings=EmbeddingSettings(enabled=False),
         server=ServerSettings(auth_cache_s=0),
-    )  # fmt: skip
+    )
     db = await open_database(settings.database_url)
     clock = Clock(time.time())
     books = Books(db, Ledger(db, clock=clock), clock)
     for name, parent in (("acme", None), ("acme-child", "acme"), ("globex-secret-name", None), ("ops", None)):
         await books.org(name, parent)
-    for name, org, kind in (("a-api", "acme", "api"), ("a-admin", "acme", "admin"), ("child-api", "acme-child", "api"),
-                            ("b-api", "globex-secret-name", "api"), ("b-admin", "globex-secret-name", "admin"), ("op", "ops", "operator")):  # fmt: skip
+    for name, org, kind in (
+        ("a-api", "acme", "api"),
+        ("a-admin", "acme", "admin"),
+        ("child-api", "acme-child", "api"),
+        ("b-api", "globex-secret-name", "api"),
+        ("b-admin", "globex-secret-name", "admin"),
+        ("op", "ops", "operator"),
+    ):
         await books.key(name, org, kind)
     now = int(time.time())
     for org, key in (("acme", "a-api"), ("acme-child", "child-api"), ("globex-secret-name", "b-api")):
@@ -379,7 +446,10 @@ async def gateway(tmp_path):
     await books.ledger.aclose()
     await db.close()
     app = build_app(settings)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client,
+    ):
         yield Gateway(client, books, app.state.deps.db)
 
 
@@ -401,12 +471,20 @@ async def test_usage_route_reports_the_calling_keys_own_organization(gateway):
     assert Decimal(body["total"]["cost_usd"]) * USD == body["total"]["cost_nanos"]
     by_key = (await gateway.ok("/v1/usage", "a-admin", group_by="key", start="2000-01-01", end="2004-01-01")).json()
     assert by_key["data"] == [] and by_key["total"]["requests"] == 0
-    wide = (await gateway.ok("/v1/usage", "a-admin", group_by="key", start=dt.datetime.fromtimestamp(now - 50 * 86_400, dt.UTC).date().isoformat())).json()
+    wide = (
+        await gateway.ok(
+            "/v1/usage", "a-admin", group_by="key", start=dt.datetime.fromtimestamp(now - 50 * 86_400, dt.UTC).date().isoformat()
+        )
+    ).json()
     assert {r["key_label"] for r in wide["data"]} == {"a-api", "a-admin"}  # any kind of key; the child's usage is its own
     spied = (await gateway.ok("/v1/usage", "a-api", key_id=books.key_ids["b-api"])).json()
     assert spied["data"] == [] and "globex" not in str(spied)
-    for params, param in (({"group_by": "week"}, "group_by"), ({"start": "2026-02-30"}, "start"), ({"end": "soon"}, "end"),
-                          ({"start": "2026-02-02", "end": "2026-02-01"}, "start")):  # fmt: skip
+    for params, param in (
+        ({"group_by": "week"}, "group_by"),
+        ({"start": "2026-02-30"}, "start"),
+        ({"end": "soon"}, "end"),
+        ({"start": "2026-02-02", "end": "2026-02-01"}, "start"),
+    ):
         response = await gateway.get("/v1/usage", "a-api", **params)
         assert response.status_code == 400 and response.json()["error"]["param"] == param, response.text
     assert (await gateway.client.get("/v1/usage")).status_code == 401
@@ -419,7 +497,10 @@ async def test_statement_routes_render_json_csv_and_pdf(gateway):
     assert body["object"] == "statement" and body["organization_name"] == "acme" and body["month"] == month
     mine = [c for c in books.charged.values() if c[0] == "acme" and c[3] >= statements.month_bounds(month)[0]]
     assert -sum(int(c["amount_nanos"]) for c in body["charges"]) == sum(c[5] for c in mine)
-    assert body["closing_balance_nanos"] == body["opening_balance_nanos"] + body["credits_nanos"] + body["charges_nanos"] + body["refunds_nanos"]
+    assert (
+        body["closing_balance_nanos"]
+        == body["opening_balance_nanos"] + body["credits_nanos"] + body["charges_nanos"] + body["refunds_nanos"]
+    )
     async with gateway.db.session() as session:
         assert body["closing_balance_nanos"] == (await orgs.balance_of(session, books.org_ids["acme"])).balance_nanos
 
@@ -428,11 +509,16 @@ async def test_statement_routes_render_json_csv_and_pdf(gateway):
     assert as_csv.headers["content-disposition"] == f'attachment; filename="statement-{month}-{books.org_ids["acme"]}.csv"'
     head, _ = parse_csv(as_csv.text)
     assert int(Decimal(head["closing_balance_usd"]) * USD) == body["closing_balance_nanos"]
-    as_pdf = await gateway.ok(f"/admin/v1/organizations/{books.org_ids['acme-child']}/statements/{month}", "a-admin", format="pdf")
+    as_pdf = await gateway.ok(
+        f"/admin/v1/organizations/{books.org_ids['acme-child']}/statements/{month}", "a-admin", format="pdf"
+    )
     assert as_pdf.headers["content-type"] == "application/pdf" and as_pdf.headers["content-disposition"].startswith("attachment;")
     assert as_pdf.content.startswith(b"%PDF") and "acme-child" in pdf_text(as_pdf.content)
 
-    for path, params, param in ((f"/v1/statements/{month}", {"format": "xml"}, "format"), ("/v1/statements/2026-13", {}, "month")):
+    for path, params, param in (
+        (f"/v1/statements/{month}", {"format": "xml"}, "format"),
+        ("/v1/statements/2026-13", {}, "month"),
+    ):
         response = await gateway.get(path, "a-api", **params)
         assert response.status_code == 400 and response.json()["error"]["param"] == param, response.text
 
@@ -487,8 +573,14 @@ def test_cli_shows_usage_and_writes_statements(tmp_path: Path):
         return books
 
     books = asyncio.run(build())
-    shown = emporion("usage", "show", "--org", "acme", "--by", "model", "--start", "2026-01-01", "--end", "2026-01-31", data_dir=tmp_path)
-    rows = {line.split("│")[1].strip(): [cell.strip() for cell in line.split("│")[2:-1]] for line in shown.stdout.splitlines() if line.count("│") > 3}
+    shown = emporion(
+        "usage", "show", "--org", "acme", "--by", "model", "--start", "2026-01-01", "--end", "2026-01-31", data_dir=tmp_path
+    )
+    rows = {
+        line.split("│")[1].strip(): [cell.strip() for cell in line.split("│")[2:-1]]
+        for line in shown.stdout.splitlines()
+        if line.count("│") > 3
+    }
     want = expected(books, "acme", *JAN, lambda key, model, when: model)
     for model, (requests, inp, cached, write, out, cost) in want.items():
         assert rows[model][:5] == [str(requests), str(inp), str(cached), str(write), str(out)]
@@ -496,16 +588,32 @@ def test_cli_shows_usage_and_writes_statements(tmp_path: Path):
     assert rows["total"][0] == "4"
 
     out = tmp_path / "jan.csv"
-    emporion("usage", "statement", "--org", "acme", "--month", "2026-01", "--format", "csv", "--output", str(out), data_dir=tmp_path)
+    emporion(
+        "usage", "statement", "--org", "acme", "--month", "2026-01", "--format", "csv", "--output", str(out), data_dir=tmp_path
+    )
     head, _ = parse_csv(out.read_text())
     assert head["organization"] == "acme" and head["month"] == "2026-01"
     pdf = tmp_path / "jan.pdf"
-    emporion("usage", "statement", "--org", books.org_ids["acme"], "--month", "2026-01", "--format", "pdf", "--output", str(pdf), data_dir=tmp_path)
+    emporion(
+        "usage",
+        "statement",
+        "--org",
+        books.org_ids["acme"],
+        "--month",
+        "2026-01",
+        "--format",
+        "pdf",
+        "--output",
+        str(pdf),
+        data_dir=tmp_path,
+    )
     assert pdf.read_bytes().startswith(b"%PDF") and head["closing_balance_usd"] in pdf_text(pdf.read_bytes())
 
     bad = emporion("usage", "show", "--org", "acme", "--start", "2026-02-31", data_dir=tmp_path, check=False)
     assert bad.returncode == 2 and "start" in bad.stderr
-    missing = emporion("usage", "statement", "--org", "nobody", "--month", "2026-01", "--output", str(out), data_dir=tmp_path, check=False)
+    missing = emporion(
+        "usage", "statement", "--org", "nobody", "--month", "2026-01", "--output", str(out), data_dir=tmp_path, check=False
+    )
     assert missing.returncode == 1 and "nobody" in missing.stderr
 
 
@@ -523,11 +631,15 @@ async def test_render_pdf_leaves_the_event_loop_serving_while_it_renders():
     class Gate(str):
         def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
             here = threading.get_ident()
-            ran = here != loop_thread and asyncio.run_coroutine_threadsafe(asyncio.sleep(0.01, result=True), loop).result(timeout=60)
+            ran = here != loop_thread and asyncio.run_coroutine_threadsafe(asyncio.sleep(0.01, result=True), loop).result(
+                timeout=60
+            )
             seen.append((here, ran))
             return super().encode(encoding, errors)
 
-    done = statements.Statement("org_gate", Gate("Gate GmbH"), "2026-01", *statements.month_bounds("2026-01"), 0, (), (), (), (), 0)
+    done = statements.Statement(
+        "org_gate", Gate("Gate GmbH"), "2026-01", *statements.month_bounds("2026-01"), 0, (), (), (), (), 0
+    )
     pdf = await statements.render_pdf(done)
     assert seen and all(thread != loop_thread and ran for thread, ran in seen), seen
     assert "Gate GmbH" in pdf_text(pdf)
@@ -556,11 +668,27 @@ async def test_statement_pdf_route_renders_off_the_event_loop_thread(gateway):
         request_id, cost = f"req-many-{number}", charge(Usage(1, 0, 0, 1), PRICES["alpha"], MARGIN)
         await ledger.reserve(acme, request_id, cost.total)
         record = {
-            "org_id": acme, "key_id": books.key_ids["a-api"], "model": f"model-{number:04}", "upstream": "up",
-            "upstream_model": "m", "provider": "prov", "endpoint": "chat", "streamed": False, "status": "completed",
-            "finish_reason": "stop", "input_tokens": 1, "cached_input_tokens": 0, "cache_write_tokens": 0, "output_tokens": 1,
-            "usage_source": "upstream", "price_id": None, "margin_id": None, "attempts": 1, "latency_ms": 1, "created_at": int(time.time()),
-        }  # fmt: skip
+            "org_id": acme,
+            "key_id": books.key_ids["a-api"],
+            "model": f"model-{number:04}",
+            "upstream": "up",
+            "upstream_model": "m",
+            "provider": "prov",
+            "endpoint": "chat",
+            "streamed": False,
+            "status": "completed",
+            "finish_reason": "stop",
+            "input_tokens": 1,
+            "cached_input_tokens": 0,
+            "cache_write_tokens": 0,
+            "output_tokens": 1,
+            "usage_source": "upstream",
+            "price_id": None,
+            "margin_id": None,
+            "attempts": 1,
+            "latency_ms": 1,
+            "created_at": int(time.time()),
+        }
         assert await ledger.settle(request_id, cost, "up", record=record) is not None
 
     try:

@@ -76,9 +76,14 @@ def build_app(settings: Settings) -> Starlette:
             await stop_deps(deps)
 
     routes = [
-        *openai_routes, *anthropic_routes, *admin_routes, *usage_routes, *openapi_routes,
-        Route("/healthz", healthz), Route("/readyz", readyz),
-    ]  # fmt: skip
+        *openai_routes,
+        *anthropic_routes,
+        *admin_routes,
+        *usage_routes,
+        *openapi_routes,
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+    ]
     middleware = [Middleware(Edge, cors_origins=settings.server.cors_origins), Middleware(CancelOnDisconnect)]
     return Starlette(routes=routes, middleware=middleware, exception_handlers=handlers, lifespan=lifespan)  # type: ignore[arg-type]  # Starlette's handler and lifespan types are narrower than what it accepts
 
@@ -156,8 +161,10 @@ async def start_deps(settings: Settings) -> Deps:
         embedder=embedder,
     )
     try:
-        await asyncio.gather(*(_start(engine.model_id, engine.start()) for engine in engines.values()),
-                             *([_start("all-minilm-l6-v2 embeddings", embedder.start())] if embedder else []))
+        await asyncio.gather(
+            *(_start(engine.model_id, engine.start()) for engine in engines.values()),
+            *([_start("all-minilm-l6-v2 embeddings", embedder.start())] if embedder else []),
+        )
     except BaseException:
         await stop_deps(deps)
         raise

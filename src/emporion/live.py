@@ -49,7 +49,9 @@ def new_engine(settings: Settings, model: Model) -> LlamaServer:
         )
     if not model.gguf or not Path(model.gguf).is_file():
         raise EngineMissing(f"model {model.id}: GGUF file {model.gguf} does not exist")
-    return LlamaServer(model.id, Path(model.gguf), settings.engine, binary, settings.logs_dir / f"engine-{model.id}.log", model.chat_template)
+    return LlamaServer(
+        model.id, Path(model.gguf), settings.engine, binary, settings.logs_dir / f"engine-{model.id}.log", model.chat_template
+    )
 
 
 class LiveCatalog:

@@ -178,11 +178,23 @@ OPERATOR_TIER = "operator"  # the operator's own organizations: no tier limits u
 DEFAULT_TIERS = {
     "free": TierSettings(requests_per_minute=20, tokens_per_minute=40_000, max_concurrent=4),
     "tier-1": TierSettings(requests_per_minute=500, tokens_per_minute=200_000, max_concurrent=50, min_paid_usd=Decimal(5)),
-    "tier-2": TierSettings(requests_per_minute=5_000, tokens_per_minute=2_000_000, max_concurrent=200, min_paid_usd=Decimal(50), min_age_days=7),
-    "tier-3": TierSettings(requests_per_minute=5_000, tokens_per_minute=4_000_000, max_concurrent=500, min_paid_usd=Decimal(100), min_age_days=7),
-    "tier-4": TierSettings(requests_per_minute=10_000, tokens_per_minute=10_000_000, max_concurrent=1_000, min_paid_usd=Decimal(250), min_age_days=14),
-    "tier-5": TierSettings(requests_per_minute=30_000, tokens_per_minute=150_000_000, max_concurrent=5_000, min_paid_usd=Decimal(1_000), min_age_days=30),
-}  # fmt: skip
+    "tier-2": TierSettings(
+        requests_per_minute=5_000, tokens_per_minute=2_000_000, max_concurrent=200, min_paid_usd=Decimal(50), min_age_days=7
+    ),
+    "tier-3": TierSettings(
+        requests_per_minute=5_000, tokens_per_minute=4_000_000, max_concurrent=500, min_paid_usd=Decimal(100), min_age_days=7
+    ),
+    "tier-4": TierSettings(
+        requests_per_minute=10_000, tokens_per_minute=10_000_000, max_concurrent=1_000, min_paid_usd=Decimal(250), min_age_days=14
+    ),
+    "tier-5": TierSettings(
+        requests_per_minute=30_000,
+        tokens_per_minute=150_000_000,
+        max_concurrent=5_000,
+        min_paid_usd=Decimal(1_000),
+        min_age_days=30,
+    ),
+}
 
 
 class Settings(Strict):

@@ -40,30 +40,70 @@ class FakeAnthropic(ScriptQueue):
         }
         stop = STOP_REASONS.get(script.finish_reason, "end_turn")
         blocks: list[dict[str, Any]] = [{"type": "text", "text": script.text}] if script.text else []
-        blocks += [{"type": "tool_use", "id": f"toolu_{i}", "name": name, "input": args} for i, (name, args) in enumerate(script.tool_calls)]
+        blocks += [
+            {"type": "tool_use", "id": f"toolu_{i}", "name": name, "input": args}
+            for i, (name, args) in enumerate(script.tool_calls)
+        ]
         message = {"id": "msg_fake", "type": "message", "role": "assistant", "model": body["model"], "stop_sequence": None}
         if not body.get("stream"):
-            return Response(orjson.dumps({**message, "content": blocks, "stop_reason": stop, "usage": usage}), media_type="application/json")
+            return Response(
+                orjson.dumps({**message, "content": blocks, "stop_reason": stop, "usage": usage}), media_type="application/json"
+            )
 
         start_usage = {**usage, "output_tokens": 1}
-        events = [event("message_start", {"type": "message_start", "message": {**message, "content": [], "stop_reason": None, "usage": start_usage}})]
+        events = [
+            event(
+                "message_start",
+                {"type": "message_start", "message": {**message, "content": [], "stop_reason": None, "usage": start_usage}},
+            )
+        ]
         events.append(event("ping", {"type": "ping"}))
         content = []
         for index, block in enumerate(blocks):
             if block["type"] == "text":
-                events.append(event("content_block_start", {"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}}))
+                events.append(
+                    event(
+                        "content_block_start",
+                        {"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}},
+                    )
+                )
                 for piece in script.pieces():
                     content.append(len(events))
-                    events.append(event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": piece}}))
+                    events.append(
+                        event(
+                            "content_block_delta",
+                            {"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": piece}},
+                        )
+                    )
             else:
                 start = {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}
                 content.append(len(events))
-                events.append(event("content_block_start", {"type": "content_block_start", "index": index, "content_block": start}))
+                events.append(
+                    event("content_block_start", {"type": "content_block_start", "index": index, "content_block": start})
+                )
                 arguments = orjson.dumps(block["input"]).decode()
                 half = len(arguments) // 2
                 for part in (arguments[:half], arguments[half:]):
-                    events.append(event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": part}}))
+                    events.append(
+                        event(
+                            "content_block_delta",
+                            {
+                                "type": "content_block_delta",
+                                "index": index,
+                                "delta": {"type": "input_json_delta", "partial_json": part},
+                            },
+                        )
+                    )
             events.append(event("content_block_stop", {"type": "content_block_stop", "index": index}))
-        events.append(event("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None}, "usage": {"output_tokens": usage["output_tokens"]}}))
+        events.append(
+            event(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": stop, "stop_sequence": None},
+                    "usage": {"output_tokens": usage["output_tokens"]},
+                },
+            )
+        )
         events.append(event("message_stop", {"type": "message_stop"}))
         return StreamingResponse(paced(script, events, content, self), media_type="text/event-stream")

@@ -39,13 +39,20 @@ class FakeGemini(ScriptQueue):
         if not request.path_params["call"].endswith(":streamGenerateContent"):
             parts: list[dict[str, Any]] = ([{"text": script.text}] if script.text else []) + calls
             candidate = {"content": {"role": "model", "parts": parts}, "finishReason": finish, "index": 0}
-            return Response(orjson.dumps({"candidates": [candidate], "usageMetadata": usage, "modelVersion": "fake"}), media_type="application/json")
+            return Response(
+                orjson.dumps({"candidates": [candidate], "usageMetadata": usage, "modelVersion": "fake"}),
+                media_type="application/json",
+            )
         events, content = [], []
         pieces = script.pieces()
         for i, piece in enumerate(pieces):
             content.append(len(events))
             last = i == len(pieces) - 1 and not calls
-            candidate = {"content": {"role": "model", "parts": [{"text": piece}]}, "index": 0, **({"finishReason": finish} if last else {})}
+            candidate = {
+                "content": {"role": "model", "parts": [{"text": piece}]},
+                "index": 0,
+                **({"finishReason": finish} if last else {}),
+            }
             events.append(sse({"candidates": [candidate], **({"usageMetadata": usage} if last else {})}))
         if calls or not pieces:
             content.append(len(events))

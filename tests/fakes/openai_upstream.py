@@ -29,6 +29,7 @@ def fault_response(script: Script, error: dict[str, Any]) -> Response | None:
         body = orjson.dumps(script.error or error)
         return Response(body, status_code=script.status, media_type="application/json", headers=script.headers)
     if script.reset_after_chunks == 0:
+
         async def broken():
             yield b'{"partial": '
             raise Abort("connection reset by the fake")
@@ -74,25 +75,52 @@ class FakeOpenAI(ScriptQueue):
             else:
                 choice = {"index": 0, "text": script.text, "finish_reason": script.finish_reason}
             obj = "chat.completion" if chat else "text_completion"
-            return Response(orjson.dumps({**head, "object": obj, "choices": [choice], "usage": usage}), media_type="application/json")
+            return Response(
+                orjson.dumps({**head, "object": obj, "choices": [choice], "usage": usage}), media_type="application/json"
+            )
 
         obj = "chat.completion.chunk" if chat else "text_completion"
         events, content = [], []
         if chat:
-            events.append(sse({**head, "object": obj, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}))
+            events.append(
+                sse(
+                    {
+                        **head,
+                        "object": obj,
+                        "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+                    }
+                )
+            )
         for piece in script.pieces():
             content.append(len(events))
-            choice = {"index": 0, "delta": {"content": piece}, "finish_reason": None} if chat else {"index": 0, "text": piece, "finish_reason": None}
+            choice = (
+                {"index": 0, "delta": {"content": piece}, "finish_reason": None}
+                if chat
+                else {"index": 0, "text": piece, "finish_reason": None}
+            )
             events.append(sse({**head, "object": obj, "choices": [choice]}))
         for i, call in enumerate(calls):
             arguments = call["function"]["arguments"]
             half = len(arguments) // 2
-            start = {"index": i, "id": call["id"], "type": "function", "function": {"name": call["function"]["name"], "arguments": arguments[:half]}}
+            start = {
+                "index": i,
+                "id": call["id"],
+                "type": "function",
+                "function": {"name": call["function"]["name"], "arguments": arguments[:half]},
+            }
             content.append(len(events))
-            events.append(sse({**head, "object": obj, "choices": [{"index": 0, "delta": {"tool_calls": [start]}, "finish_reason": None}]}))
+            events.append(
+                sse({**head, "object": obj, "choices": [{"index": 0, "delta": {"tool_calls": [start]}, "finish_reason": None}]})
+            )
             rest = {"index": i, "function": {"arguments": arguments[half:]}}
-            events.append(sse({**head, "object": obj, "choices": [{"index": 0, "delta": {"tool_calls": [rest]}, "finish_reason": None}]}))
-        last = {"index": 0, "delta": {}, "finish_reason": script.finish_reason} if chat else {"index": 0, "text": "", "finish_reason": script.finish_reason}
+            events.append(
+                sse({**head, "object": obj, "choices": [{"index": 0, "delta": {"tool_calls": [rest]}, "finish_reason": None}]})
+            )
+        last = (
+            {"index": 0, "delta": {}, "finish_reason": script.finish_reason}
+            if chat
+            else {"index": 0, "text": "", "finish_reason": script.finish_reason}
+        )
         events.append(sse({**head, "object": obj, "choices": [last]}))
         if (body.get("stream_options") or {}).get("include_usage"):
             events.append(sse({**head, "object": obj, "choices": [], "usage": usage}))

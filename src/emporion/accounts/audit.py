@@ -71,29 +71,50 @@ SYSTEM = Actor(operator_principal(), "system", "first start")
 
 def org_snapshot(org: Organization) -> Snapshot:
     return {
-        "id": org.id, "name": org.name, "parent_id": org.parent_id, "created_at": org.created_at, "tier": org.tier,
-        "tier_pinned": org.tier_pinned, "suspended_at": org.suspended_at, "suspended_reason": org.suspended_reason,
-        "suspended_by_operator": org.suspended_by_operator, "resale_percent": plain(org.resale_percent),
-        **usd_text_fields("resale_fixed", org.resale_fixed), "requests_per_minute": org.requests_per_minute,
-        "tokens_per_minute": org.tokens_per_minute, "max_concurrent": org.max_concurrent,
-    }  # fmt: skip
+        "id": org.id,
+        "name": org.name,
+        "parent_id": org.parent_id,
+        "created_at": org.created_at,
+        "tier": org.tier,
+        "tier_pinned": org.tier_pinned,
+        "suspended_at": org.suspended_at,
+        "suspended_reason": org.suspended_reason,
+        "suspended_by_operator": org.suspended_by_operator,
+        "resale_percent": plain(org.resale_percent),
+        **usd_text_fields("resale_fixed", org.resale_fixed),
+        "requests_per_minute": org.requests_per_minute,
+        "tokens_per_minute": org.tokens_per_minute,
+        "max_concurrent": org.max_concurrent,
+    }
 
 
 def balance_snapshot(balance: Balance) -> Snapshot:
-    return {**usd_fields("balance", balance.balance_nanos), **usd_fields("held", balance.held_nanos),
-            **usd_fields("available", balance.available_nanos)}  # fmt: skip
+    return {
+        **usd_fields("balance", balance.balance_nanos),
+        **usd_fields("held", balance.held_nanos),
+        **usd_fields("available", balance.available_nanos),
+    }
 
 
 def key_snapshot(key: ApiKey) -> Snapshot:
     """Its prefix, never the key nor its hash."""
     return {
-        "id": key.id, "org_id": key.org_id, "kind": key.kind, "label": key.label, "prefix": key.prefix,
-        "created_at": key.created_at, "expires_at": key.expires_at, "revoked_at": key.revoked_at,
+        "id": key.id,
+        "org_id": key.org_id,
+        "kind": key.kind,
+        "label": key.label,
+        "prefix": key.prefix,
+        "created_at": key.created_at,
+        "expires_at": key.expires_at,
+        "revoked_at": key.revoked_at,
         "allowed_models": None if key.allowed_models is None else json.loads(key.allowed_models),
-        **usd_fields("budget", key.budget_nanos), "budget_period": key.budget_period,
-        **usd_fields("period_budget", key.period_budget_nanos), "requests_per_minute": key.requests_per_minute,
-        "tokens_per_minute": key.tokens_per_minute, "max_concurrent": key.max_concurrent,
-    }  # fmt: skip
+        **usd_fields("budget", key.budget_nanos),
+        "budget_period": key.budget_period,
+        **usd_fields("period_budget", key.period_budget_nanos),
+        "requests_per_minute": key.requests_per_minute,
+        "tokens_per_minute": key.tokens_per_minute,
+        "max_concurrent": key.max_concurrent,
+    }
 
 
 def member_snapshot(member: Member) -> Snapshot:
@@ -101,14 +122,27 @@ def member_snapshot(member: Member) -> Snapshot:
 
 
 def price_snapshot(row: PriceRow) -> Snapshot:
-    return {"id": row.id, "model": row.model_id, "upstream": row.upstream, "prompt": plain(row.prompt),
-            "completion": plain(row.completion), "cached_prompt": plain(row.cached_prompt), "cache_write": plain(row.cache_write),
-            "request": plain(row.request), "effective_at": row.effective_at}  # fmt: skip
+    return {
+        "id": row.id,
+        "model": row.model_id,
+        "upstream": row.upstream,
+        "prompt": plain(row.prompt),
+        "completion": plain(row.completion),
+        "cached_prompt": plain(row.cached_prompt),
+        "cache_write": plain(row.cache_write),
+        "request": plain(row.request),
+        "effective_at": row.effective_at,
+    }
 
 
 def margin_snapshot(row: MarginRow) -> Snapshot:
-    return {"id": row.id, "model": row.model_id or None, "percent": plain(row.percent), **usd_text_fields("fixed", row.fixed),
-            "effective_at": row.effective_at}  # fmt: skip
+    return {
+        "id": row.id,
+        "model": row.model_id or None,
+        "percent": plain(row.percent),
+        **usd_text_fields("fixed", row.fixed),
+        "effective_at": row.effective_at,
+    }
 
 
 # --- writing and showing events ----------------------------------------------------------------
@@ -129,12 +163,22 @@ async def record(session: AsyncSession, actor: Actor, change: Change) -> bool:
     if change.before == change.after:
         return False
     principal = actor.principal
-    await store.append(session, {
-        "created_at_ms": int(time.time() * 1000), "actor_kind": actor.kind, "actor_key_id": principal.key_id or None,
-        "actor_org_id": principal.org_id or None, "actor_name": actor.name, "action": change.action,
-        "object_type": change.object_type, "object_id": change.object_id, "org_id": change.org_id,
-        "before": _json(change.before), "after": _json(change.after),
-    })  # fmt: skip
+    await store.append(
+        session,
+        {
+            "created_at_ms": int(time.time() * 1000),
+            "actor_kind": actor.kind,
+            "actor_key_id": principal.key_id or None,
+            "actor_org_id": principal.org_id or None,
+            "actor_name": actor.name,
+            "action": change.action,
+            "object_type": change.object_type,
+            "object_id": change.object_id,
+            "org_id": change.org_id,
+            "before": _json(change.before),
+            "after": _json(change.after),
+        },
+    )
     return True
 
 
@@ -142,12 +186,23 @@ def event_object(row: AuditEvent, reach: frozenset[str] | None) -> dict[str, Any
     """An event as a key with ``reach`` (None: the operator's, everything) is shown it."""
     shown = reach is None or row.actor_org_id in reach
     return {
-        "object": "audit.event", "id": row.id, "created_at": row.created_at_ms // 1000, "created_at_ms": row.created_at_ms,
-        "actor": {"kind": row.actor_kind, "key_id": row.actor_key_id if shown else None,
-                  "org_id": row.actor_org_id if shown else None, "name": row.actor_name if shown else None},
-        "action": row.action, "object_type": row.object_type, "object_id": row.object_id, "org_id": row.org_id,
-        "before": _within(_loaded(row.before), reach), "after": _within(_loaded(row.after), reach),
-    }  # fmt: skip
+        "object": "audit.event",
+        "id": row.id,
+        "created_at": row.created_at_ms // 1000,
+        "created_at_ms": row.created_at_ms,
+        "actor": {
+            "kind": row.actor_kind,
+            "key_id": row.actor_key_id if shown else None,
+            "org_id": row.actor_org_id if shown else None,
+            "name": row.actor_name if shown else None,
+        },
+        "action": row.action,
+        "object_type": row.object_type,
+        "object_id": row.object_id,
+        "org_id": row.org_id,
+        "before": _within(_loaded(row.before), reach),
+        "after": _within(_loaded(row.after), reach),
+    }
 
 
 def _json(snapshot: Snapshot | None) -> str | None:

@@ -44,5 +44,6 @@ def deployed_on(catalog: Catalog, model_id: str, upstream: str) -> None:
     if upstream and upstream not in upstreams:
         raise InvalidRequest(
             f"The model `{model.id}` is not deployed on `{upstream}` (it is on {', '.join(sorted(upstreams))}).",
-            param="upstream", code="invalid_value",
-        )  # fmt: skip
+            param="upstream",
+            code="invalid_value",
+        )

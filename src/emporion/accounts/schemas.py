@@ -115,7 +115,9 @@ class UpdateOrganization(Body):
     def _no_null_markup(self) -> UpdateOrganization:
         for name in RESALE_FIELDS & self.model_fields_set:
             if getattr(self, name) is None:
-                raise InvalidRequest(f"Invalid '{name}': it cannot be null (0 means no markup).", param=name, code="invalid_value")
+                raise InvalidRequest(
+                    f"Invalid '{name}': it cannot be null (0 means no markup).", param=name, code="invalid_value"
+                )
         return self
 
 
@@ -160,7 +162,9 @@ class CreateKey(Body):
             message = f"'budget_period' and 'period_budget_usd' go together: '{missing}' is missing."
             raise InvalidRequest(message, param=missing, code="missing_required_parameter")
         if self.expires_at is not None and self.expires_in_days is not None:
-            raise InvalidRequest("Give 'expires_at' or 'expires_in_days', not both.", param="expires_in_days", code="invalid_value")
+            raise InvalidRequest(
+                "Give 'expires_at' or 'expires_in_days', not both.", param="expires_in_days", code="invalid_value"
+            )
         if self.expires_at is not None and self.expires_at <= time.time():
             raise InvalidRequest("Invalid 'expires_at': it is in the past.", param="expires_at", code="invalid_value")
         return self
@@ -170,12 +174,17 @@ class CreateKey(Body):
         if self.expires_in_days is not None:
             expires_at = int(time.time() if now is None else now) + self.expires_in_days * DAY_S
         return KeyColumns(
-            kind=self.kind, label=self.label, expires_at=expires_at,
+            kind=self.kind,
+            label=self.label,
+            expires_at=expires_at,
             allowed_models=None if self.allowed_models is None else sorted(set(self.allowed_models)),
-            budget_nanos=nanos(self.budget_usd), budget_period=self.budget_period,
-            period_budget_nanos=nanos(self.period_budget_usd), requests_per_minute=self.requests_per_minute,
-            tokens_per_minute=self.tokens_per_minute, max_concurrent=self.max_concurrent,
-        )  # fmt: skip
+            budget_nanos=nanos(self.budget_usd),
+            budget_period=self.budget_period,
+            period_budget_nanos=nanos(self.period_budget_usd),
+            requests_per_minute=self.requests_per_minute,
+            tokens_per_minute=self.tokens_per_minute,
+            max_concurrent=self.max_concurrent,
+        )
 
 
 class AddCredit(Body):

@@ -85,9 +85,14 @@ class Accounts:
     cache), called after a change that affects how requests are authenticated or limited."""
 
     def __init__(
-        self, db: Database, ledger: Ledger, settings: Settings, pricebook: PriceBook, catalog: Catalog,
+        self,
+        db: Database,
+        ledger: Ledger,
+        settings: Settings,
+        pricebook: PriceBook,
+        catalog: Catalog,
         forget: Callable[[], None] = _nothing,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.db = db
         self.ledger = ledger
         self.settings = settings
@@ -436,10 +441,15 @@ class Accounts:
             if query.org_id is not None:
                 await self._reach(session, actor, query.org_id)
             where = audit_store.AuditFilter(
-                org_ids=reach, org_id=query.org_id, action=query.action, object_id=query.object_id,
+                org_ids=reach,
+                org_id=query.org_id,
+                action=query.action,
+                object_id=query.object_id,
                 since_ms=None if query.since is None else int(query.since * 1000),
-                until_ms=None if query.until is None else int(query.until * 1000), after=query.after, limit=query.limit,
-            )  # fmt: skip
+                until_ms=None if query.until is None else int(query.until * 1000),
+                after=query.after,
+                limit=query.limit,
+            )
             rows, has_more = await audit_store.page(session, where)
         return AuditPage([event_object(row, reach) for row in rows], has_more)
 

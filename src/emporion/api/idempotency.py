@@ -63,9 +63,10 @@ def idempotent(handler: Handler) -> Handler:
 async def _guarded(request: Request, handler: Handler, key: str) -> Response:
     if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
         raise InvalidRequest(
-            f"The Idempotency-Key header must be 1 to {MAX_KEY_LENGTH} printable characters.", param="Idempotency-Key",
+            f"The Idempotency-Key header must be 1 to {MAX_KEY_LENGTH} printable characters.",
+            param="Idempotency-Key",
             code="invalid_idempotency_key",
-        )  # fmt: skip
+        )
     deps: Deps = request.app.state.deps
     principal = await deps.auth.authenticate(request.headers.get("authorization"), request.headers.get("x-api-key"))
     raw = await read_body(request, deps.settings.server.max_body_bytes)
@@ -76,13 +77,16 @@ async def _guarded(request: Request, handler: Handler, key: str) -> Response:
     if outcome == "reused":
         raise Unprocessable(
             "This Idempotency-Key was already used for a different request; use a new key for a new request.",
-            param="Idempotency-Key", code="idempotency_key_reused",
-        )  # fmt: skip
+            param="Idempotency-Key",
+            code="idempotency_key_reused",
+        )
     if outcome == "in_progress":
         raise Conflict(
             "A request with this Idempotency-Key is still being processed; retry it shortly.",
-            param="Idempotency-Key", code="idempotency_request_in_progress", retry_after_s=1,
-        )  # fmt: skip
+            param="Idempotency-Key",
+            code="idempotency_request_in_progress",
+            retry_after_s=1,
+        )
     if isinstance(outcome, store.Stored):
         return Response(outcome.body, status_code=outcome.status, headers={**outcome.headers, REPLAYED: "true"})
     assert isinstance(outcome, store.Claim)

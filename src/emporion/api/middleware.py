@@ -21,12 +21,24 @@ CORS_METHODS = ("GET", "POST", "PATCH", "DELETE")
 CORS_HEADERS = ("*",)
 # What a browser application may read of a response (a new x-emporion-* or x-ratelimit-* header goes here too).
 CORS_EXPOSED = (
-    "x-request-id", "retry-after", "retry-after-ms",
-    "x-emporion-model", "x-emporion-provider", "x-emporion-upstream", "x-emporion-deployment",
-    "x-emporion-attempts", "x-emporion-release", "x-emporion-license", "x-emporion-cost",
-    "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests",
-    "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens",
-)  # fmt: skip
+    "x-request-id",
+    "retry-after",
+    "retry-after-ms",
+    "x-emporion-model",
+    "x-emporion-provider",
+    "x-emporion-upstream",
+    "x-emporion-deployment",
+    "x-emporion-attempts",
+    "x-emporion-release",
+    "x-emporion-license",
+    "x-emporion-cost",
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-tokens",
+)
 
 
 def new_request_id() -> str:

@@ -65,20 +65,56 @@ STATEMENT = (Query("format", "json (default), csv or pdf.", {"type": "string", "
 STATEMENT_MEDIA = ("application/json", "text/csv", "application/pdf")
 
 OPERATIONS: tuple[Operation, ...] = (
-    Operation("POST", "/v1/chat/completions", "Create a chat completion (streamed with `stream`).", "OpenAI", ChatCompletionRequest, media=("application/json", "text/event-stream")),
-    Operation("POST", "/v1/completions", "Create a legacy text completion.", "OpenAI", CompletionRequest, media=("application/json", "text/event-stream")),
+    Operation(
+        "POST",
+        "/v1/chat/completions",
+        "Create a chat completion (streamed with `stream`).",
+        "OpenAI",
+        ChatCompletionRequest,
+        media=("application/json", "text/event-stream"),
+    ),
+    Operation(
+        "POST",
+        "/v1/completions",
+        "Create a legacy text completion.",
+        "OpenAI",
+        CompletionRequest,
+        media=("application/json", "text/event-stream"),
+    ),
     Operation("POST", "/v1/embeddings", "Create embeddings.", "OpenAI", EmbeddingRequest),
-    Operation("GET", "/v1/generation", "The stored record of one of the organization's requests.", "OpenAI", query=(Query("id", "The response id.", {"type": "string", "minLength": 1}, required=True),)),
+    Operation(
+        "GET",
+        "/v1/generation",
+        "The stored record of one of the organization's requests.",
+        "OpenAI",
+        query=(Query("id", "The response id.", {"type": "string", "minLength": 1}, required=True),),
+    ),
     Operation("GET", "/v1/models", "The catalog, at the caller's prices.", "OpenAI"),
     Operation("GET", "/v1/models/{model_id:path}", "One model of the catalog, at the caller's price.", "OpenAI"),
-    Operation("POST", "/v1/messages", "Create a message (Anthropic's Messages API).", "Anthropic", MessagesRequest, media=("application/json", "text/event-stream")),
+    Operation(
+        "POST",
+        "/v1/messages",
+        "Create a message (Anthropic's Messages API).",
+        "Anthropic",
+        MessagesRequest,
+        media=("application/json", "text/event-stream"),
+    ),
     Operation("GET", "/v1/usage", "The caller's organization's usage.", "Usage", query=USAGE),
-    Operation("GET", "/v1/statements/{month}", "The caller's organization's statement of a month (YYYY-MM).", "Usage", query=STATEMENT, media=STATEMENT_MEDIA),
+    Operation(
+        "GET",
+        "/v1/statements/{month}",
+        "The caller's organization's statement of a month (YYYY-MM).",
+        "Usage",
+        query=STATEMENT,
+        media=STATEMENT_MEDIA,
+    ),
     Operation("POST", "/admin/v1/organizations", "Create an organization.", "Admin", admin.CreateOrganization),
     Operation("GET", "/admin/v1/organizations", "The organizations the key reaches.", "Admin"),
     Operation("GET", ORG, "One organization, with its balance.", "Admin"),
     Operation("PATCH", ORG, "Change an organization's markup or limits.", "Admin", admin.UpdateOrganization),
-    Operation("POST", ORG + "/suspend", "Suspend an organization (its keys stop working).", "Admin", admin.Suspend, body_required=False),
+    Operation(
+        "POST", ORG + "/suspend", "Suspend an organization (its keys stop working).", "Admin", admin.Suspend, body_required=False
+    ),
     Operation("POST", ORG + "/restore", "Lift a suspension.", "Admin"),
     Operation("POST", ORG + "/tier", "Pin an organization's tier, or let it float.", "Admin", admin.SetTier),
     Operation("POST", ORG + "/members", "Add a member.", "Admin", admin.AddMember),
@@ -94,13 +130,42 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("GET", "/admin/v1/prices", "The price book.", "Admin", query=(MODEL_FILTER,)),
     Operation("POST", "/admin/v1/margins", "Set the operator's margin.", "Admin", admin.SetMargin),
     Operation("GET", "/admin/v1/margins", "The margins.", "Admin", query=(MODEL_FILTER,)),
-    Operation("GET", "/admin/v1/audit", "The audit trail of accounts, newest first (an admin key: its tree's events).", "Admin", query=(Query("org_id", "Only the events concerning this organization."), Query("action", "Only this action (organization.create, key.revoke, credit.top_up, price.set, ...).", {"type": "string", "minLength": 1, "maxLength": 40}), Query("object_id", "Only the events of this object.", {"type": "string", "minLength": 1, "maxLength": 80}), Query("since", "From this Unix time on (seconds).", {"type": "number", "minimum": 0, "maximum": admin.MAX_EPOCH_S}), Query("until", "Before this Unix time (seconds).", {"type": "number", "minimum": 0, "maximum": admin.MAX_EPOCH_S}), Query("limit", "At most this many events (default 50).", {"type": "integer", "minimum": 1, "maximum": admin.MAX_AUDIT_PAGE}), Query("after", "The `last_id` of the previous page.", {"type": "integer", "minimum": 1}))),
+    Operation(
+        "GET",
+        "/admin/v1/audit",
+        "The audit trail of accounts, newest first (an admin key: its tree's events).",
+        "Admin",
+        query=(
+            Query("org_id", "Only the events concerning this organization."),
+            Query(
+                "action",
+                "Only this action (organization.create, key.revoke, credit.top_up, price.set, ...).",
+                {"type": "string", "minLength": 1, "maxLength": 40},
+            ),
+            Query("object_id", "Only the events of this object.", {"type": "string", "minLength": 1, "maxLength": 80}),
+            Query("since", "From this Unix time on (seconds).", {"type": "number", "minimum": 0, "maximum": admin.MAX_EPOCH_S}),
+            Query("until", "Before this Unix time (seconds).", {"type": "number", "minimum": 0, "maximum": admin.MAX_EPOCH_S}),
+            Query(
+                "limit",
+                "At most this many events (default 50).",
+                {"type": "integer", "minimum": 1, "maximum": admin.MAX_AUDIT_PAGE},
+            ),
+            Query("after", "The `last_id` of the previous page.", {"type": "integer", "minimum": 1}),
+        ),
+    ),
     Operation("GET", ORG + "/usage", "An organization's usage.", "Admin", query=USAGE),
-    Operation("GET", ORG + "/statements/{month}", "An organization's statement of a month (YYYY-MM).", "Admin", query=STATEMENT, media=STATEMENT_MEDIA),
+    Operation(
+        "GET",
+        ORG + "/statements/{month}",
+        "An organization's statement of a month (YYYY-MM).",
+        "Admin",
+        query=STATEMENT,
+        media=STATEMENT_MEDIA,
+    ),
     Operation("GET", "/healthz", "Liveness, and the state of the engine.", "Service", authenticated=False),
     Operation("GET", "/readyz", "Readiness: 200 once the server takes requests.", "Service", authenticated=False),
     Operation("GET", PATH, "This description.", "Service", authenticated=False),
-)  # fmt: skip
+)
 
 OPENAI_ERROR = {
     "type": "object",
@@ -153,8 +218,17 @@ def document() -> dict[str, Any]:
         "components": {
             "schemas": schemas,
             "securitySchemes": {
-                "bearer": {"type": "http", "scheme": "bearer", "description": "An Emporion key: `Authorization: Bearer sk-emp-…`."},
-                "x-api-key": {"type": "apiKey", "in": "header", "name": "x-api-key", "description": "The same key, as Anthropic's SDK sends it."},
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An Emporion key: `Authorization: Bearer sk-emp-…`.",
+                },
+                "x-api-key": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "x-api-key",
+                    "description": "The same key, as Anthropic's SDK sends it.",
+                },
             },
         },
     }
@@ -167,15 +241,24 @@ def _operation(op: Operation, body_ref: dict[str, Any] | None) -> dict[str, Any]
         "summary": op.summary,
         "tags": [op.tag],
         "parameters": [
-            *({"name": name, "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}} for name in _path_params(op)),
-            *({"name": q.name, "in": "query", "required": q.required, "description": q.description, "schema": q.schema} for q in op.query),
+            *(
+                {"name": name, "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+                for name in _path_params(op)
+            ),
+            *(
+                {"name": q.name, "in": "query", "required": q.required, "description": q.description, "schema": q.schema}
+                for q in op.query
+            ),
         ],
         "responses": {
             "200": {"description": "OK", "content": {media: {"schema": _success(media)} for media in op.media}},
-            "default": {"description": "An error, in the envelope of the API the route belongs to.", "content": {"application/json": {"schema": {"$ref": REF.format(model=error)}}}},
+            "default": {
+                "description": "An error, in the envelope of the API the route belongs to.",
+                "content": {"application/json": {"schema": {"$ref": REF.format(model=error)}}},
+            },
         },
         "security": [{"bearer": []}, {"x-api-key": []}] if op.authenticated else [],
-    }  # fmt: skip
+    }
     if body_ref is not None:
         operation["requestBody"] = {"required": op.body_required, "content": {"application/json": {"schema": body_ref}}}
     return operation

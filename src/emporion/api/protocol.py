@@ -77,14 +77,16 @@ class EdgeProtocol(HttpToolsProtocol):
         content = [STATUS_LINE[error.status]]
         for name, value in self.server_state.default_headers:
             content.extend([name, b": ", value, b"\r\n"])
-        content.extend([
-            b"content-type: application/json\r\n",
-            b"content-length: " + str(len(body)).encode("ascii") + b"\r\n",
-            b"x-request-id: " + new_request_id().encode("ascii") + b"\r\n",
-            b"connection: close\r\n",
-            b"\r\n",
-            body,
-        ])  # fmt: skip
+        content.extend(
+            [
+                b"content-type: application/json\r\n",
+                b"content-length: " + str(len(body)).encode("ascii") + b"\r\n",
+                b"x-request-id: " + new_request_id().encode("ascii") + b"\r\n",
+                b"connection: close\r\n",
+                b"\r\n",
+                body,
+            ]
+        )
         self.transport.write(b"".join(content))
         self.transport.close()
 

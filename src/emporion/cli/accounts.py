@@ -26,7 +26,7 @@ from emporion.cli.options import (
     validated,
     with_accounts,
     worded,
-)  # fmt: skip
+)
 from emporion.settings import Settings
 from emporion.store.tables import Organization
 
@@ -81,8 +81,16 @@ def orgs_list(data_dir: DataDir = None, config: ConfigFile = None) -> None:
     for org, balance in found:
         tier = org.tier + (" (pinned)" if org.tier_pinned else "")
         status = "suspended" if org.suspended_at else "active"
-        table.add_row(org.id, org.name, names.get(org.parent_id or "", "-"), tier, status, usd(balance.balance_nanos),
-                      usd(balance.available_nanos), date(org.created_at))  # fmt: skip
+        table.add_row(
+            org.id,
+            org.name,
+            names.get(org.parent_id or "", "-"),
+            tier,
+            status,
+            usd(balance.balance_nanos),
+            usd(balance.available_nanos),
+            date(org.created_at),
+        )
     out.print(table)
 
 
@@ -97,15 +105,20 @@ def orgs_show(org: OrgRef, data_dir: DataDir = None, config: ConfigFile = None) 
     found, parent, balance = shown.org, shown.parent, shown.balance
     limits = [found.requests_per_minute, found.tokens_per_minute, found.max_concurrent]
     rows = {
-        "id": found.id, "name": found.name, "created": date(found.created_at),
+        "id": found.id,
+        "name": found.name,
+        "created": date(found.created_at),
         "reseller": f"{parent.name} ({parent.id})" if parent else "-",
         "tier": found.tier + (" (pinned)" if found.tier_pinned else ""),
         "status": f"suspended: {found.suspended_reason or 'by the operator'}" if found.suspended_at else "active",
-        "balance": usd(balance.balance_nanos), "held": usd(balance.held_nanos), "available": usd(balance.available_nanos),
+        "balance": usd(balance.balance_nanos),
+        "held": usd(balance.held_nanos),
+        "available": usd(balance.available_nanos),
         "resale markup": f"{schemas.plain(found.resale_percent)}% + ${schemas.plain(found.resale_fixed)}",
         "limits (rpm/tpm/concurrent)": "/".join("tier" if v is None else str(v) for v in limits),
-        "active keys": str(shown.active_keys), "members": str(shown.members),
-    }  # fmt: skip
+        "active keys": str(shown.active_keys),
+        "members": str(shown.members),
+    }
     for name, value in rows.items():
         print(f"{name}: {value}")
 
@@ -179,7 +192,9 @@ def orgs_set_markup(
     """Set a reseller's markup over what it pays, charged to its sub-organizations."""
     settings = load(data_dir, config)
     found = _update(settings, org, validated(schemas.UpdateOrganization, resale_percent=percent, resale_fixed_usd=fixed))
-    err.print(f"'{found.name}' marks up {schemas.plain(found.resale_percent)}% + ${schemas.plain(found.resale_fixed)} per request")
+    err.print(
+        f"'{found.name}' marks up {schemas.plain(found.resale_percent)}% + ${schemas.plain(found.resale_fixed)} per request"
+    )
 
 
 @orgs_app.command("set-limits")
@@ -196,7 +211,9 @@ def orgs_set_limits(
     given = {"requests_per_minute": requests_per_minute, "tokens_per_minute": tokens_per_minute, "max_concurrent": max_concurrent}
     fields = {name: value or None for name, value in given.items() if value is not None}  # 0: None, back to the tier's
     found = _update(settings, org, checked(schemas.UpdateOrganization, fields))
-    shown = "/".join("tier" if v is None else str(v) for v in (found.requests_per_minute, found.tokens_per_minute, found.max_concurrent))
+    shown = "/".join(
+        "tier" if v is None else str(v) for v in (found.requests_per_minute, found.tokens_per_minute, found.max_concurrent)
+    )
     err.print(f"'{found.name}' limits (rpm/tpm/concurrent): {shown}")
 
 
@@ -240,7 +257,10 @@ def members_list(org: OrgRef, data_dir: DataDir = None, config: ConfigFile = Non
 
 @members_app.command("remove")
 def members_remove(
-    org: OrgRef, member: Annotated[str, typer.Argument(help="Member id or email.")], data_dir: DataDir = None, config: ConfigFile = None
+    org: OrgRef,
+    member: Annotated[str, typer.Argument(help="Member id or email.")],
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
 ) -> None:
     """Remove a member (never the last owner)."""
 
@@ -279,19 +299,25 @@ def _credit(settings: Settings, org: str, amount: str, reference: str | None, ki
 
 
 @credits_app.command("top-up")
-def credits_top_up(org: OrgRef, amount: Amount, reference: Reference = None, data_dir: DataDir = None, config: ConfigFile = None) -> None:
+def credits_top_up(
+    org: OrgRef, amount: Amount, reference: Reference = None, data_dir: DataDir = None, config: ConfigFile = None
+) -> None:
     """Credit bought (counts toward tiers)."""
     _credit(load(data_dir, config), org, amount, reference, "top_up")
 
 
 @credits_app.command("grant")
-def credits_grant(org: OrgRef, amount: Amount, reference: Reference = None, data_dir: DataDir = None, config: ConfigFile = None) -> None:
+def credits_grant(
+    org: OrgRef, amount: Amount, reference: Reference = None, data_dir: DataDir = None, config: ConfigFile = None
+) -> None:
     """Free credit given (does not count toward tiers)."""
     _credit(load(data_dir, config), org, amount, reference, "grant")
 
 
 @credits_app.command("transfer")
-def credits_transfer(org: OrgRef, amount: Amount, reference: Reference = None, data_dir: DataDir = None, config: ConfigFile = None) -> None:
+def credits_transfer(
+    org: OrgRef, amount: Amount, reference: Reference = None, data_dir: DataDir = None, config: ConfigFile = None
+) -> None:
     """Move credit from a sub-organization's reseller (its parent) to it, out of what the reseller has available."""
     _credit(load(data_dir, config), org, amount, reference, "transfer")
 
@@ -340,9 +366,16 @@ def prices_set(
     """A new price version for a model; past requests keep the price they were charged."""
     settings = load(data_dir, config)
     spec = validated(
-        schemas.SetPrice, model=model, upstream=upstream, prompt=prompt, completion=completion, cached_prompt=cached_prompt,
-        cache_write=cache_write, request=request, effective_at=effective_at,
-    )  # fmt: skip
+        schemas.SetPrice,
+        model=model,
+        upstream=upstream,
+        prompt=prompt,
+        completion=completion,
+        cached_prompt=cached_prompt,
+        cache_write=cache_write,
+        request=request,
+        effective_at=effective_at,
+    )
     known = catalog(settings)
     upstreams = sorted({d.upstream for d in known.get(spec.model).deployments}) if known.has(spec.model) else []
 
@@ -361,11 +394,22 @@ def prices_list(
 ) -> None:
     """Every price version set with the CLI or the admin API (without one, the config's applies)."""
     rows = with_accounts(load(data_dir, config), lambda accounts, actor: accounts.list_prices(actor, model))
-    table = Table("id", "model", "upstream", "prompt $/tok", "completion $/tok", "cached $/tok", "cache write $/tok", "request $", "from")
+    table = Table(
+        "id", "model", "upstream", "prompt $/tok", "completion $/tok", "cached $/tok", "cache write $/tok", "request $", "from"
+    )
     for row in rows:
         plain = schemas.plain
-        table.add_row(str(row.id), row.model_id, row.upstream or "*", plain(row.prompt), plain(row.completion),
-                      plain(row.cached_prompt) or "-", plain(row.cache_write) or "-", plain(row.request), date(row.effective_at))  # fmt: skip
+        table.add_row(
+            str(row.id),
+            row.model_id,
+            row.upstream or "*",
+            plain(row.prompt),
+            plain(row.completion),
+            plain(row.cached_prompt) or "-",
+            plain(row.cache_write) or "-",
+            plain(row.request),
+            date(row.effective_at),
+        )
     out.print(table)
 
 
@@ -395,5 +439,7 @@ def margins_list(data_dir: DataDir = None, config: ConfigFile = None) -> None:
     """Every margin version."""
     table = Table("id", "model", "percent", "fixed $", "from")
     for row in with_accounts(load(data_dir, config), lambda accounts, actor: accounts.list_margins(actor)):
-        table.add_row(str(row.id), row.model_id or "*", schemas.plain(row.percent), schemas.plain(row.fixed), date(row.effective_at))
+        table.add_row(
+            str(row.id), row.model_id or "*", schemas.plain(row.percent), schemas.plain(row.fixed), date(row.effective_at)
+        )
     out.print(table)

@@ -43,13 +43,30 @@ def audit_list(
     page = with_accounts(settings, work)
     ids = [event["id"] for event in page.data]
     if as_json:
-        print(json.dumps({"object": "list", "data": page.data, "first_id": ids[0] if ids else None,
-                          "last_id": ids[-1] if ids else None, "has_more": page.has_more}, indent=2))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "object": "list",
+                    "data": page.data,
+                    "first_id": ids[0] if ids else None,
+                    "last_id": ids[-1] if ids else None,
+                    "has_more": page.has_more,
+                },
+                indent=2,
+            )
+        )
         return
     table = Table("id", "at", "actor", "action", "object", "organization", "changed")
     for event in page.data:
-        table.add_row(str(event["id"]), date(event["created_at"]), _actor(event["actor"]), event["action"],
-                      f"{event['object_type']} {event['object_id']}", event["org_id"] or "-", _changed(event))  # fmt: skip
+        table.add_row(
+            str(event["id"]),
+            date(event["created_at"]),
+            _actor(event["actor"]),
+            event["action"],
+            f"{event['object_type']} {event['object_id']}",
+            event["org_id"] or "-",
+            _changed(event),
+        )
     out.print(table)
     if page.has_more:
         out.print(f"more: --after {ids[-1]}")

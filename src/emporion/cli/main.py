@@ -145,9 +145,13 @@ def _assemble_gemma(settings: Settings) -> Path:
 
 @keys_app.command("create")
 def keys_create(
-    org: Annotated[str, typer.Option(help="The organization the key belongs to (created, with its free credit, if new).")] = "default",
+    org: Annotated[
+        str, typer.Option(help="The organization the key belongs to (created, with its free credit, if new).")
+    ] = "default",
     label: Annotated[str, typer.Option(help="A note to tell keys apart.")] = "",
-    kind: Annotated[str, typer.Option(help="api (calls /v1), admin (manages its organization's tree), operator (everything).")] = "api",
+    kind: Annotated[
+        str, typer.Option(help="api (calls /v1), admin (manages its organization's tree), operator (everything).")
+    ] = "api",
     budget: Annotated[str | None, typer.Option(help="What the key may spend over its life, in USD.")] = None,
     period: Annotated[str | None, typer.Option(help="day, week or month: the period of --period-budget.")] = None,
     period_budget: Annotated[str | None, typer.Option(help="What the key may spend per period, in USD.")] = None,
@@ -160,9 +164,15 @@ def keys_create(
     settings = load(data_dir, config)
     allowed = None if models is None else [m.strip() for m in models.split(",") if m.strip()]
     spec = validated(
-        schemas.CreateKey, label=label, kind=kind, budget_usd=budget, budget_period=period,
-        period_budget_usd=period_budget, allowed_models=allowed, expires_in_days=expires_in_days,
-    )  # fmt: skip
+        schemas.CreateKey,
+        label=label,
+        kind=kind,
+        budget_usd=budget,
+        budget_period=period,
+        period_budget_usd=period_budget,
+        allowed_models=allowed,
+        expires_in_days=expires_in_days,
+    )
     known = None
     if spec.allowed_models:
         known = catalog(settings)
@@ -193,7 +203,9 @@ def keys_list(data_dir: DataDir = None, config: ConfigFile = None) -> None:
 
 
 @keys_app.command("revoke")
-def keys_revoke(key: Annotated[str, typer.Argument(help="Key id or prefix.")], data_dir: DataDir = None, config: ConfigFile = None) -> None:
+def keys_revoke(
+    key: Annotated[str, typer.Argument(help="Key id or prefix.")], data_dir: DataDir = None, config: ConfigFile = None
+) -> None:
     """Revoke a key; requests with it fail with 401 within seconds."""
 
     async def work(accounts: Accounts, actor: Actor) -> ApiKey:
@@ -213,8 +225,16 @@ def models_list(data_dir: DataDir = None, config: ConfigFile = None) -> None:
     table = Table("id", "kind", "context", "release", "license", "provider", "prompt $/tok", "completion $/tok")
     for model in catalog(settings):
         pricing = model.to_openai()["pricing"]
-        table.add_row(model.id, model.kind, str(model.context_length), model.release, model.license, model.provider,
-                      pricing["prompt"], pricing["completion"])
+        table.add_row(
+            model.id,
+            model.kind,
+            str(model.context_length),
+            model.release,
+            model.license,
+            model.provider,
+            pricing["prompt"],
+            pricing["completion"],
+        )
     out.print(table)
 
 

@@ -127,7 +127,9 @@ async def find_org(session: AsyncSession, ref: str, *, missing_ok: bool = False)
         found = await orgs.find_org(session, ref)
     except orgs.AmbiguousName as exc:
         parents = [await session.get(Organization, org.parent_id or "") for org in exc.matches]
-        listed = ", ".join(f"{org.id} (under '{parent.name if parent else '?'}')" for org, parent in zip(exc.matches, parents, strict=True))
+        listed = ", ".join(
+            f"{org.id} (under '{parent.name if parent else '?'}')" for org, parent in zip(exc.matches, parents, strict=True)
+        )
         fail(f"{len(exc.matches)} sub-organizations are named {ref!r} and no top-level one is: {listed}; name it by id")
     if found is None and not missing_ok:
         fail(f"no organization with id or name {ref!r}")

@@ -68,8 +68,16 @@ def show(
         return found, first, last, rows
 
     found, first, last, rows = _run(settings, work)
-    table = Table(by, "requests", "input", "cached input", "cache write", "output", "cost $",
-                  title=f"{found.name}: {first.isoformat()} to {last.isoformat()} (UTC)")  # fmt: skip
+    table = Table(
+        by,
+        "requests",
+        "input",
+        "cached input",
+        "cache write",
+        "output",
+        "cost $",
+        title=f"{found.name}: {first.isoformat()} to {last.isoformat()} (UTC)",
+    )
     for row in rows:
         table.add_row(_name(row), *_counts(row))
     table.add_section()

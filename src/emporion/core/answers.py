@@ -46,7 +46,9 @@ class ToolCallDelta:
     @classmethod
     def from_openai(cls, wire: dict[str, Any]) -> ToolCallDelta:
         function = _object(wire.get("function"))
-        return cls(_index(wire.get("index")), _text(wire.get("id")), _text(function.get("name")), _text(function.get("arguments")) or "")
+        return cls(
+            _index(wire.get("index")), _text(wire.get("id")), _text(function.get("name")), _text(function.get("arguments")) or ""
+        )
 
     def to_openai(self) -> dict[str, Any]:
         function: dict[str, Any] = {"arguments": self.arguments}
@@ -72,7 +74,14 @@ class Choice:
         message = _object(wire.get("message"))
         text = message.get("content") if "message" in wire else wire.get("text")
         calls = tuple(ToolCall.from_openai(call) for call in message.get("tool_calls") or () if isinstance(call, dict))
-        return cls(_index(wire.get("index")), _text(text), calls, _text(message.get("refusal")), _text(wire.get("finish_reason")), wire.get("logprobs"))
+        return cls(
+            _index(wire.get("index")),
+            _text(text),
+            calls,
+            _text(message.get("refusal")),
+            _text(wire.get("finish_reason")),
+            wire.get("logprobs"),
+        )
 
     def to_openai(self, endpoint: Endpoint) -> dict[str, Any]:
         if endpoint == "completion":
@@ -107,9 +116,14 @@ class Delta:
         text = delta.get("content") if "delta" in wire else wire.get("text")
         calls = tuple(ToolCallDelta.from_openai(call) for call in delta.get("tool_calls") or () if isinstance(call, dict))
         return cls(
-            _index(wire.get("index")), _text(text), _text(delta.get("role")), calls, _text(delta.get("refusal")),
-            _text(wire.get("finish_reason")), wire.get("logprobs"),
-        )  # fmt: skip  (one argument a field reads worse here)
+            _index(wire.get("index")),
+            _text(text),
+            _text(delta.get("role")),
+            calls,
+            _text(delta.get("refusal")),
+            _text(wire.get("finish_reason")),
+            wire.get("logprobs"),
+        )
 
     def to_openai(self, endpoint: Endpoint) -> dict[str, Any]:
         if endpoint == "completion":

@@ -69,9 +69,12 @@ def seen_by(price: Price, margin: Margin, markups: Sequence[Margin] = ()) -> Pri
         return None if value is None else value * factor
 
     return Price(
-        prompt=price.prompt * factor, completion=price.completion * factor,
-        cached_prompt=scaled(price.cached_prompt), cache_write=scaled(price.cache_write), request=request,
-    )  # fmt: skip
+        prompt=price.prompt * factor,
+        completion=price.completion * factor,
+        cached_prompt=scaled(price.cached_prompt),
+        cache_write=scaled(price.cache_write),
+        request=request,
+    )
 
 
 def charge(usage: Usage, price: Price, margin: Margin = Margin(), markups: Sequence[Margin] = ()) -> Charge:

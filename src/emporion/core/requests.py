@@ -97,7 +97,9 @@ class Sampling(Wire):
         if self.n not in (None, 1):
             raise InvalidRequest("Only n=1 is supported: send the request n times for more choices.", param="n")
         if self.stream_options is not None and not self.stream:
-            raise InvalidRequest("The 'stream_options' parameter is only allowed when 'stream' is enabled.", param="stream_options")
+            raise InvalidRequest(
+                "The 'stream_options' parameter is only allowed when 'stream' is enabled.", param="stream_options"
+            )
         return self
 
     @property

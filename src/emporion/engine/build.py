@@ -53,10 +53,24 @@ def build_llama_server(log=print) -> Path:
         generator = ["-G", "Ninja"] if shutil.which("ninja") else []
         log(f"configuring llama.cpp from {source}")
         _run(
-            [cmake, "-S", str(source), "-B", str(work / BUILD_DIR), *generator, "-DCMAKE_BUILD_TYPE=Release",
-             f"-DCMAKE_C_FLAGS={NO_AMX}", f"-DCMAKE_CXX_FLAGS={NO_AMX}",
-             "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF",
-             "-DLLAMA_OPENSSL=OFF", "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF"],
+            [
+                cmake,
+                "-S",
+                str(source),
+                "-B",
+                str(work / BUILD_DIR),
+                *generator,
+                "-DCMAKE_BUILD_TYPE=Release",
+                f"-DCMAKE_C_FLAGS={NO_AMX}",
+                f"-DCMAKE_CXX_FLAGS={NO_AMX}",
+                "-DBUILD_SHARED_LIBS=OFF",
+                "-DLLAMA_BUILD_UI=OFF",
+                "-DLLAMA_USE_PREBUILT_UI=OFF",
+                "-DLLAMA_OPENSSL=OFF",
+                "-DLLAMA_CURL=OFF",
+                "-DLLAMA_BUILD_TESTS=OFF",
+                "-DLLAMA_BUILD_EXAMPLES=OFF",
+            ],
             work / "configure.log",
         )
         log("building llama-server (about 7 minutes on 2 cores; later installs reuse it)")
@@ -74,8 +88,18 @@ def _unpacked_source(work: Path, log) -> Path:
     sdist_dir = work / "sdist"
     log(f"fetching the llama-cpp-python {LLAMA_CPP_PYTHON} source distribution with pip")
     _run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-         f"llama-cpp-python=={LLAMA_CPP_PYTHON}", "-d", str(sdist_dir)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            f"llama-cpp-python=={LLAMA_CPP_PYTHON}",
+            "-d",
+            str(sdist_dir),
+        ],
         work / "download.log",
     )
     archive = next(sdist_dir.glob(f"llama_cpp_python-{LLAMA_CPP_PYTHON}.tar.gz"))

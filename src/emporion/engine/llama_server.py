@@ -71,12 +71,27 @@ class LlamaServer:
     def command(self) -> list[str]:
         s = self.settings
         args = [
-            str(self.binary), "--model", str(self.gguf), "--alias", self.model_id,
-            "--host", "127.0.0.1", "--port", str(self.port),
-            "--ctx-size", str(s.ctx_per_request * s.parallel), "--parallel", str(s.parallel), "--no-kv-unified",
-            "--threads", str(s.threads), "--threads-batch", str(s.threads_batch),
-            "--no-webui", "--metrics",
-        ]  # fmt: skip
+            str(self.binary),
+            "--model",
+            str(self.gguf),
+            "--alias",
+            self.model_id,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--ctx-size",
+            str(s.ctx_per_request * s.parallel),
+            "--parallel",
+            str(s.parallel),
+            "--no-kv-unified",
+            "--threads",
+            str(s.threads),
+            "--threads-batch",
+            str(s.threads_batch),
+            "--no-webui",
+            "--metrics",
+        ]
         if self.chat_template:
             args += ["--chat-template", self.chat_template, "--no-jinja"]
         else:
@@ -130,7 +145,9 @@ class LlamaServer:
                     prompt = templated.raise_for_status().json()["prompt"]
                 else:
                     prompt = body.get("prompt")
-                tokenized = await client.post(f"{base}/tokenize", json={"content": prompt, "add_special": True, "parse_special": True})
+                tokenized = await client.post(
+                    f"{base}/tokenize", json={"content": prompt, "add_special": True, "parse_special": True}
+                )
                 return len(tokenized.raise_for_status().json()["tokens"])
         except (httpx.HTTPError, KeyError, TypeError, ValueError):
             return None

@@ -37,6 +37,7 @@ def texts_of(inputs: list[str] | list[list[int]], param: str = "input") -> list[
         except Exception:  # the decoder's own error types; any id outside the vocabulary
             raise InvalidRequest(
                 f"Invalid '{param}[{index}]': token ids must be in OpenAI's {ENCODING} vocabulary.",
-                param=f"{param}[{index}]", code="invalid_value",
-            ) from None  # fmt: skip
+                param=f"{param}[{index}]",
+                code="invalid_value",
+            ) from None
     return texts

@@ -36,7 +36,6 @@ FINISH_REASONS = {
 UNSUPPORTED = ("seed", "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs", "response_format")
 
 
-
 # --- the adapter: OpenAI request -> Anthropic request, Anthropic's answers -> typed answers ------
 
 
@@ -86,7 +85,9 @@ def _messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], lis
             system.extend({"type": "text", "text": text} for text in texts(message.get("content")))
             continue
         if role == "tool":
-            blocks = [{"type": "tool_result", "tool_use_id": message["tool_call_id"], "content": "".join(texts(message.get("content")))}]
+            blocks = [
+                {"type": "tool_result", "tool_use_id": message["tool_call_id"], "content": "".join(texts(message.get("content")))}
+            ]
             role = "user"
         elif role == "assistant":
             blocks = [{"type": "text", "text": text} for text in texts(message.get("content")) if text]
@@ -151,7 +152,6 @@ def _tool_choice(choice: Any, parallel: bool | None) -> dict[str, Any] | None:
     if translated is not None and parallel is False and translated["type"] != "none":
         translated["disable_parallel_tool_use"] = True
     return translated
-
 
 
 def usage_from_anthropic(wire: dict[str, Any] | None) -> Usage:
@@ -268,7 +268,12 @@ def to_openai(request: MessagesRequest) -> dict[str, Any]:
         messages.append({"role": "system", "content": text})
     for message in request.messages:
         messages.extend(_user(message.content) if message.role == "user" else [_assistant(message.content)])
-    body: dict[str, Any] = {"model": request.model, "messages": messages, "max_tokens": request.max_tokens, "stream": request.stream}
+    body: dict[str, Any] = {
+        "model": request.model,
+        "messages": messages,
+        "max_tokens": request.max_tokens,
+        "stream": request.stream,
+    }
     if request.stream:
         body["stream_options"] = {"include_usage": True}
     for ours, theirs in (("temperature", "temperature"), ("top_p", "top_p"), ("top_k", "top_k")):
@@ -278,7 +283,14 @@ def to_openai(request: MessagesRequest) -> dict[str, Any]:
         body["stop"] = request.stop_sequences[:4]
     if request.tools:
         body["tools"] = [
-            {"type": "function", "function": {"name": t.name, "parameters": t.input_schema, **({"description": t.description} if t.description else {})}}
+            {
+                "type": "function",
+                "function": {
+                    "name": t.name,
+                    "parameters": t.input_schema,
+                    **({"description": t.description} if t.description else {}),
+                },
+            }
             for t in request.tools
         ]
     if request.tool_choice is not None:
@@ -305,7 +317,9 @@ def _user(content: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
     for block in content:
         kind = block.get("type")
         if kind == "tool_result":
-            out.append({"role": "tool", "tool_call_id": str(block.get("tool_use_id", "")), "content": _result_text(block.get("content"))})
+            out.append(
+                {"role": "tool", "tool_call_id": str(block.get("tool_use_id", "")), "content": _result_text(block.get("content"))}
+            )
         elif kind == "text":
             parts.append({"type": "text", "text": str(block.get("text", ""))})
         elif kind == "image":
@@ -337,7 +351,9 @@ def _encoded_input(value: Any) -> str:
     try:
         return orjson.dumps(value).decode()
     except orjson.JSONEncodeError:  # an integer beyond 64 bits, say
-        raise InvalidRequest("A tool_use block's input cannot be encoded as JSON (an integer beyond 64 bits?).", param="messages") from None
+        raise InvalidRequest(
+            "A tool_use block's input cannot be encoded as JSON (an integer beyond 64 bits?).", param="messages"
+        ) from None
 
 
 def _assistant(content: str | list[dict[str, Any]]) -> dict[str, Any]:
@@ -345,7 +361,11 @@ def _assistant(content: str | list[dict[str, Any]]) -> dict[str, Any]:
         return {"role": "assistant", "content": content}
     text = "".join(block.get("text", "") for block in content if block.get("type") == "text")
     calls = [
-        {"id": block.get("id"), "type": "function", "function": {"name": block.get("name"), "arguments": _encoded_input(block.get("input", {}))}}
+        {
+            "id": block.get("id"),
+            "type": "function",
+            "function": {"name": block.get("name"), "arguments": _encoded_input(block.get("input", {}))},
+        }
         for block in content
         if block.get("type") == "tool_use"
     ]
@@ -402,8 +422,16 @@ def sse(name: str, payload: dict[str, Any]) -> bytes:
 async def to_events(message_id: str, model: str, chunks: AsyncIterator[Chunk]) -> AsyncIterator[bytes]:
     """OpenAI chunks in, Anthropic's event sequence out. A stream in which the model called a tool
     always ends with stop_reason "tool_use", whatever the upstream's finish reason said."""
-    start: dict[str, Any] = {"id": message_id, "type": "message", "role": "assistant", "model": model, "content": [],
-             "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 0, "output_tokens": 0}}  # fmt: skip
+    start: dict[str, Any] = {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {"input_tokens": 0, "output_tokens": 0},
+    }
     yield sse("message_start", {"type": "message_start", "message": start})
     block = -1  # index of the open content block
     open_kind: str | None = None
@@ -419,8 +447,14 @@ async def to_events(message_id: str, model: str, chunks: AsyncIterator[Chunk]) -
                         if open_kind is not None:
                             yield sse("content_block_stop", {"type": "content_block_stop", "index": block})
                         block, open_kind = block + 1, "text"
-                        yield sse("content_block_start", {"type": "content_block_start", "index": block, "content_block": {"type": "text", "text": ""}})
-                    yield sse("content_block_delta", {"type": "content_block_delta", "index": block, "delta": {"type": "text_delta", "text": choice.text}})
+                        yield sse(
+                            "content_block_start",
+                            {"type": "content_block_start", "index": block, "content_block": {"type": "text", "text": ""}},
+                        )
+                    yield sse(
+                        "content_block_delta",
+                        {"type": "content_block_delta", "index": block, "delta": {"type": "text_delta", "text": choice.text}},
+                    )
                 for call in choice.tool_calls:
                     position = call.index
                     if position not in tool_blocks:
@@ -428,11 +462,22 @@ async def to_events(message_id: str, model: str, chunks: AsyncIterator[Chunk]) -
                             yield sse("content_block_stop", {"type": "content_block_stop", "index": block})
                         block, open_kind = block + 1, "tool_use"
                         tool_blocks[position] = block
-                        tool: dict[str, Any] = {"type": "tool_use", "id": call.id or f"toolu_{secrets.token_hex(8)}", "name": call.name, "input": {}}
+                        tool: dict[str, Any] = {
+                            "type": "tool_use",
+                            "id": call.id or f"toolu_{secrets.token_hex(8)}",
+                            "name": call.name,
+                            "input": {},
+                        }
                         yield sse("content_block_start", {"type": "content_block_start", "index": block, "content_block": tool})
                     if call.arguments:
-                        yield sse("content_block_delta", {"type": "content_block_delta", "index": tool_blocks[position],
-                                                          "delta": {"type": "input_json_delta", "partial_json": call.arguments}})  # fmt: skip
+                        yield sse(
+                            "content_block_delta",
+                            {
+                                "type": "content_block_delta",
+                                "index": tool_blocks[position],
+                                "delta": {"type": "input_json_delta", "partial_json": call.arguments},
+                            },
+                        )
                 finish = choice.finish_reason or finish
     except EmporionError as exc:
         yield sse("error", error_envelope(exc))
@@ -440,5 +485,8 @@ async def to_events(message_id: str, model: str, chunks: AsyncIterator[Chunk]) -
     if open_kind is not None:
         yield sse("content_block_stop", {"type": "content_block_stop", "index": block})
     stop = "tool_use" if tool_blocks else STOP_REASONS.get(finish, "end_turn")
-    yield sse("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None}, "usage": usage_to_anthropic(usage)})
+    yield sse(
+        "message_delta",
+        {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None}, "usage": usage_to_anthropic(usage)},
+    )
     yield sse("message_stop", {"type": "message_stop"})

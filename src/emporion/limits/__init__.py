@@ -34,9 +34,18 @@ from emporion.limits.headers import LimitExceeded, ratelimit_headers, rejection
 Kind = Literal["requests", "tokens"]
 
 __all__ = [
-    "Blocked", "Decision", "Kind", "Limit", "LimitExceeded", "Limiter", "Quota", "Rate",
-    "admit", "decide", "ratelimit_headers",
-]  # fmt: skip
+    "Blocked",
+    "Decision",
+    "Kind",
+    "Limit",
+    "LimitExceeded",
+    "Limiter",
+    "Quota",
+    "Rate",
+    "admit",
+    "decide",
+    "ratelimit_headers",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,9 +119,7 @@ async def admit(limiter: Limiter, limits: Sequence[Limit]) -> Decision:
     return decision
 
 
-def decide(
-    limits: Sequence[Limit], tats: Mapping[str, float | None], now: float
-) -> tuple[Decision, dict[str, float]]:
+def decide(limits: Sequence[Limit], tats: Mapping[str, float | None], now: float) -> tuple[Decision, dict[str, float]]:
     """Decide a request against its buckets' TATs (by ``Limit.key``; absent or None: never used)
     at ``now``. Returns the decision and, when allowed, the new TAT of every bucket (else ``{}``).
     A bucket named twice is charged twice."""

@@ -31,9 +31,7 @@ PERIOD_NAMES = {1.0: "second", 60.0: "minute", 3600.0: "hour", 86400.0: "day"}
 class LimitExceeded(RateLimited):
     """429 ``rate_limit_exceeded``, with Retry-After and the ``x-ratelimit-*`` headers."""
 
-    def __init__(
-        self, message: str, *, retry_after_s: float | None, decision: Decision | None = None
-    ) -> None:
+    def __init__(self, message: str, *, retry_after_s: float | None, decision: Decision | None = None) -> None:
         super().__init__(message, retry_after_s=retry_after_s)
         self.decision = decision
 

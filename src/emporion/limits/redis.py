@@ -168,9 +168,13 @@ class RedisLimiter:
         self.lease_ms = max(1, round(lease_s * 1000))
         # Our own deadlines (``_answer``) govern; the socket timeouts are only a backstop.
         pool = BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=None, retry=Retry(NoBackoff(), 0),
-            socket_timeout=2 * self._answer_cap_s, socket_connect_timeout=2 * self._answer_cap_s,
-        )  # fmt: skip
+            url,
+            max_connections=max_connections,
+            timeout=None,
+            retry=Retry(NoBackoff(), 0),
+            socket_timeout=2 * self._answer_cap_s,
+            socket_connect_timeout=2 * self._answer_cap_s,
+        )
         pool.connection_class = _listening(pool.connection_class, self._heard)  # the URL's class, listened to
         self.client = Redis.from_pool(pool)
         self._check = self.client.register_script(CHECK_LUA)
@@ -347,8 +351,11 @@ class RedisLimiter:
             log.warning(
                 "Redis at %s failed (%s: %s); rate limits fall back to this replica's share "
                 "(each limit / %d replicas) until it answers again",
-                self.where, type(exc).__name__, exc, self.replicas,
-            )  # fmt: skip
+                self.where,
+                type(exc).__name__,
+                exc,
+                self.replicas,
+            )
 
     def _answered(self) -> None:
         if self.outage:
@@ -356,8 +363,9 @@ class RedisLimiter:
             log.warning(
                 "Redis at %s answers again; rate limits are shared again (%d decisions were made "
                 "by this replica's fallback meanwhile)",
-                self.where, self.degraded_decisions - self._outage_decisions,
-            )  # fmt: skip
+                self.where,
+                self.degraded_decisions - self._outage_decisions,
+            )
 
 
 def _listening(base: type[AbstractConnection], heard: Callable[[], None]) -> type[AbstractConnection]:

@@ -50,9 +50,14 @@ async def _move(
 
 
 async def add_credit(
-    ledger: Ledger, conn: AsyncConnection, kind: CreditKind, org_id: str, amount: Nanos, reference: str | None = None,
+    ledger: Ledger,
+    conn: AsyncConnection,
+    kind: CreditKind,
+    org_id: str,
+    amount: Nanos,
+    reference: str | None = None,
     source_org: str | None = None,
-) -> bool:  # fmt: skip
+) -> bool:
     """A top-up, grant or transfer (from ``source_org``) of ``amount`` to the organization. With a
     ``reference``, it is idempotent: the same credit again changes nothing and returns False; the
     reference used before for another amount (or, for a transfer, to another organization) is a
@@ -70,11 +75,17 @@ async def add_credit(
     earlier = await credited(conn, kind, scope, reference)
     if earlier != (org_id, amount):
         what = {"top_up": "top-up", "grant": "grant", "transfer": "transfer"}[kind]
-        was = "" if earlier is None else f" of ${format_usd(Nanos(earlier[1]))}" + ("" if earlier[0] == org_id else " to another organization")
+        was = (
+            ""
+            if earlier is None
+            else f" of ${format_usd(Nanos(earlier[1]))}" + ("" if earlier[0] == org_id else " to another organization")
+        )
         raise Unprocessable(
             f"The reference `{reference}` was already used for a {what}{was}; this {what} of ${format_usd(amount)} was not made. "
-            "A new payment needs a new reference.", param="reference", code="reference_reused",
-        )  # fmt: skip
+            "A new payment needs a new reference.",
+            param="reference",
+            code="reference_reused",
+        )
     return False
 
 

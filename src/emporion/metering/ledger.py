@@ -278,9 +278,11 @@ class Ledger:
         for index in by_kind[_Expire]:
             await _extend(conn, ops[index].now, ops[index].live)
             rows = await conn.execute(
-                update(Hold).where(Hold.state == "open", Hold.expires_at <= ops[index].now).values(state="expired")
+                update(Hold)
+                .where(Hold.state == "open", Hold.expires_at <= ops[index].now)
+                .values(state="expired")
                 .returning(Hold.account_id, Hold.amount_nanos, Hold.budget_ids)
-            )  # fmt: skip
+            )
             expired = rows.all()
             for account, amount, budget_ids in expired:
                 deltas.free_hold(account, amount, budget_ids)
@@ -364,10 +366,19 @@ class Ledger:
         if admitted:
             await conn.execute(
                 insert(Hold),
-                [{"request_id": op.request_id, "account_id": customer(op.org_id), "amount_nanos": op.amount,
-                  "state": "open", "created_at": now, "expires_at": op.expires_at,
-                  "budget_ids": " ".join(budget for budget, _ in op.budgets)} for _, op in admitted],
-            )  # fmt: skip
+                [
+                    {
+                        "request_id": op.request_id,
+                        "account_id": customer(op.org_id),
+                        "amount_nanos": op.amount,
+                        "state": "open",
+                        "created_at": now,
+                        "expires_at": op.expires_at,
+                        "budget_ids": " ".join(budget for budget, _ in op.budgets),
+                    }
+                    for _, op in admitted
+                ],
+            )
 
     async def _reserve_alone(self, conn: AsyncConnection, op: _Reserve) -> EmporionError | None:
         account = customer(op.org_id)
@@ -392,7 +403,9 @@ class Ledger:
             )
         return None
 
-    async def _apply_settles(self, conn: AsyncConnection, ops: list[tuple[int, _Settle]], results: list[Any], deltas: _Deltas) -> None:
+    async def _apply_settles(
+        self, conn: AsyncConnection, ops: list[tuple[int, _Settle]], results: list[Any], deltas: _Deltas
+    ) -> None:
         first: dict[str, tuple[int, _Settle]] = {}
         for index, op in ops:
             first.setdefault(op.request_id, (index, op))  # a repeat within the batch changes nothing
@@ -400,9 +413,11 @@ class Ledger:
             request_id: (account, amount, budget_ids)
             for request_id, account, amount, budget_ids in (
                 await conn.execute(
-                    update(Hold).where(Hold.request_id.in_(list(first)), Hold.state == "open").values(state="settled")
+                    update(Hold)
+                    .where(Hold.request_id.in_(list(first)), Hold.state == "open")
+                    .values(state="settled")
                     .returning(Hold.request_id, Hold.account_id, Hold.amount_nanos, Hold.budget_ids)
-                )  # fmt: skip
+                )
             ).all()
         }
         postings, records = [], []
@@ -431,10 +446,12 @@ class Ledger:
             charged = [request_id for request_id, _ in postings]
             await conn.execute(insert(Posting), [{"kind": "charge", "request_id": r, "created_at": now} for r in charged])
             ids = dict(  # read back by their unique (request_id, kind): a RETURNING in parameter order costs far more
-                (await conn.execute(
-                    select(Posting.request_id, Posting.id).where(Posting.kind == "charge", Posting.request_id.in_(charged))
-                )).all()
-            )  # fmt: skip
+                (
+                    await conn.execute(
+                        select(Posting.request_id, Posting.id).where(Posting.kind == "charge", Posting.request_id.in_(charged))
+                    )
+                ).all()
+            )
             entries = [
                 {"posting_id": ids[request_id], "account_id": account, "amount_nanos": amount}
                 for request_id, lines in postings
@@ -454,7 +471,9 @@ class Ledger:
             try:
                 async with conn.begin_nested():
                     kind = account_id.split(":")[0]
-                    await conn.execute(insert(Account).values(id=account_id, kind=kind, org_id=org_id, balance_nanos=0, held_nanos=0))
+                    await conn.execute(
+                        insert(Account).values(id=account_id, kind=kind, org_id=org_id, balance_nanos=0, held_nanos=0)
+                    )
             except IntegrityError:
                 pass  # created meanwhile by another replica
         self._known.add(account_id)
@@ -496,7 +515,9 @@ async def _lock_rows(conn: AsyncConnection, ops: Sequence[Any]) -> None:
         elif isinstance(op, _Expire):
             expire_at = op.now
     if closing or expire_at is not None:
-        due = Hold.request_id.in_(closing) if expire_at is None else or_(Hold.request_id.in_(closing), Hold.expires_at <= expire_at)
+        due = (
+            Hold.request_id.in_(closing) if expire_at is None else or_(Hold.request_id.in_(closing), Hold.expires_at <= expire_at)
+        )
         for account, budget_ids in await conn.execute(select(Hold.account_id, Hold.budget_ids).where(Hold.state == "open", due)):
             accounts.add(account)
             budgets.update(budget_ids.split())
@@ -535,7 +556,6 @@ async def _post(conn: AsyncConnection, kind: str, request_id: str | None, lines:
     for account, amount in sorted(lines.items()):
         await conn.execute(update(Account).where(Account.id == account).values(balance_nanos=Account.balance_nanos + amount))
     return True
-
 
 
 def _amounts(amounts: dict[str, int], key: Any) -> Any:
@@ -577,11 +597,14 @@ async def _hold_budget_totals(conn: AsyncConnection, totals: dict[str, int], lim
     )
     return set(rows.scalars().all())
 
+
 async def _close_holds(conn: AsyncConnection, request_ids: list[str], state: str, deltas: _Deltas) -> set[str]:
     rows = await conn.execute(
-        update(Hold).where(Hold.request_id.in_(request_ids), Hold.state == "open").values(state=state)
+        update(Hold)
+        .where(Hold.request_id.in_(request_ids), Hold.state == "open")
+        .values(state=state)
         .returning(Hold.request_id, Hold.account_id, Hold.amount_nanos, Hold.budget_ids)
-    )  # fmt: skip
+    )
     closed = set()
     for request_id, account, amount, budget_ids in rows.all():
         deltas.free_hold(account, amount, budget_ids)
@@ -593,17 +616,23 @@ async def _apply_deltas(conn: AsyncConnection, deltas: _Deltas) -> None:
     accounts = sorted(a for a in {*deltas.balance, *deltas.held} if deltas.balance.get(a) or deltas.held.get(a))
     if accounts:
         await conn.execute(
-            update(Account).where(Account.id == bindparam("account"))
-            .values(balance_nanos=Account.balance_nanos + bindparam("balance"), held_nanos=Account.held_nanos + bindparam("held")),
+            update(Account)
+            .where(Account.id == bindparam("account"))
+            .values(
+                balance_nanos=Account.balance_nanos + bindparam("balance"), held_nanos=Account.held_nanos + bindparam("held")
+            ),
             [{"account": a, "balance": deltas.balance.get(a, 0), "held": deltas.held.get(a, 0)} for a in accounts],
-        )  # fmt: skip
-    budgets = sorted(b for b in {*deltas.budget_used, *deltas.budget_held} if deltas.budget_used.get(b) or deltas.budget_held.get(b))
+        )
+    budgets = sorted(
+        b for b in {*deltas.budget_used, *deltas.budget_held} if deltas.budget_used.get(b) or deltas.budget_held.get(b)
+    )
     if budgets:
         await conn.execute(
-            update(Budget).where(Budget.id == bindparam("budget"))
+            update(Budget)
+            .where(Budget.id == bindparam("budget"))
             .values(used_nanos=Budget.used_nanos + bindparam("used"), held_nanos=Budget.held_nanos + bindparam("held")),
             [{"budget": b, "used": deltas.budget_used.get(b, 0), "held": deltas.budget_held.get(b, 0)} for b in budgets],
-        )  # fmt: skip
+        )
 
 
 async def _available(conn: AsyncConnection, account: str) -> Nanos:
@@ -621,4 +650,3 @@ def _capped(charge: Charge, hold: int) -> list[int]:
         shares.append(take)
         remaining -= take
     return shares
-

@@ -98,21 +98,38 @@ class Tab:
             priced = self.priced(served.model, served.deployment)
             bill = self._bill(priced, usage)
         record: dict[str, Any] = {
-            "org_id": self.principal.org_id, "key_id": self.principal.key_id, "model": model_id, "upstream": upstream,
-            "upstream_model": upstream_model, "provider": provider, "endpoint": self.endpoint, "streamed": self.streamed,
-            "status": status, "finish_reason": finish_reason, "input_tokens": usage.input_tokens,
-            "cached_input_tokens": usage.cached_input_tokens, "cache_write_tokens": usage.cache_write_tokens,
-            "output_tokens": usage.output_tokens, "usage_source": source,
-            "price_id": priced.price_id if priced else None, "margin_id": priced.margin_id if priced else None,
-            "attempts": attempts, "latency_ms": int((time.monotonic() - self.opened_at) * 1000), "created_at": int(time.time()),
-        }  # fmt: skip
+            "org_id": self.principal.org_id,
+            "key_id": self.principal.key_id,
+            "model": model_id,
+            "upstream": upstream,
+            "upstream_model": upstream_model,
+            "provider": provider,
+            "endpoint": self.endpoint,
+            "streamed": self.streamed,
+            "status": status,
+            "finish_reason": finish_reason,
+            "input_tokens": usage.input_tokens,
+            "cached_input_tokens": usage.cached_input_tokens,
+            "cache_write_tokens": usage.cache_write_tokens,
+            "output_tokens": usage.output_tokens,
+            "usage_source": source,
+            "price_id": priced.price_id if priced else None,
+            "margin_id": priced.margin_id if priced else None,
+            "attempts": attempts,
+            "latency_ms": int((time.monotonic() - self.opened_at) * 1000),
+            "created_at": int(time.time()),
+        }
         resellers = [org for org, _ in self.principal.resellers]
         self.closed = await self.ledger.settle(self.request_id, bill, upstream or "none", resellers, record)
         return self.closed
 
 
 def worst_case(
-    principal: Principal, pricebook: PriceBook, deployments: Iterable[tuple[Model, Deployment]], prompt_tokens: int, output_tokens: int
+    principal: Principal,
+    pricebook: PriceBook,
+    deployments: Iterable[tuple[Model, Deployment]],
+    prompt_tokens: int,
+    output_tokens: int,
 ) -> Nanos:
     """The most the request can cost: every prompt token at the dearest input price, every
     output token it may generate, on the dearest of the deployments that may serve it."""

@@ -126,19 +126,29 @@ async def insert_price(
     """A price version's row, in the caller's transaction: ``PriceBook.load`` sees it once committed."""
     now = int(time.time())
     row = {
-        "model_id": model_id, "upstream": upstream, "prompt": str(price.prompt), "completion": str(price.completion),
+        "model_id": model_id,
+        "upstream": upstream,
+        "prompt": str(price.prompt),
+        "completion": str(price.completion),
         "cached_prompt": None if price.cached_prompt is None else str(price.cached_prompt),
         "cache_write": None if price.cache_write is None else str(price.cache_write),
-        "request": str(price.request), "effective_at": now if effective_at is None else int(effective_at), "created_at": now,
-    }  # fmt: skip
+        "request": str(price.request),
+        "effective_at": now if effective_at is None else int(effective_at),
+        "created_at": now,
+    }
     return (await conn.execute(insert(PriceRow).values(**row).returning(PriceRow.id))).scalar_one()
 
 
 async def insert_margin(conn: AsyncConnection, margin: Margin, model_id: str = GLOBAL, effective_at: float | None = None) -> int:
     """A margin version's row, in the caller's transaction: ``PriceBook.load`` sees it once committed."""
     now = int(time.time())
-    row = {"model_id": model_id, "percent": str(margin.percent), "fixed": str(margin.fixed),
-           "effective_at": now if effective_at is None else int(effective_at), "created_at": now}  # fmt: skip
+    row = {
+        "model_id": model_id,
+        "percent": str(margin.percent),
+        "fixed": str(margin.fixed),
+        "effective_at": now if effective_at is None else int(effective_at),
+        "created_at": now,
+    }
     return (await conn.execute(insert(MarginRow).values(**row).returning(MarginRow.id))).scalar_one()
 
 

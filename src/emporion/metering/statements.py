@@ -133,13 +133,18 @@ async def statement(db: Database, org_id: str, month: str) -> Statement:
             lines[name] = Movement(name, previous.count + int(count), previous.amount_nanos + int(amount))
     moved = sorted(lines.values(), key=lambda line: line.kind)
     done = Statement(
-        org_id=org.id, org_name=org.name, month=month, start=start, end=end, opening_nanos=opening,
+        org_id=org.id,
+        org_name=org.name,
+        month=month,
+        start=start,
+        end=end,
+        opening_nanos=opening,
         credits=tuple(line for line in moved if line.kind in CREDIT_KINDS),
         charges=tuple(sorted(charges, key=lambda line: (line.amount_nanos, line.model))),
         refunds=tuple(line for line in moved if line.kind == "refund"),
         adjustments=tuple(line for line in moved if line.kind not in CREDIT_KINDS and line.kind != "refund"),
         closing_nanos=opening + sum(line.amount_nanos for line in moved) + sum(line.amount_nanos for line in charges),
-    )  # fmt: skip
+    )
     if counted is not None and counted != done.closing_nanos:
         raise LedgerMismatch(f"The ledger of organization {org.id} does not add up for {month}.")
     return done
@@ -172,16 +177,27 @@ def _movements_query(org_id: str, start: int, end: int):
     period = case((in_month, 1), else_=0).label("in_month")
     direction = case((inflow, 1), else_=0).label("inflow")
     model = case((is_charge, func.coalesce(r.model, "")), else_="").label("model")
-    tokens = [func.coalesce(func.sum(column), 0) for column in (r.input_tokens, r.cached_input_tokens, r.cache_write_tokens, r.output_tokens)]
+    tokens = [
+        func.coalesce(func.sum(column), 0)
+        for column in (r.input_tokens, r.cached_input_tokens, r.cache_write_tokens, r.output_tokens)
+    ]
     return (
-        select(period, Posting.kind, direction, model, func.count(), func.coalesce(func.sum(Entry.amount_nanos), 0), *tokens,
-               (func.coalesce(running, 0) - posted_later).label("counted"))
+        select(
+            period,
+            Posting.kind,
+            direction,
+            model,
+            func.count(),
+            func.coalesce(func.sum(Entry.amount_nanos), 0),
+            *tokens,
+            (func.coalesce(running, 0) - posted_later).label("counted"),
+        )
         .select_from(Entry)
         .join(Posting, Posting.id == Entry.posting_id)
         .outerjoin(r, and_(is_charge, r.id == Posting.request_id, r.org_id == org_id))
         .where(Entry.account_id == account, Posting.created_at < end)
         .group_by(period, Posting.kind, direction, model)
-    )  # fmt: skip
+    )
 
 
 # --- renderings ------------------------------------------------------------------------------
@@ -216,9 +232,15 @@ def to_json(done: Statement) -> dict[str, Any]:
         **{key: value for name, amount in done.summary() for key, value in money(name, amount).items()},
         "credits": [movement(line) for line in done.credits],
         "charges": [
-            {"model": line.model, "requests": line.requests, "input_tokens": line.input_tokens,
-             "cached_input_tokens": line.cached_input_tokens, "cache_write_tokens": line.cache_write_tokens,
-             "output_tokens": line.output_tokens, **money("amount", line.amount_nanos)}
+            {
+                "model": line.model,
+                "requests": line.requests,
+                "input_tokens": line.input_tokens,
+                "cached_input_tokens": line.cached_input_tokens,
+                "cache_write_tokens": line.cache_write_tokens,
+                "output_tokens": line.output_tokens,
+                **money("amount", line.amount_nanos),
+            }
             for line in done.charges
         ],
         "refunds": [movement(line) for line in done.refunds],
@@ -226,7 +248,16 @@ def to_json(done: Statement) -> dict[str, Any]:
     }
 
 
-CSV_COLUMNS = ["section", "description", "count", "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens", "amount_usd"]
+CSV_COLUMNS = [
+    "section",
+    "description",
+    "count",
+    "input_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "amount_usd",
+]
 
 
 def to_csv(done: Statement) -> str:
@@ -235,9 +266,16 @@ def to_csv(done: Statement) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerows(
-        [["statement", "Emporion credit statement"], ["organization", done.org_name], ["organization_id", done.org_id],
-         ["month", done.month], ["period_start", _day(done.start)], ["period_end", _day(done.end - 1)], ["currency", "USD"]]
-    )  # fmt: skip
+        [
+            ["statement", "Emporion credit statement"],
+            ["organization", done.org_name],
+            ["organization_id", done.org_id],
+            ["month", done.month],
+            ["period_start", _day(done.start)],
+            ["period_end", _day(done.end - 1)],
+            ["currency", "USD"],
+        ]
+    )
     writer.writerows([[f"{name}_usd", usd(amount)] for name, amount in done.summary()])
     writer.writerow([])
     writer.writerow(CSV_COLUMNS)
@@ -245,9 +283,17 @@ def to_csv(done: Statement) -> str:
         writer.writerows([section, line.kind, line.count, "", "", "", "", usd(line.amount_nanos)] for line in lines)
     for charge in done.charges:
         writer.writerow(
-            ["charge", charge.model, charge.requests, charge.input_tokens, charge.cached_input_tokens, charge.cache_write_tokens,
-             charge.output_tokens, usd(charge.amount_nanos)]
-        )  # fmt: skip
+            [
+                "charge",
+                charge.model,
+                charge.requests,
+                charge.input_tokens,
+                charge.cached_input_tokens,
+                charge.cache_write_tokens,
+                charge.output_tokens,
+                usd(charge.amount_nanos),
+            ]
+        )
     return buffer.getvalue()
 
 
@@ -263,7 +309,9 @@ def to_pdf(done: Statement) -> bytes:
     """One A4 page per ``LINES_PER_PAGE`` line items, in the core Helvetica font."""
     from fpdf import FPDF
 
-    items = [(f"{line.kind} ({line.count})", "", usd(line.amount_nanos)) for line in (*done.credits, *done.refunds, *done.adjustments)]
+    items = [
+        (f"{line.kind} ({line.count})", "", usd(line.amount_nanos)) for line in (*done.credits, *done.refunds, *done.adjustments)
+    ]
     for line in done.charges:
         prompt = line.input_tokens + line.cached_input_tokens + line.cache_write_tokens
         items.append((line.model, f"{line.requests} requests, {prompt} in, {line.output_tokens} out", usd(line.amount_nanos)))
@@ -290,8 +338,13 @@ def _pdf_header(pdf, done: Statement, number: int, count: int) -> None:
     pdf.cell(0, 8, _latin1(done.org_name), new_x="LMARGIN", new_y="NEXT")
     pdf.set_font("Helvetica", "", 9)
     pdf.cell(0, 5, _latin1(f"Organization {done.org_id}"), new_x="LMARGIN", new_y="NEXT")
-    pdf.cell(0, 5, f"Credit statement {done.month}: {_day(done.start)} to {_day(done.end - 1)} (UTC)   page {number} of {count}",
-             new_x="LMARGIN", new_y="NEXT")  # fmt: skip
+    pdf.cell(
+        0,
+        5,
+        f"Credit statement {done.month}: {_day(done.start)} to {_day(done.end - 1)} (UTC)   page {number} of {count}",
+        new_x="LMARGIN",
+        new_y="NEXT",
+    )
     pdf.ln(4)
 
 

@@ -27,6 +27,8 @@ GROUPS: tuple[str, ...] = get_args(GroupBy)
 def is_group(value: str) -> TypeIs[GroupBy]:
     """``value`` names a grouping of usage rows (what ``usage`` takes)."""
     return value in GROUPS
+
+
 DAY_S = 86_400
 DEFAULT_DAYS = 30
 MAX_DAYS = 5 * 366
@@ -109,11 +111,17 @@ async def usage(
     labels = await _key_labels(db, org_id, [row[0] for row in rows]) if group_by == "key" else {}
     found = [
         UsageRow(
-            day_of(int(grp)) if group_by == "day" else str(grp), int(requests), int(inp), int(cached), int(write), int(out),
-            Nanos(int(cost)), *labels.get(str(grp), (None, None)),
+            day_of(int(grp)) if group_by == "day" else str(grp),
+            int(requests),
+            int(inp),
+            int(cached),
+            int(write),
+            int(out),
+            Nanos(int(cost)),
+            *labels.get(str(grp), (None, None)),
         )
         for grp, requests, inp, cached, write, out, cost in rows
-    ]  # fmt: skip
+    ]
     if group_by == "day":
         return sorted(found, key=lambda row: row.group)
     return sorted(found, key=lambda row: (-row.cost_nanos, row.group))

@@ -157,7 +157,9 @@ async def stream(deps: Deps, call: Call, bill: Bill, path: contextlib.AsyncExitS
     return Streamed(deps, call, bill, route, merged)
 
 
-async def _open(deps: Deps, plan: Plan, part: Generate, path: contextlib.AsyncExitStack) -> tuple[Route, Request, AsyncIterator[Chunk]]:
+async def _open(
+    deps: Deps, plan: Plan, part: Generate, path: contextlib.AsyncExitStack
+) -> tuple[Route, Request, AsyncIterator[Chunk]]:
     def request_for(candidate: Candidate) -> Request:
         return plan.request_for(candidate, part)
 

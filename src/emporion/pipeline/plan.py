@@ -96,7 +96,9 @@ def plan(deps: Deps, principal: Principal, ask: Ask) -> Plan:
     policy = None if principal.resellers else deps.settings.policies.get(principal.org_name)
     used = {key for key in PARAMETERS if key in body}
     markups = [markup for _, markup in principal.resellers]
-    candidates = deps.router.candidates(models, prefs, policy, used, ask.user, lambda c: deps.pricebook.paid(c.model, c.deployment, markups))
+    candidates = deps.router.candidates(
+        models, prefs, policy, used, ask.user, lambda c: deps.pricebook.paid(c.model, c.deployment, markups)
+    )
     kind: Kind = "chat" if isinstance(ask, ChatCompletionRequest) else "completion"
     found = Plan(kind, tuple(models), tuple(candidates), ask, 0)
     return replace(found, output_per_choice=_output_bound(deps, ask, model, found.local))

@@ -47,10 +47,23 @@ class Request:
 
 # The OpenAI request parameters that an adapter or host may be unable to honour.
 PARAMETERS = (
-    "temperature", "top_p", "top_k", "stop", "seed", "max_tokens", "max_completion_tokens",
-    "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs",
-    "response_format", "tools", "tool_choice", "parallel_tool_calls",
-)  # fmt: skip
+    "temperature",
+    "top_p",
+    "top_k",
+    "stop",
+    "seed",
+    "max_tokens",
+    "max_completion_tokens",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+    "response_format",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+)
 
 
 class Adapter(Protocol):

@@ -50,7 +50,9 @@ class GeminiAdapter:
         body = to_gemini(request)
         url = f"{upstream.base_url.rstrip('/')}/models/{request.body['model']}:generateContent"
         with mapped_transport_errors(upstream):
-            async with self._session(upstream).post(url, data=encode_body(body), timeout=request_timeout(upstream), allow_redirects=False) as response:
+            async with self._session(upstream).post(
+                url, data=encode_body(body), timeout=request_timeout(upstream), allow_redirects=False
+            ) as response:
                 raw = await response.read()
                 if response.status >= 300:
                     raise _status_error(upstream, response.status, raw, response.headers)
@@ -60,14 +62,18 @@ class GeminiAdapter:
         body = to_gemini(request)
         url = f"{upstream.base_url.rstrip('/')}/models/{request.body['model']}:streamGenerateContent?alt=sse"
         with mapped_transport_errors(upstream):
-            async with self._session(upstream).post(url, data=encode_body(body), timeout=stream_timeout(upstream), allow_redirects=False) as response:
+            async with self._session(upstream).post(
+                url, data=encode_body(body), timeout=stream_timeout(upstream), allow_redirects=False
+            ) as response:
                 if response.status >= 300:
                     raise _status_error(upstream, response.status, await response.read(), response.headers)
                 translator = StreamTranslator()
                 async for event in read_events(response):
                     data = parse_json(upstream, event.data)
                     if "error" in data:
-                        raise UpstreamError(f"upstream {upstream.name} failed mid-stream: {upstream_text(upstream, data['error'].get('message'))}")
+                        raise UpstreamError(
+                            f"upstream {upstream.name} failed mid-stream: {upstream_text(upstream, data['error'].get('message'))}"
+                        )
                     for chunk in translator.feed(data):
                         yield chunk
                 if not translator.finished:
@@ -104,8 +110,14 @@ def to_gemini(request: Request) -> dict[str, Any]:
 
 def _generation_config(body: dict[str, Any]) -> dict[str, Any]:
     config: dict[str, Any] = {}
-    for ours, theirs in (("temperature", "temperature"), ("top_p", "topP"), ("top_k", "topK"), ("seed", "seed"),
-                         ("presence_penalty", "presencePenalty"), ("frequency_penalty", "frequencyPenalty")):  # fmt: skip
+    for ours, theirs in (
+        ("temperature", "temperature"),
+        ("top_p", "topP"),
+        ("top_k", "topK"),
+        ("seed", "seed"),
+        ("presence_penalty", "presencePenalty"),
+        ("frequency_penalty", "frequencyPenalty"),
+    ):
         if body.get(ours) is not None:
             config[theirs] = body[ours]
     limit = body.get("max_completion_tokens") or body.get("max_tokens")
@@ -241,7 +253,11 @@ def _finish(reason: str | None, has_calls: bool) -> str:
 
 def _tool_call(call: dict[str, Any]) -> ToolCall:
     name = call.get("name")
-    return ToolCall(call.get("id") or "call_" + secrets.token_hex(12), name if isinstance(name, str) else "", orjson.dumps(call.get("args") or {}).decode())
+    return ToolCall(
+        call.get("id") or "call_" + secrets.token_hex(12),
+        name if isinstance(name, str) else "",
+        orjson.dumps(call.get("args") or {}).decode(),
+    )
 
 
 def from_gemini(data: dict[str, Any]) -> Completion:
@@ -288,7 +304,9 @@ class StreamTranslator:
                 chunks.append(Chunk(choices=[Delta(text=part["text"])]))
             elif "functionCall" in part:
                 call = _tool_call(part["functionCall"])
-                chunks.append(Chunk(choices=[Delta(tool_calls=(ToolCallDelta(self._calls, call.id, call.name, call.arguments),))]))
+                chunks.append(
+                    Chunk(choices=[Delta(tool_calls=(ToolCallDelta(self._calls, call.id, call.name, call.arguments),))])
+                )
                 self._calls += 1
         reason = candidate.get("finishReason")
         if reason:

@@ -152,12 +152,16 @@ def mapped_transport_errors(upstream: Upstream) -> Iterator[None]:
         raise UpstreamError(f"upstream {upstream.name} failed ({type(exc).__name__})") from exc
 
 
-def status_error(upstream: Upstream, status: int, message: str, headers: Mapping[str, str], param: str | None = None) -> EmporionError:
+def status_error(
+    upstream: Upstream, status: int, message: str, headers: Mapping[str, str], param: str | None = None
+) -> EmporionError:
     """An upstream's HTTP error status as Emporion's error, with whether another try may succeed."""
     retry_after = retry_after_s(headers)
     message = upstream_text(upstream, message)
     if status < 400:
-        return UpstreamError(f"upstream {upstream.name} answered with a redirect ({status}); redirects are not followed", retryable=False)
+        return UpstreamError(
+            f"upstream {upstream.name} answered with a redirect ({status}); redirects are not followed", retryable=False
+        )
     if status in (400, 413, 422):
         return InvalidRequest(f"{upstream.name}: {message}", param=param)
     if status == 429:
@@ -170,4 +174,6 @@ def status_error(upstream: Upstream, status: int, message: str, headers: Mapping
         return UpstreamTimeout(f"upstream {upstream.name} timed out: {message}")
     if status in (503, 529):
         return ServiceUnavailable(f"upstream {upstream.name} is overloaded or unavailable: {message}", retry_after_s=retry_after)
-    return UpstreamError(f"upstream {upstream.name} failed with HTTP {status}: {message}", retryable=status >= 500, retry_after_s=retry_after)
+    return UpstreamError(
+        f"upstream {upstream.name} failed with HTTP {status}: {message}", retryable=status >= 500, retry_after_s=retry_after
+    )

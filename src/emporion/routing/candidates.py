@@ -141,17 +141,25 @@ def order(
         if not candidates:
             raise PermissionDenied(
                 f"Your organization's policy allows no deployment of `{model.id}`"
-                + (" (data_policy local-only: only models on this operator's own machines)." if policy.data_policy == "local-only" else "."),
+                + (
+                    " (data_policy local-only: only models on this operator's own machines)."
+                    if policy.data_policy == "local-only"
+                    else "."
+                ),
                 code="policy_forbids_model",
             )
     candidates = [c for c in candidates if _allowed_by(prefs, c, price_of)]
     if not candidates:
-        raise NotFound(f"No deployment of `{model.id}` matches the request's provider preferences.", param="provider", code="no_endpoints")
+        raise NotFound(
+            f"No deployment of `{model.id}` matches the request's provider preferences.", param="provider", code="no_endpoints"
+        )
     supported = [c for c in candidates if not used_parameters & c.upstream.unsupported_parameters]
     if not supported:
         missing = sorted(used_parameters & candidates[0].upstream.unsupported_parameters)
         raise InvalidRequest(
-            f"No deployment of `{model.id}` supports the parameter '{missing[0]}'.", param=missing[0], code="unsupported_parameter"
+            f"No deployment of `{model.id}` supports the parameter '{missing[0]}'.",
+            param=missing[0],
+            code="unsupported_parameter",
         )
     ranked = _rank(model, supported, prefs, health, user, price_of)
     available = [c for c in ranked if health[c.key].breaker.available()]

@@ -41,7 +41,9 @@ class Executor:
         self.health = health
         self.sleep = sleep
 
-    async def complete(self, candidates: list[Candidate], request_for: Callable[[Candidate], Request]) -> tuple[Attempted, Completion]:
+    async def complete(
+        self, candidates: list[Candidate], request_for: Callable[[Candidate], Request]
+    ) -> tuple[Attempted, Completion]:
         async with contextlib.aclosing(self._attempts(candidates)) as attempts:
             return await self._complete(attempts, request_for)
 
@@ -54,7 +56,9 @@ class Executor:
             began = time.monotonic()
             try:
                 async with self._admitted(candidate):
-                    completion = await self.adapters[candidate.upstream.adapter].complete(request_for(candidate), candidate.upstream)
+                    completion = await self.adapters[candidate.upstream.adapter].complete(
+                        request_for(candidate), candidate.upstream
+                    )
             except UpstreamError as exc:
                 _count_failure(health, exc)
                 attempt.failed(exc)

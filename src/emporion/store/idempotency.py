@@ -58,9 +58,16 @@ async def claim(
     at = int(time.time() if now is None else now)
     token = secrets.token_hex(16)
     fresh = {
-        "fingerprint": fingerprint, "token": token, "state": "running", "created_at": at, "locked_until": at + max(1, int(lock_s)),
-        "expires_at": at + TTL_S, "status": None, "headers": None, "body": None,
-    }  # fmt: skip
+        "fingerprint": fingerprint,
+        "token": token,
+        "state": "running",
+        "created_at": at,
+        "locked_until": at + max(1, int(lock_s)),
+        "expires_at": at + TTL_S,
+        "status": None,
+        "headers": None,
+        "body": None,
+    }
     async with _writer(db) as conn:
         insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
         inserted = await conn.execute(
@@ -86,9 +93,10 @@ async def complete(db: Database, held: Claim, status: int, headers: dict[str, st
     """Stores the claimed request's response: retries with the key get it from now on."""
     async with _writer(db) as conn:
         done = await conn.execute(
-            update(IdempotencyKey).where(*_is(held.org_id, held.key), IdempotencyKey.token == held.token)
+            update(IdempotencyKey)
+            .where(*_is(held.org_id, held.key), IdempotencyKey.token == held.token)
             .values(state="done", status=status, headers=json.dumps(headers), body=body)
-        )  # fmt: skip
+        )
         return done.rowcount == 1
 
 
@@ -113,9 +121,15 @@ def _is(org_id: str, key: str) -> tuple:
 
 def _row(org_id: str, key: str):
     return select(
-        IdempotencyKey.fingerprint, IdempotencyKey.token, IdempotencyKey.state, IdempotencyKey.locked_until,
-        IdempotencyKey.expires_at, IdempotencyKey.status, IdempotencyKey.headers, IdempotencyKey.body,
-    ).where(*_is(org_id, key))  # fmt: skip
+        IdempotencyKey.fingerprint,
+        IdempotencyKey.token,
+        IdempotencyKey.state,
+        IdempotencyKey.locked_until,
+        IdempotencyKey.expires_at,
+        IdempotencyKey.status,
+        IdempotencyKey.headers,
+        IdempotencyKey.body,
+    ).where(*_is(org_id, key))
 
 
 @contextlib.asynccontextmanager

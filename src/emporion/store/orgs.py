@@ -43,7 +43,13 @@ async def find_org(session: AsyncSession, id_or_name: str) -> Organization | Non
     org = await org_named(session, id_or_name)
     if org is not None:
         return org
-    matches = list((await session.scalars(select(Organization).where(Organization.name == id_or_name).order_by(Organization.created_at, Organization.id))).all())
+    matches = list(
+        (
+            await session.scalars(
+                select(Organization).where(Organization.name == id_or_name).order_by(Organization.created_at, Organization.id)
+            )
+        ).all()
+    )
     if len(matches) > 1:
         raise AmbiguousName(id_or_name, matches)
     return matches[0] if matches else None
@@ -93,13 +99,23 @@ class KeyColumns:
 
 async def insert_key(session: AsyncSession, org_id: str, columns: KeyColumns, key_hash: str, prefix: str) -> ApiKey:
     row = ApiKey(
-        id=new_id("key"), org_id=org_id, key_hash=key_hash, prefix=prefix, label=columns.label,
-        created_at=int(time.time()), revoked_at=None, kind=columns.kind, expires_at=columns.expires_at,
+        id=new_id("key"),
+        org_id=org_id,
+        key_hash=key_hash,
+        prefix=prefix,
+        label=columns.label,
+        created_at=int(time.time()),
+        revoked_at=None,
+        kind=columns.kind,
+        expires_at=columns.expires_at,
         allowed_models=None if columns.allowed_models is None else json.dumps(columns.allowed_models),
-        budget_nanos=columns.budget_nanos, budget_period=columns.budget_period, period_budget_nanos=columns.period_budget_nanos,
-        requests_per_minute=columns.requests_per_minute, tokens_per_minute=columns.tokens_per_minute,
+        budget_nanos=columns.budget_nanos,
+        budget_period=columns.budget_period,
+        period_budget_nanos=columns.period_budget_nanos,
+        requests_per_minute=columns.requests_per_minute,
+        tokens_per_minute=columns.tokens_per_minute,
         max_concurrent=columns.max_concurrent,
-    )  # fmt: skip
+    )
     session.add(row)
     await session.flush()
     return row
@@ -112,7 +128,9 @@ async def active_keys_matching(session: AsyncSession, id_or_prefix: str) -> list
 
 
 async def keys_of(session: AsyncSession, org_id: str) -> list[ApiKey]:
-    return list((await session.scalars(select(ApiKey).where(ApiKey.org_id == org_id).order_by(ApiKey.created_at, ApiKey.id))).all())
+    return list(
+        (await session.scalars(select(ApiKey).where(ApiKey.org_id == org_id).order_by(ApiKey.created_at, ApiKey.id))).all()
+    )
 
 
 async def count_keys(session: AsyncSession, org_id: str) -> int:
@@ -131,7 +149,9 @@ async def add_member(session: AsyncSession, org_id: str, email: str, role: str) 
 
 
 async def members_of(session: AsyncSession, org_id: str) -> list[Member]:
-    return list((await session.scalars(select(Member).where(Member.org_id == org_id).order_by(Member.created_at, Member.id))).all())
+    return list(
+        (await session.scalars(select(Member).where(Member.org_id == org_id).order_by(Member.created_at, Member.id))).all()
+    )
 
 
 async def find_member(session: AsyncSession, org_id: str, id_or_email: str) -> Member | None:
@@ -165,7 +185,9 @@ class Balance:
 
 async def balance_of(session: AsyncSession, org_id: str) -> Balance:
     """The organization's customer account (zero before its first credit)."""
-    row = (await session.execute(select(Account.balance_nanos, Account.held_nanos).where(Account.id == f"customer:{org_id}"))).first()
+    row = (
+        await session.execute(select(Account.balance_nanos, Account.held_nanos).where(Account.id == f"customer:{org_id}"))
+    ).first()
     return Balance(0, 0) if row is None else Balance(int(row[0]), int(row[1]))
 
 
@@ -181,9 +203,11 @@ async def balances_of(session: AsyncSession, org_ids: list[str]) -> dict[str, Ba
 async def charged_org(session: AsyncSession, request_id: str) -> str | None:
     """The organization a request's charge was taken from (its customer account's)."""
     query = (
-        select(Account.org_id).join(Entry, Entry.account_id == Account.id).join(Posting, Posting.id == Entry.posting_id)
+        select(Account.org_id)
+        .join(Entry, Entry.account_id == Account.id)
+        .join(Posting, Posting.id == Entry.posting_id)
         .where(Posting.request_id == request_id, Posting.kind == "charge", Account.kind == "customer")
-    )  # fmt: skip
+    )
     return await session.scalar(query.limit(1))
 
 

@@ -33,9 +33,15 @@ async def get_or_create_org(session: AsyncSession, name: str) -> Organization:
 async def create_org(session: AsyncSession, name: str, parent_id: str | None = None, tier: str = "free") -> Organization:
     """A new organization (its free credit is granted by ``metering.credits.welcome``)."""
     org = Organization(
-        id=new_id("org"), name=name, created_at=int(time.time()), parent_id=parent_id, tier=tier, tier_pinned=False,
-        resale_percent="0", resale_fixed="0",
-    )  # fmt: skip
+        id=new_id("org"),
+        name=name,
+        created_at=int(time.time()),
+        parent_id=parent_id,
+        tier=tier,
+        tier_pinned=False,
+        resale_percent="0",
+        resale_fixed="0",
+    )
     session.add(org)
     await session.flush()
     return org
@@ -69,9 +75,7 @@ async def org_ancestors(session: AsyncSession, org: Organization) -> list[Organi
 
 async def list_keys(session: AsyncSession) -> list[tuple[ApiKey, Organization]]:
     rows = await session.execute(
-        select(ApiKey, Organization)
-        .join(Organization, Organization.id == ApiKey.org_id)
-        .order_by(ApiKey.created_at, ApiKey.id)
+        select(ApiKey, Organization).join(Organization, Organization.id == ApiKey.org_id).order_by(ApiKey.created_at, ApiKey.id)
     )
     return [(key, org) for key, org in rows.all()]
 

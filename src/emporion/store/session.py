@@ -61,9 +61,13 @@ async def open_database(url: str, sqlite_synchronous: SqliteSynchronous = "full"
 
 def _with_async_driver(url: str) -> str:
     """``postgresql://`` and ``sqlite://`` URLs as people write them, with the async drivers used here."""
-    for plain, driver in (("postgresql://", "postgresql+asyncpg://"), ("postgres://", "postgresql+asyncpg://"), ("sqlite://", "sqlite+aiosqlite://")):
+    for plain, driver in (
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("postgres://", "postgresql+asyncpg://"),
+        ("sqlite://", "sqlite+aiosqlite://"),
+    ):
         if url.startswith(plain):
-            return driver + url[len(plain):]
+            return driver + url[len(plain) :]
     return url
 
 

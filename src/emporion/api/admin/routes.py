@@ -80,51 +80,95 @@ def org_object(principal: Principal, org: Organization, balance: orgs.Balance | 
     fixed = schemas.usd_text_fields("resale_fixed", org.resale_fixed)
     shown_parent = principal.key_kind == "operator" or org.id != principal.org_id
     body: dict[str, Any] = {
-        "object": "organization", "id": org.id, "name": org.name, "created_at": org.created_at,
-        "parent_id": org.parent_id if shown_parent else None, "tier": org.tier, "tier_pinned": org.tier_pinned,
-        "suspended": org.suspended_at is not None, "suspended_at": org.suspended_at, "suspended_reason": org.suspended_reason,
+        "object": "organization",
+        "id": org.id,
+        "name": org.name,
+        "created_at": org.created_at,
+        "parent_id": org.parent_id if shown_parent else None,
+        "tier": org.tier,
+        "tier_pinned": org.tier_pinned,
+        "suspended": org.suspended_at is not None,
+        "suspended_at": org.suspended_at,
+        "suspended_reason": org.suspended_reason,
         "resale_percent": schemas.plain(org.resale_percent),
         **fixed,
-        "requests_per_minute": org.requests_per_minute, "tokens_per_minute": org.tokens_per_minute,
+        "requests_per_minute": org.requests_per_minute,
+        "tokens_per_minute": org.tokens_per_minute,
         "max_concurrent": org.max_concurrent,
-    }  # fmt: skip
+    }
     if balance is not None:
         body |= _balance(balance)
     return body
 
 
 def _balance(balance: orgs.Balance) -> dict[str, Any]:
-    return {**_money("balance", balance.balance_nanos), **_money("held", balance.held_nanos), **_money("available", balance.available_nanos)}
+    return {
+        **_money("balance", balance.balance_nanos),
+        **_money("held", balance.held_nanos),
+        **_money("available", balance.available_nanos),
+    }
 
 
 def key_object(key: ApiKey) -> dict[str, Any]:
     """Never the key itself: only its prefix."""
     return {
-        "object": "api_key", "id": key.id, "org_id": key.org_id, "kind": key.kind, "label": key.label,
-        "prefix": key.prefix, "created_at": key.created_at, "expires_at": key.expires_at, "revoked_at": key.revoked_at,
+        "object": "api_key",
+        "id": key.id,
+        "org_id": key.org_id,
+        "kind": key.kind,
+        "label": key.label,
+        "prefix": key.prefix,
+        "created_at": key.created_at,
+        "expires_at": key.expires_at,
+        "revoked_at": key.revoked_at,
         "allowed_models": None if key.allowed_models is None else json.loads(key.allowed_models),
-        **_money("budget", key.budget_nanos), "budget_period": key.budget_period, **_money("period_budget", key.period_budget_nanos),
-        "requests_per_minute": key.requests_per_minute, "tokens_per_minute": key.tokens_per_minute,
+        **_money("budget", key.budget_nanos),
+        "budget_period": key.budget_period,
+        **_money("period_budget", key.period_budget_nanos),
+        "requests_per_minute": key.requests_per_minute,
+        "tokens_per_minute": key.tokens_per_minute,
         "max_concurrent": key.max_concurrent,
-    }  # fmt: skip
+    }
 
 
 def member_object(member: Member) -> dict[str, Any]:
-    return {"object": "organization.member", "id": member.id, "org_id": member.org_id, "email": member.email,
-            "role": member.role, "created_at": member.created_at}  # fmt: skip
+    return {
+        "object": "organization.member",
+        "id": member.id,
+        "org_id": member.org_id,
+        "email": member.email,
+        "role": member.role,
+        "created_at": member.created_at,
+    }
 
 
 def price_object(row: PriceRow) -> dict[str, Any]:
     plain = schemas.plain
-    return {"object": "price", "id": row.id, "model": row.model_id, "upstream": row.upstream, "prompt": plain(row.prompt),
-            "completion": plain(row.completion), "cached_prompt": plain(row.cached_prompt), "cache_write": plain(row.cache_write),
-            "request": plain(row.request), "effective_at": row.effective_at, "created_at": row.created_at}  # fmt: skip
+    return {
+        "object": "price",
+        "id": row.id,
+        "model": row.model_id,
+        "upstream": row.upstream,
+        "prompt": plain(row.prompt),
+        "completion": plain(row.completion),
+        "cached_prompt": plain(row.cached_prompt),
+        "cache_write": plain(row.cache_write),
+        "request": plain(row.request),
+        "effective_at": row.effective_at,
+        "created_at": row.created_at,
+    }
 
 
 def margin_object(row: MarginRow) -> dict[str, Any]:
-    return {"object": "margin", "id": row.id, "model": row.model_id or None, "percent": schemas.plain(row.percent),
-            **schemas.usd_text_fields("fixed", row.fixed), "effective_at": row.effective_at,
-            "created_at": row.created_at}  # fmt: skip
+    return {
+        "object": "margin",
+        "id": row.id,
+        "model": row.model_id or None,
+        "percent": schemas.plain(row.percent),
+        **schemas.usd_text_fields("fixed", row.fixed),
+        "effective_at": row.effective_at,
+        "created_at": row.created_at,
+    }
 
 
 def _list(data: list[dict[str, Any]]) -> Response:
@@ -236,10 +280,18 @@ async def add_credit(request: Request) -> Response:
     org = await _reached(accounts, actor, request)
     body: schemas.AddCredit = await _body(request, deps, schemas.AddCredit)
     credited = await accounts.add_credit(actor, org.id, body)
-    return json_response({
-        "object": "organization.credit", "org_id": credited.org_id, "kind": body.kind, **_money("amount", credited.amount_nanos),
-        "reference": body.reference, "applied": credited.applied, "tier": credited.tier, **_balance(credited.balance),
-    })  # fmt: skip
+    return json_response(
+        {
+            "object": "organization.credit",
+            "org_id": credited.org_id,
+            "kind": body.kind,
+            **_money("amount", credited.amount_nanos),
+            "reference": body.reference,
+            "applied": credited.applied,
+            "tier": credited.tier,
+            **_balance(credited.balance),
+        }
+    )
 
 
 async def get_credits(request: Request) -> Response:
@@ -296,8 +348,15 @@ async def list_audit(request: Request) -> Response:
         raise invalid_request(exc) from None
     page = await accounts.audit(actor, spec)
     ids = [event["id"] for event in page.data]
-    return json_response({"object": "list", "data": page.data, "first_id": ids[0] if ids else None,
-                          "last_id": ids[-1] if ids else None, "has_more": page.has_more})  # fmt: skip
+    return json_response(
+        {
+            "object": "list",
+            "data": page.data,
+            "first_id": ids[0] if ids else None,
+            "last_id": ids[-1] if ids else None,
+            "has_more": page.has_more,
+        }
+    )
 
 
 ORG = PREFIX + "/organizations/{org_id}"

@@ -43,7 +43,9 @@ def usage_with_cost(usage: Usage, cost: Nanos) -> dict[str, Any]:
     return {**usage.to_openai(), "cost": float(to_usd(cost))}
 
 
-def render_completion(endpoint: Endpoint, response_id: str, route: Route, completion: Completion, cost: Nanos = Nanos(0)) -> dict[str, Any]:
+def render_completion(
+    endpoint: Endpoint, response_id: str, route: Route, completion: Completion, cost: Nanos = Nanos(0)
+) -> dict[str, Any]:
     return {
         "id": response_id,
         "object": OBJECT[endpoint],
@@ -67,7 +69,13 @@ async def render_stream(
     when ``stream_options.include_usage`` is set (and ``usage: null`` on the others), [DONE].
     ``charged()`` is what the request cost once its chunks ran out (it is settled by then)."""
     created = int(time.time())
-    head = {"id": response_id, "object": CHUNK_OBJECT[endpoint], "created": created, "model": route.model.id, "system_fingerprint": None}
+    head = {
+        "id": response_id,
+        "object": CHUNK_OBJECT[endpoint],
+        "created": created,
+        "model": route.model.id,
+        "system_fingerprint": None,
+    }
     extra = {"usage": None} if include_usage else {}
     usage = None
     try:
@@ -79,7 +87,11 @@ async def render_stream(
     except EmporionError as exc:
         # Output was already sent: the status line is gone. The stream ends with finish_reason
         # "error" and the error as an event; another model's tokens are never spliced in.
-        finish = {"index": 0, "delta": {}, "finish_reason": "error"} if endpoint == "chat" else {"index": 0, "text": "", "finish_reason": "error"}
+        finish = (
+            {"index": 0, "delta": {}, "finish_reason": "error"}
+            if endpoint == "chat"
+            else {"index": 0, "text": "", "finish_reason": "error"}
+        )
         yield event({**head, "choices": [{**finish, "logprobs": None}], **extra})
         yield event(exc.envelope())
         return

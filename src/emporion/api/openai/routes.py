@@ -117,7 +117,9 @@ async def list_models(request: Request) -> Response:
     """The catalog, each model at the price the caller pays (its reseller's markups included)."""
     deps, principal = await authenticate(request)
     markups = [markup for _, markup in principal.resellers]
-    return json_response({"object": "list", "data": [model.to_openai(deps.pricebook.list_price(model, markups)) for model in deps.catalog]})
+    return json_response(
+        {"object": "list", "data": [model.to_openai(deps.pricebook.list_price(model, markups)) for model in deps.catalog]}
+    )
 
 
 async def get_model(request: Request) -> Response:

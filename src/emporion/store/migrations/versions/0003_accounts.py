@@ -129,10 +129,31 @@ def downgrade() -> None:
     with op.batch_alter_table("accounts") as batch:
         batch.drop_column("held_nanos")
     with op.batch_alter_table("api_keys") as batch:
-        for column in ("max_concurrent", "tokens_per_minute", "requests_per_minute", "period_budget_nanos", "budget_period", "budget_nanos", "allowed_models", "expires_at", "kind"):
+        for column in (
+            "max_concurrent",
+            "tokens_per_minute",
+            "requests_per_minute",
+            "period_budget_nanos",
+            "budget_period",
+            "budget_nanos",
+            "allowed_models",
+            "expires_at",
+            "kind",
+        ):
             batch.drop_column(column)
     with op.batch_alter_table("organizations") as batch:
         batch.drop_index("ix_organizations_parent_id")
         batch.drop_constraint("fk_organizations_parent_id_organizations", type_="foreignkey")
-        for column in ("max_concurrent", "tokens_per_minute", "requests_per_minute", "resale_fixed", "resale_percent", "suspended_reason", "suspended_at", "tier_pinned", "tier", "parent_id"):
+        for column in (
+            "max_concurrent",
+            "tokens_per_minute",
+            "requests_per_minute",
+            "resale_fixed",
+            "resale_percent",
+            "suspended_reason",
+            "suspended_at",
+            "tier_pinned",
+            "tier",
+            "parent_id",
+        ):
             batch.drop_column(column)
