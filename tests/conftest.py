@@ -9,6 +9,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,8 +20,11 @@ import asyncpg
 import httpx
 import openai
 import pytest
+import uvicorn
 
+from emporion.app import build_app, http_protocol
 from emporion.engine.gemma import ensure_gemma
+from emporion.settings import load_settings
 from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.gemini_upstream import FakeGemini
 from tests.fakes.openai_upstream import FakeOpenAI
@@ -54,7 +58,7 @@ class Gateway:
     url: str
     key: str
     data_dir: Path
-    process: subprocess.Popen
+    process: subprocess.Popen | None  # None: the app runs in this process (``remote_gateway``)
     log: Path
     bank_key: str = ""
 
@@ -123,16 +127,10 @@ def fake_gemini():
         yield fake
 
 
-@pytest.fixture(scope="session")
-def gateway(tmp_path_factory, fake_openai, fake_anthropic, fake_gemini) -> Gateway:
-    data_dir = tmp_path_factory.mktemp("emporion-data")
-    (data_dir / "config.toml").write_text(
-        f"""
-[engine]
-parallel = {PARALLEL}
-queue_size = {QUEUE_SIZE}
-default_max_tokens = {DEFAULT_MAX_TOKENS}
-
+def remote_config(fake_openai, fake_anthropic, fake_gemini) -> str:
+    """The fake upstreams, their models, routing, a policy and generous tiers: the gateway's config
+    without the local engine's part."""
+    return f"""
 [[upstreams]]
 name = "fake"
 base_url = "{fake_openai.url}/v1"
@@ -185,8 +183,6 @@ deployments = [
   {{ upstream = "gemini-fake", model = "priced-cheap", pricing = {{ prompt = "0.000001", completion = "0.000002" }} }},
 ]
 
-[models."hybrid"]
-deployments = [{{ upstream = "fake", model = "hybrid-closed" }}, {{ upstream = "local:gemma-3-270m", model = "gemma-3-270m" }}]
 
 [models."breaker-test"]
 upstream = "fake"
@@ -226,6 +222,22 @@ requests_per_minute = 100000
 tokens_per_minute = 1000000000
 max_concurrent = 1000
 """
+
+
+@pytest.fixture(scope="session")
+def gateway(tmp_path_factory, fake_openai, fake_anthropic, fake_gemini) -> Gateway:
+    data_dir = tmp_path_factory.mktemp("emporion-data")
+    (data_dir / "config.toml").write_text(
+        f"""
+[engine]
+parallel = {PARALLEL}
+queue_size = {QUEUE_SIZE}
+default_max_tokens = {DEFAULT_MAX_TOKENS}
+
+[models."hybrid"]
+deployments = [{{ upstream = "fake", model = "hybrid-closed" }}, {{ upstream = "local:gemma-3-270m", model = "gemma-3-270m" }}]
+"""
+        + remote_config(fake_openai, fake_anthropic, fake_gemini)
     )
     key = emporion("keys", "create", "--org", "tests", data_dir=data_dir).stdout.strip()
     bank_key = emporion("keys", "create", "--org", "bank", data_dir=data_dir).stdout.strip()
@@ -236,6 +248,50 @@ max_concurrent = 1000
     gateway.bank_key = bank_key
     yield gateway
     stop_gateway(gateway.process)
+
+
+@pytest.fixture(scope="module")
+def remote_gateway(tmp_path_factory, fake_openai, fake_anthropic, fake_gemini) -> Iterator[Gateway]:
+    """The gateway's upstreams, models and policies with the local engine off, served by uvicorn on
+    a thread of this process (a real socket, the real HTTP edge): fast to start, and each test
+    module its own data directory and state. For tests of routing, metering and adapters."""
+    data_dir = tmp_path_factory.mktemp("emporion-remote")
+    (data_dir / "config.toml").write_text(
+        "[engine]\nenabled = false\n\n[embeddings]\nenabled = false\n" + remote_config(fake_openai, fake_anthropic, fake_gemini)
+    )
+    key = emporion("keys", "create", "--org", "tests", data_dir=data_dir).stdout.strip()
+    bank_key = emporion("keys", "create", "--org", "bank", data_dir=data_dir).stdout.strip()
+    previous = os.environ.get("FAKE_UPSTREAM_KEY")
+    os.environ["FAKE_UPSTREAM_KEY"] = "sk-upstream-secret"
+    settings = load_settings(data_dir)
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            build_app(settings), host="127.0.0.1", port=port, loop="uvloop", http=http_protocol(settings), log_level="warning"
+        )
+    )
+    thread = threading.Thread(target=server.run, name="remote-gateway", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the in-process gateway did not start"
+        time.sleep(0.05)
+    try:
+        yield Gateway(
+            url=f"http://127.0.0.1:{port}",
+            key=key,
+            data_dir=data_dir,
+            process=None,
+            log=data_dir / "serve.log",
+            bank_key=bank_key,
+        )
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        if previous is None:
+            os.environ.pop("FAKE_UPSTREAM_KEY", None)
+        else:
+            os.environ["FAKE_UPSTREAM_KEY"] = previous
 
 
 def start_gateway(data_dir: Path, key: str = "", port: int | None = None, log_name: str = "serve.log") -> Gateway:

@@ -11,6 +11,13 @@ import pytest
 
 from tests.fakes.script import Script
 
+
+@pytest.fixture(scope="module")
+def gateway(remote_gateway):
+    """The gateway in this process with the local engine off: the adapters need no local model."""
+    return remote_gateway
+
+
 ADAPTERS = ["openai_compat", "anthropic", "gemini"]
 FAKES = {"openai_compat": "fake_openai", "anthropic": "fake_anthropic", "gemini": "fake_gemini"}
 WEATHER_TOOL = {

@@ -212,3 +212,19 @@ def test_an_aborted_stream_bills_its_prompt_at_the_engines_real_token_count(gate
     assert (status, source) == ("cancelled", "counted") and output_tokens >= 2
     real = client.chat.completions.create(model=GEMMA, messages=messages, max_tokens=1).usage.prompt_tokens
     assert prompt_tokens == real  # not the characters / 4 estimate
+
+
+def test_local_only_policy_routes_to_the_operators_own_machines(gateway):
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=gateway.bank_key, max_retries=0)
+    hybrid = client.with_raw_response.chat.completions.create(
+        model="hybrid", messages=[{"role": "user", "content": "hi"}], max_tokens=3
+    )
+    assert (
+        hybrid.headers["x-emporion-provider"] == "emporion-local"
+        and hybrid.headers["x-emporion-upstream"] == "local:gemma-3-270m"
+    )
+    with pytest.raises(openai.PermissionDeniedError) as info:
+        client.chat.completions.create(model="fake-gpt", messages=[{"role": "user", "content": "hi"}])
+    assert info.value.code == "policy_forbids_model" and "local-only" in info.value.message
+    models = {m.id: m.model_dump() for m in gateway.client().models.list().data}
+    assert "tools" not in models["gemma-3-270m"]["supported_parameters"]  # not yet on the local engine

@@ -1,4 +1,4 @@
-"""Billing on the request path, through the real gateway: holds, 402s, budgets, usage.cost,
+"""Billing on the request path, through the gateway in this process (engine off): holds, 402s, budgets, usage.cost,
 GET /v1/generation, streamed vs non-streamed parity, disconnect and mid-stream failure."""
 
 from __future__ import annotations
@@ -16,6 +16,12 @@ from tests.fakes.script import Script
 
 USER = [{"role": "user", "content": "hello"}]
 PROMPT, COMPLETION = Decimal("0.000001"), Decimal("0.001")  # the `luxury` model's price, USD per token
+
+
+@pytest.fixture(scope="module")
+def gateway(remote_gateway):
+    """The gateway in this process with the local engine off: metering needs no local model."""
+    return remote_gateway
 
 
 def nanos(prompt_tokens: int, completion_tokens: int) -> int:

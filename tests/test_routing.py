@@ -1,4 +1,6 @@
-"""Routing through the real gateway: fallbacks, retries, splits, preferences, policies, breakers."""
+"""Routing through the gateway (in this process, the local engine off: ``remote_gateway``):
+fallbacks, retries, splits, preferences, policies, breakers. Routing to the local engine is in
+test_engine.py."""
 
 from __future__ import annotations
 
@@ -11,6 +13,11 @@ import pytest
 from tests.fakes.script import Script
 
 USER = [{"role": "user", "content": "hello"}]
+
+
+@pytest.fixture(scope="module")
+def gateway(remote_gateway):
+    return remote_gateway
 
 
 @pytest.fixture(autouse=True)
@@ -132,14 +139,6 @@ def test_floor_suffix_and_max_price_pick_the_cheapest(gateway):
     assert call(gateway, model="priced:nitro")[0].model == "priced"
 
 
-def test_local_only_policy_routes_to_the_operators_own_machines(gateway):
-    _, headers = call(gateway, key=gateway.bank_key, model="hybrid", max_tokens=3)
-    assert headers["x-emporion-provider"] == "emporion-local" and headers["x-emporion-upstream"] == "local:gemma-3-270m"
-    with pytest.raises(openai.PermissionDeniedError) as info:
-        call(gateway, key=gateway.bank_key, model="fake-gpt")
-    assert info.value.code == "policy_forbids_model" and "local-only" in info.value.message
-
-
 def test_unsupported_parameter_is_a_clear_400(gateway):
     with pytest.raises(openai.BadRequestError) as info:
         call(gateway, model="conf-anthropic", seed=1)
@@ -147,7 +146,6 @@ def test_unsupported_parameter_is_a_clear_400(gateway):
     models = {m.id: m.model_dump() for m in gateway.client().models.list().data}
     assert "seed" not in models["conf-anthropic"]["supported_parameters"]
     assert "seed" in models["conf-openai_compat"]["supported_parameters"]
-    assert "tools" not in models["gemma-3-270m"]["supported_parameters"]
 
 
 def test_circuit_breaker_opens_then_one_probe_closes_it(gateway, fake_openai):

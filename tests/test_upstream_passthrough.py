@@ -8,6 +8,12 @@ import pytest
 from tests.fakes.openai_upstream import Script
 
 
+@pytest.fixture(scope="module")
+def gateway(remote_gateway):
+    """The gateway in this process with the local engine off: the adapters need no local model."""
+    return remote_gateway
+
+
 def test_chat_passes_through_with_upstream_model_and_key(gateway, fake_openai):
     fake_openai.enqueue(Script(text="Bonjour tout le monde", prompt_tokens=11, cached_tokens=4))
     response = gateway.client().with_raw_response.chat.completions.create(
