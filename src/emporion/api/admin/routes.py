@@ -11,7 +11,6 @@ the service checks everything again in the transaction of the change.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from pydantic import ValidationError
@@ -20,7 +19,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from emporion.accounts import rules, schemas
-from emporion.accounts.audit import Actor, by_key
+from emporion.accounts.audit import (
+    Actor,
+    balance_snapshot,
+    by_key,
+    key_snapshot,
+    margin_snapshot,
+    member_snapshot,
+    price_snapshot,
+)
 from emporion.accounts.service import Accounts
 from emporion.api.body import invalid_request, no_nul, read_body
 from emporion.api.openai.routes import authenticate, json_response
@@ -97,78 +104,25 @@ def org_object(principal: Principal, org: Organization, balance: orgs.Balance | 
         "max_concurrent": org.max_concurrent,
     }
     if balance is not None:
-        body |= _balance(balance)
+        body |= balance_snapshot(balance)
     return body
 
 
-def _balance(balance: orgs.Balance) -> dict[str, Any]:
-    return {
-        **_money("balance", balance.balance_nanos),
-        **_money("held", balance.held_nanos),
-        **_money("available", balance.available_nanos),
-    }
-
-
 def key_object(key: ApiKey) -> dict[str, Any]:
-    """Never the key itself: only its prefix."""
-    return {
-        "object": "api_key",
-        "id": key.id,
-        "org_id": key.org_id,
-        "kind": key.kind,
-        "label": key.label,
-        "prefix": key.prefix,
-        "created_at": key.created_at,
-        "expires_at": key.expires_at,
-        "revoked_at": key.revoked_at,
-        "allowed_models": None if key.allowed_models is None else json.loads(key.allowed_models),
-        **_money("budget", key.budget_nanos),
-        "budget_period": key.budget_period,
-        **_money("period_budget", key.period_budget_nanos),
-        "requests_per_minute": key.requests_per_minute,
-        "tokens_per_minute": key.tokens_per_minute,
-        "max_concurrent": key.max_concurrent,
-    }
+    """Never the key itself: only its prefix (as the audit trail shows it)."""
+    return {"object": "api_key", **key_snapshot(key)}
 
 
 def member_object(member: Member) -> dict[str, Any]:
-    return {
-        "object": "organization.member",
-        "id": member.id,
-        "org_id": member.org_id,
-        "email": member.email,
-        "role": member.role,
-        "created_at": member.created_at,
-    }
+    return {"object": "organization.member", **member_snapshot(member)}
 
 
 def price_object(row: PriceRow) -> dict[str, Any]:
-    plain = schemas.plain
-    return {
-        "object": "price",
-        "id": row.id,
-        "model": row.model_id,
-        "upstream": row.upstream,
-        "prompt": plain(row.prompt),
-        "completion": plain(row.completion),
-        "cached_prompt": plain(row.cached_prompt),
-        "cache_write": plain(row.cache_write),
-        "request": plain(row.request),
-        "effective_at": row.effective_at,
-        "created_at": row.created_at,
-    }
+    return {"object": "price", **price_snapshot(row), "created_at": row.created_at}
 
 
 def margin_object(row: MarginRow) -> dict[str, Any]:
-    return {
-        "object": "margin",
-        "id": row.id,
-        "model": row.model_id or None,
-        "percent": schemas.plain(row.percent),
-        **schemas.usd_text_fields("fixed", row.fixed),
-        "effective_at": row.effective_at,
-        "created_at": row.created_at,
-    }
+    return {"object": "margin", **margin_snapshot(row), "created_at": row.created_at}
 
 
 def _list(data: list[dict[str, Any]]) -> Response:
@@ -289,7 +243,7 @@ async def add_credit(request: Request) -> Response:
             "reference": body.reference,
             "applied": credited.applied,
             "tier": credited.tier,
-            **_balance(credited.balance),
+            **balance_snapshot(credited.balance),
         }
     )
 
@@ -298,7 +252,7 @@ async def get_credits(request: Request) -> Response:
     _, accounts, actor = await _admin(request)
     org_id = _org_id(request)
     balance = await accounts.balance(actor, org_id)
-    return json_response({"object": "organization.credits", "org_id": org_id, **_balance(balance)})
+    return json_response({"object": "organization.credits", "org_id": org_id, **balance_snapshot(balance)})
 
 
 async def refund_generation(request: Request) -> Response:
