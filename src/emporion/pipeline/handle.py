@@ -46,7 +46,7 @@ async def handle(deps: Deps, principal: Principal, ask: Ask, request_id: str, *,
             await deps.stages.screen(call)
             sizing = size(call.ask, deps.settings.metering.image_tokens)
             limits = await path.enter_async_context(limited(deps, principal, sizing))
-            call.plan = plan(deps, principal, call.ask)
+            call.plan = plan(deps, principal, call.ask, sizing.body)
             bill = await path.enter_async_context(held(deps, call, sizing, limits))
             if streamed:
                 opened = await stream(deps, call, bill, path)

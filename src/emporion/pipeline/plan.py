@@ -16,7 +16,7 @@ from typing import Any, Literal
 from emporion.auth.principal import Principal
 from emporion.catalog.builtin import EMBEDDINGS_UPSTREAM
 from emporion.catalog.models import Catalog, Model
-from emporion.core.requests import ROUTING_FIELDS, Ask, ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Generate
+from emporion.core.requests import Ask, ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Generate
 from emporion.errors import ContextLengthExceeded, InvalidRequest, PermissionDenied, ServiceUnavailable
 from emporion.metering.estimate import MEDIA_PARTS
 from emporion.pipeline.deps import Deps
@@ -80,7 +80,8 @@ def _names(ask: Ask, name: str) -> bool:
     return getattr(ask, name, None) is not None or (ask.model_extra or {}).get(name) is not None
 
 
-def plan(deps: Deps, principal: Principal, ask: Ask) -> Plan:
+def plan(deps: Deps, principal: Principal, ask: Ask, body: dict[str, Any]) -> Plan:
+    """``body``: the request dumped as a dict (``Sizing.body``), for the checks that read its fields."""
     if isinstance(ask, EmbeddingRequest):
         return _embedding(deps, principal, ask)
     name, suffix = split_suffix(deps.catalog, ask.model)
@@ -88,7 +89,6 @@ def plan(deps: Deps, principal: Principal, ask: Ask) -> Plan:
     fallbacks = [deps.catalog.require(m, "chat") for m in ask.models or [] if m != name]
     models = [model, *fallbacks]
     _in_scope(principal, models)
-    body = ask.model_dump(exclude_none=True, exclude=set(ROUTING_FIELDS))
     _check_inputs(models, body)
     _check_context(model, ask)
     prefs = Preferences.from_wire(ask.provider, suffix)

@@ -15,6 +15,7 @@ class Sizing:
     prompt_guess: int  # what it probably is (what the tokens-per-minute buckets are charged)
     asked: int | None  # the output tokens a choice may make, where the request says (max_tokens)
     choices: int  # n for each prompt
+    body: dict[str, Any]  # the request as the estimators read it, dumped once for the whole path (the plan reads it too)
 
     @property
     def tokens(self) -> int:
@@ -25,10 +26,12 @@ class Sizing:
 def size(ask: Ask, image_tokens: int) -> Sizing:
     body = prompt_of(ask)
     if isinstance(ask, EmbeddingRequest):
-        return Sizing(prompt_bound(body, image_tokens), prompt_guess(body, image_tokens), None, 1)
+        return Sizing(prompt_bound(body, image_tokens), prompt_guess(body, image_tokens), None, 1, body)
     prompt = body.get("prompt")
     prompts = len(prompt) if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) else 1
-    return Sizing(prompt_bound(body, image_tokens), prompt_guess(body, image_tokens), ask.output_limit(), (ask.n or 1) * prompts)
+    return Sizing(
+        prompt_bound(body, image_tokens), prompt_guess(body, image_tokens), ask.output_limit(), (ask.n or 1) * prompts, body
+    )
 
 
 def prompt_of(ask: Ask) -> dict[str, Any]:

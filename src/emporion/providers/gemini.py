@@ -48,7 +48,7 @@ class GeminiAdapter:
 
     async def complete(self, request: Request, upstream: Upstream) -> Completion:
         body = to_gemini(request)
-        url = f"{upstream.base_url.rstrip('/')}/models/{request.body['model']}:generateContent"
+        url = f"{upstream.base_url.rstrip('/')}/models/{request.ask.model}:generateContent"
         with mapped_transport_errors(upstream):
             async with self._session(upstream).post(
                 url, data=encode_body(body), timeout=request_timeout(upstream), allow_redirects=False
@@ -60,7 +60,7 @@ class GeminiAdapter:
 
     async def stream(self, request: Request, upstream: Upstream) -> AsyncGenerator[Chunk, None]:
         body = to_gemini(request)
-        url = f"{upstream.base_url.rstrip('/')}/models/{request.body['model']}:streamGenerateContent?alt=sse"
+        url = f"{upstream.base_url.rstrip('/')}/models/{request.ask.model}:streamGenerateContent?alt=sse"
         with mapped_transport_errors(upstream):
             async with self._session(upstream).post(
                 url, data=encode_body(body), timeout=stream_timeout(upstream), allow_redirects=False
