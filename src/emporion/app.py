@@ -36,6 +36,7 @@ from emporion.limits.memory import MemoryLimiter
 from emporion.limits.redis import RedisLimiter
 from emporion.live import EngineMissing, LiveCatalog, catalog_with_parameters, keep_live, new_engine
 from emporion.metering.credits import refresh_tiers
+from emporion.metering.leases import Leases
 from emporion.metering.ledger import Ledger
 from emporion.metering.pricebook import PriceBook
 from emporion.pipeline import Deps
@@ -45,7 +46,7 @@ from emporion.routing.router import Router
 from emporion.settings import Settings
 from emporion.store import repos
 from emporion.store.idempotency import purge_expired
-from emporion.store.session import open_database
+from emporion.store.session import Database, open_database
 
 log = logging.getLogger("emporion")
 
@@ -154,7 +155,7 @@ async def start_deps(settings: Settings) -> Deps:
         catalog=catalog,
         router=router,
         adapters=adapters,
-        ledger=Ledger(db),
+        ledger=_ledger(db, settings),
         pricebook=pricebook,
         limiter=_limiter(settings),
         engines=engines,
@@ -169,6 +170,12 @@ async def start_deps(settings: Settings) -> Deps:
         await stop_deps(deps)
         raise
     return deps
+
+
+def _ledger(db: Database, settings: Settings) -> Ledger:
+    metering = settings.metering
+    leases = Leases(min_rate=metering.lease_min_rate, share=metering.lease_share) if metering.leases else None
+    return Ledger(db, leases=leases, settle_flush_s=metering.settle_flush_ms / 1000)
 
 
 def _limiter(settings: Settings) -> Limiter:

@@ -150,6 +150,11 @@ class MeteringSettings(Strict):
     hold_ttl_s: Annotated[float, Field(ge=1)] = 900.0  # a hold not renewed for this long belonged to a dead process
     sweep_interval_s: Annotated[float, Field(gt=0)] = 30.0  # each sweep renews the holds of requests still running
     image_tokens: Annotated[int, Field(ge=0)] = 2000  # the worst case counted for one image part
+    # balance leases (metering/leases.py): a busy account's requests hold and settle in memory
+    leases: bool = True
+    lease_share: Annotated[float, Field(gt=0, le=0.5)] = 0.1  # the most of an available balance one lease takes
+    lease_min_rate: Annotated[float, Field(ge=0)] = 10.0  # requests a second from which an account is served from leases
+    settle_flush_ms: Annotated[float, Field(ge=0, le=1000)] = 20.0  # the longest a settlement written behind waits
 
     _check = field_validator("free_credit_usd", "margin_percent", "margin_fixed_usd")(_usd)
 

@@ -355,6 +355,7 @@ class Accounts:
 
     async def balance(self, actor: Actor, org_id: str) -> Balance:
         require_admin(actor.principal)
+        await self.ledger.flush()
         async with self.db.session() as session:
             return await orgs.balance_of(session, (await self._reach(session, actor, org_id)).id)
 
@@ -362,6 +363,7 @@ class Accounts:
         """Gives a generation's charge back, every share reversed, once (operator)."""
         require_admin(actor.principal)
         require_operator(actor.principal)
+        await self.ledger.flush()  # a charge written behind is in the books before it is refunded
         async with self._change() as session:
             charged, refunded = await orgs.charge_state(session, request_id)
             if not charged:

@@ -91,16 +91,19 @@ async def _reached(request: Request) -> tuple[Database, str]:
         org = await visible_org(deps.db, principal, no_nul(request.path_params["org_id"], "org_id"))
     except NotFound:
         raise NotFound("No such organization.", param="org_id", code="organization_not_found") from None
+    await deps.ledger.flush()  # what this replica answered is in the books before they are read
     return deps.db, org.id
 
 
 async def own_usage(request: Request) -> Response:
     deps, principal = await authenticate(request)
+    await deps.ledger.flush()
     return await _report(deps.db, principal.org_id, request.query_params)
 
 
 async def own_statement(request: Request) -> Response:
     deps, principal = await authenticate(request)
+    await deps.ledger.flush()
     return await _statement(deps.db, principal.org_id, request)
 
 

@@ -10,13 +10,19 @@ given), ``provider:<upstream>`` (owed to upstreams), ``operator`` (margin), ``re
 Each account keeps ``balance`` (the sum of its entries) and ``held`` (the sum of its open holds)
 in step; a reservation is one conditional update, ``held += x where balance - held >= x``, which
 is atomic on SQLite and on PostgreSQL alike, so replicas sharing a database can never overdraw
-an account together (a batch of reservations holds each account's total in one such update). Budgets (a key's spending caps) work the same way with ``used``. Every
-write goes through one group-commit writer (store/group_commit.py).
+an account together (a batch of reservations holds each account's total in one such update).
+Budgets (a key's spending caps) work the same way with ``used``. Every write goes through one
+group-commit writer (store/group_commit.py).
+
+With ``leases`` (the gateway's default, metering/leases.py) a busy account's requests are held
+and settled in memory, out of a lease this replica holds in the ledger, and their settlements are
+written behind; every other hold takes the strict path above.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -30,11 +36,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from emporion.core.money import Nanos, format_usd
 from emporion.core.prices import Charge
 from emporion.errors import EmporionError, InvalidRequest
+from emporion.metering.leases import IDLE_S, Lease, Leases, Take
 from emporion.store.group_commit import GroupCommit
 from emporion.store.session import Database
 from emporion.store.tables import Account, Budget, Entry, Hold, Posting, RequestRecord
 
 CASH, GRANTS, OPERATOR = "cash", "grants", "operator"
+log = logging.getLogger("emporion.ledger")
 
 
 class InsufficientCredits(EmporionError):
@@ -77,12 +85,38 @@ class _Reserve:
 
 
 @dataclass(frozen=True, slots=True)
+class _Leased:
+    """A request's hold served in memory: from a lease (its row's request id), or of nothing."""
+
+    lease_id: str | None
+    account: str
+    amount: int
+    budget_ids: str
+
+
+@dataclass(frozen=True, slots=True)
 class _Settle:
     request_id: str
     charge: Charge
     upstream: str
     resellers: tuple[str, ...]
     record: dict[str, Any] | None
+    leased: _Leased | None = None  # None: its hold is its own row (the strict path)
+
+
+@dataclass(frozen=True, slots=True)
+class _Take:
+    """A lease taken, or refilled: ``want`` more held against the account and budgets, capped at
+    ``share`` of what each has available; nothing when that is under ``least``."""
+
+    lease_id: str
+    org_id: str
+    budgets: tuple[tuple[str, int], ...]
+    want: int
+    least: int
+    share: float
+    expires_at: int
+    first: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,16 +171,41 @@ class _Deltas:
 
 
 class Ledger:
-    def __init__(self, db: Database, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        db: Database,
+        clock: Callable[[], float] = time.time,
+        leases: Leases | None = None,
+        settle_flush_s: float = 0.0,
+    ) -> None:
         self.db = db
         self.clock = clock
+        self.leases = leases  # None: every hold takes the strict path
         self._known: set[str] = set()  # accounts known to exist
-        self._live: dict[str, int] = {}  # request id -> its hold's ttl, for requests running here
+        self._live: dict[str, int] = {}  # request id (or lease) -> its hold's ttl, for holds live here
+        self._leased: dict[str, tuple[_Leased, Lease | None]] = {}  # requests running on memory holds
         self._background: set[asyncio.Task[Any]] = set()
-        self.writer: GroupCommit[Any] = GroupCommit(db.engine, self._apply, on_rollback=self._known.clear)
+        self._tending: asyncio.Task[None] | None = None
+        self.writer: GroupCommit[Any] = GroupCommit(
+            db.engine, self._apply, on_rollback=self._known.clear, flush_interval_s=settle_flush_s
+        )
 
     async def aclose(self) -> None:
+        """Gives this replica's leases back, then commits what is queued."""
+        if self._tending is not None:
+            self._tending.cancel()
+            await asyncio.gather(self._tending, return_exceptions=True)
+            self._tending = None
+        if self.leases is not None:
+            for lease in self.leases.all():
+                self.writer.defer(_Release(lease.id))
+                self._live.pop(lease.id, None)
         await self.writer.aclose()
+
+    async def flush(self) -> None:
+        """Waits until the settlements written behind so far are committed: for a reader of the
+        books that must see what this replica has answered."""
+        await self.writer.flush()
 
     # --- money in and back -----------------------------------------------------------------------
 
@@ -188,6 +247,7 @@ class Ledger:
 
     async def refund(self, request_id: str) -> Nanos:
         """Gives a settled request's charge back, every share reversed; once. Returns the amount."""
+        await self.flush()
         return await self.writer.submit(Refund(request_id))
 
     # --- the request path ------------------------------------------------------------------------
@@ -204,6 +264,15 @@ class Ledger:
         if amount < 0:
             raise ValueError("a hold is never negative")
         ttl = max(1, int(ttl_s))
+        if self.leases is not None:
+            decision = self.leases.hold(org_id, tuple(budgets), amount)
+            if decision.take is not None:
+                self._start_take(decision.take, org_id, ttl)
+            if decision.served:
+                budget_ids = " ".join(budget for budget, _ in budgets)
+                lease_id = decision.lease.id if decision.lease is not None else None
+                self._leased[request_id] = (_Leased(lease_id, customer(org_id), amount, budget_ids), decision.lease)
+                return
         await self.writer.submit(_Reserve(org_id, request_id, amount, int(self.clock()) + ttl, tuple(budgets)))
         self._live[request_id] = ttl
 
@@ -217,7 +286,16 @@ class Ledger:
     ) -> Settled | None:
         """Charges the real cost against the request's hold, exactly once; a second call (or a
         call after the hold expired or was released) changes nothing and returns None. The
-        request's record, when given, is written in the same transaction."""
+        request's record, when given, is written in the same transaction. A hold served from
+        memory settles at once, its write queued behind (see metering/leases.py)."""
+        memory = self._leased.pop(request_id, None)
+        if memory is not None:
+            leased, lease = memory
+            charged = sum(_capped(charge, leased.amount))
+            if lease is not None and self.leases is not None:
+                self.leases.settled(lease, leased.amount, charged)
+            self.writer.defer(_Settle(request_id, charge, upstream, tuple(resellers), record, leased))
+            return Settled(request_id, Nanos(charged), Nanos(leased.amount - charged))
         try:
             return await self.writer.submit(_Settle(request_id, charge, upstream, tuple(resellers), record))
         finally:
@@ -225,6 +303,8 @@ class Ledger:
 
     async def release(self, request_id: str) -> bool:
         """Frees a hold without charging (the request failed before any usage)."""
+        if self._forget_memory_hold(request_id):
+            return True
         try:
             return await self.writer.submit(_Release(request_id))
         finally:
@@ -233,9 +313,69 @@ class Ledger:
     def release_soon(self, request_id: str) -> None:
         """For a caller cancelled while reserving (its reservation may commit all the same): the
         release is queued behind the reservation, so it frees it whatever happened."""
-        task = asyncio.create_task(self.release(request_id))
+        if not self._forget_memory_hold(request_id):
+            self._in_background(self.release(request_id))
+
+    def _forget_memory_hold(self, request_id: str) -> bool:
+        memory = self._leased.pop(request_id, None)
+        if memory is None:
+            return False
+        leased, lease = memory
+        if lease is not None and self.leases is not None:
+            self.leases.settled(lease, leased.amount, 0)
+        return True
+
+    def _in_background(self, work: Any) -> None:
+        task = asyncio.create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    # --- leases ----------------------------------------------------------------------------------
+
+    def _start_take(self, take: Take, org_id: str, ttl: int) -> None:
+        assert self.leases is not None
+        op = _Take(
+            take.lease.id,
+            org_id,
+            take.pool.key[1],
+            take.want,
+            take.least,
+            self.leases.share,
+            int(self.clock()) + ttl,
+            first=not take.lease.taken,
+        )
+        self._in_background(self._take(take, op, ttl))
+        if self._tending is None or self._tending.done():
+            self._tending = asyncio.create_task(self._tend(), name="leases")
+
+    async def _take(self, take: Take, op: _Take, ttl: int) -> None:
+        assert self.leases is not None
+        try:
+            granted = await self.writer.submit(op)
+        except Exception as exc:  # the strict path goes on meanwhile; a later hold tries again
+            log.warning("taking a balance lease failed: %r", exc)
+            granted = 0
+        self.leases.taken(take, granted)
+        if take.lease.taken and take.pool.lease is take.lease:
+            self._live[take.lease.id] = ttl
+
+    async def _tend(self) -> None:
+        """Gives idle leases back, every half of IDLE_S, while this replica has pools."""
+        assert self.leases is not None
+        while self.leases.pools:
+            await asyncio.sleep(IDLE_S / 2)
+            await self.give_back_idle()
+
+    async def give_back_idle(self) -> int:
+        """Gives back the leases unused for IDLE_S (metering/leases.py); returns how many."""
+        idle = self.leases.idle() if self.leases is not None else []
+        for lease in idle:
+            self._live.pop(lease.id, None)
+            try:
+                await self.writer.submit(_Release(lease.id))
+            except Exception as exc:  # its hold expires in the end: hold_ttl_s after its last renewal
+                log.warning("giving a balance lease back failed: %r", exc)
+        return len(idle)
 
     async def expire(self) -> int:
         """The sweeper: releases holds past their expiry (requests whose process died). First it
@@ -246,6 +386,7 @@ class Ledger:
     # --- books -----------------------------------------------------------------------------------
 
     async def balances(self) -> dict[str, int]:
+        await self.flush()
         async with self.db.engine.connect() as conn:
             rows = await conn.execute(select(Account.id, Account.balance_nanos))
             return {account: balance for account, balance in rows}
@@ -253,7 +394,8 @@ class Ledger:
     # --- the writer ------------------------------------------------------------------------------
 
     async def _apply(self, conn: AsyncConnection, ops: Sequence[Any]) -> list[Any]:
-        """Applies a batch in order of kind: moves, transfers, refunds, reserves, settles, releases, expiries."""
+        """Applies a batch in order of kind: moves, transfers, refunds, reserves, lease takes,
+        settles, releases (of leases too), expiries."""
         results: list[Any] = [None] * len(ops)
         if conn.dialect.name == "postgresql":
             await _lock_rows(conn, ops)
@@ -269,6 +411,8 @@ class Ledger:
             results[index] = await self._apply_refund(conn, ops[index])
         if by_kind[_Reserve]:
             await self._apply_reserves(conn, [(i, ops[i]) for i in by_kind[_Reserve]], results)
+        for index in by_kind[_Take]:
+            results[index] = await self._apply_take(conn, ops[index])
         if by_kind[_Settle]:
             await self._apply_settles(conn, [(i, ops[i]) for i in by_kind[_Settle]], results, deltas)
         if by_kind[_Release]:
@@ -403,27 +547,77 @@ class Ledger:
             )
         return None
 
+    async def _apply_take(self, conn: AsyncConnection, op: _Take) -> int | None:
+        """Holds up to ``op.want`` more for a lease; returns what it held (None: the lease's row is
+        gone, expired under a process that stalled past its ttl)."""
+        account = customer(op.org_id)
+        if not op.first:
+            state = (await conn.execute(select(Hold.state).where(Hold.request_id == op.lease_id))).scalar()
+            if state != "open":
+                return None
+        grant = min(op.want, int(await _available(conn, account) * op.share))
+        if op.budgets:
+            rows = await conn.execute(
+                select(Budget.id, Budget.used_nanos, Budget.held_nanos).where(Budget.id.in_([b for b, _ in op.budgets]))
+            )
+            spent = {budget: int(used) + int(held) for budget, used, held in rows}
+            for budget, limit in op.budgets:
+                grant = min(grant, int((limit - spent.get(budget, 0)) * op.share))
+        if grant < max(op.least, 1):
+            return 0
+        refused = await self._reserve_alone(conn, _Reserve(op.org_id, op.lease_id, grant, op.expires_at, op.budgets))
+        if refused is not None:
+            return 0
+        if op.first:
+            await conn.execute(
+                insert(Hold).values(
+                    request_id=op.lease_id,
+                    account_id=account,
+                    amount_nanos=grant,
+                    state="open",
+                    created_at=int(self.clock()),
+                    expires_at=op.expires_at,
+                    budget_ids=" ".join(budget for budget, _ in op.budgets),
+                )
+            )
+        else:
+            await conn.execute(update(Hold).where(Hold.request_id == op.lease_id).values(amount_nanos=Hold.amount_nanos + grant))
+        return grant
+
     async def _apply_settles(
         self, conn: AsyncConnection, ops: list[tuple[int, _Settle]], results: list[Any], deltas: _Deltas
     ) -> None:
         first: dict[str, tuple[int, _Settle]] = {}
         for index, op in ops:
             first.setdefault(op.request_id, (index, op))  # a repeat within the batch changes nothing
-        holds = {
-            request_id: (account, amount, budget_ids)
-            for request_id, account, amount, budget_ids in (
-                await conn.execute(
-                    update(Hold)
-                    .where(Hold.request_id.in_(list(first)), Hold.state == "open")
-                    .values(state="settled")
-                    .returning(Hold.request_id, Hold.account_id, Hold.amount_nanos, Hold.budget_ids)
-                )
-            ).all()
-        }
+        strict = [request_id for request_id, (_, op) in first.items() if op.leased is None]
+        holds = (
+            {
+                request_id: (account, amount, budget_ids)
+                for request_id, account, amount, budget_ids in (
+                    await conn.execute(
+                        update(Hold)
+                        .where(Hold.request_id.in_(strict), Hold.state == "open")
+                        .values(state="settled")
+                        .returning(Hold.request_id, Hold.account_id, Hold.amount_nanos, Hold.budget_ids)
+                    )
+                ).all()
+            }
+            if strict
+            else {}
+        )
+        caps = {request_id: amount for request_id, (_, amount, _) in holds.items()}  # the most each may be charged
+        for account, amount, budget_ids in holds.values():
+            deltas.free_hold(account, amount, budget_ids)
+        leased = {request_id: op.leased for request_id, (_, op) in first.items() if op.leased is not None}
+        from_leases = await self._leased_caps(conn, leased, caps, deltas) if leased else set()
+        spent_leases: dict[str, int] = defaultdict(int)
+        for request_id, memory in leased.items():
+            holds[request_id] = (memory.account, memory.amount, memory.budget_ids)
         postings, records = [], []
         for request_id, (account, hold, budget_ids) in holds.items():
             index, op = first[request_id]
-            shares = _capped(op.charge, hold)
+            shares = _capped(op.charge, caps[request_id])
             total = sum(shares)
             lines: dict[str, int] = defaultdict(int)
             lines[account] -= total
@@ -431,7 +625,11 @@ class Ledger:
             for payee, amount in zip(payees, shares, strict=False):
                 if amount:
                     lines[payee] += amount
-            deltas.free_hold(account, hold, budget_ids)
+            if request_id in from_leases:  # the charge leaves the lease: held drops with the balance
+                memory = leased[request_id]
+                assert memory.lease_id is not None
+                spent_leases[memory.lease_id] += total
+                deltas.free_hold(account, total, budget_ids)
             for budget in budget_ids.split():
                 deltas.budget_used[budget] += total
             if total:
@@ -463,6 +661,77 @@ class Ledger:
                     deltas.balance[account] += amount
         if records:
             await conn.execute(insert(RequestRecord), records)
+        if leased:
+            now = int(self.clock())
+            await conn.execute(
+                insert(Hold),
+                [
+                    {
+                        "request_id": request_id,
+                        "account_id": memory.account,
+                        "amount_nanos": memory.amount,
+                        "state": "settled",
+                        "created_at": now,
+                        "expires_at": now,
+                        "budget_ids": memory.budget_ids,
+                    }
+                    for request_id, memory in leased.items()
+                ],
+            )
+        spent = {lease: amount for lease, amount in spent_leases.items() if amount}
+        if spent:
+            await conn.execute(
+                update(Hold)
+                .where(Hold.request_id.in_(sorted(spent)))
+                .values(amount_nanos=Hold.amount_nanos - _amounts(spent, Hold.request_id))
+            )
+
+    async def _leased_caps(
+        self, conn: AsyncConnection, leased: dict[str, _Leased], caps: dict[str, int], deltas: _Deltas
+    ) -> set[str]:
+        """The most each request served from memory may be charged: its hold, while its lease is
+        open (those requests are returned); when the lease is gone (expired under a process that
+        stalled past its ttl, its money back in the account), what the account and the budgets
+        still have available, in arrival order, so nothing is overdrawn."""
+        lease_ids = sorted({memory.lease_id for memory in leased.values() if memory.lease_id is not None})
+        open_leases = (
+            set(
+                (
+                    await conn.execute(select(Hold.request_id).where(Hold.request_id.in_(lease_ids), Hold.state == "open"))
+                ).scalars()
+            )
+            if lease_ids
+            else set()
+        )
+        from_leases: set[str] = set()
+        room: dict[str, int] = {}  # what is still available in accounts and budgets, for the others
+        for request_id, memory in leased.items():
+            if memory.lease_id is None or memory.lease_id in open_leases:
+                caps[request_id] = memory.amount if memory.lease_id is not None else 0
+                if memory.lease_id is not None:
+                    from_leases.add(request_id)
+                continue
+            log.warning(
+                "the balance lease %s was gone when %s settled: charged from what is available", memory.lease_id, request_id
+            )
+            if memory.account not in room:
+                room[memory.account] = max(
+                    0, await _available(conn, memory.account) + deltas.balance[memory.account] - deltas.held[memory.account]
+                )
+            cap = min(memory.amount, room[memory.account])
+            for budget in memory.budget_ids.split():
+                if budget not in room:
+                    row = (
+                        await conn.execute(
+                            select(Budget.limit_nanos, Budget.used_nanos, Budget.held_nanos).where(Budget.id == budget)
+                        )
+                    ).first()
+                    room[budget] = 0 if row is None else max(0, int(row[0]) - int(row[1]) - int(row[2]))
+                cap = min(cap, room[budget])
+            caps[request_id] = cap
+            for pool in [memory.account, *memory.budget_ids.split()]:
+                room[pool] -= cap
+        return from_leases
 
     async def _ensure(self, conn: AsyncConnection, account_id: str, org_id: str | None) -> None:
         if account_id in self._known:
@@ -507,7 +776,14 @@ async def _lock_rows(conn: AsyncConnection, ops: Sequence[Any]) -> None:
             budgets.update(budget for budget, _ in op.budgets)
         elif isinstance(op, _Settle):
             accounts.update((provider(op.upstream), OPERATOR, *(reseller(org) for org in op.resellers)))
-            closing.append(op.request_id)
+            if op.leased is None:
+                closing.append(op.request_id)
+            else:
+                accounts.add(op.leased.account)
+                budgets.update(op.leased.budget_ids.split())
+        elif isinstance(op, _Take):
+            accounts.add(customer(op.org_id))
+            budgets.update(budget for budget, _ in op.budgets)
         elif isinstance(op, _Release):
             closing.append(op.request_id)
         elif isinstance(op, Refund):

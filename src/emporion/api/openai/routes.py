@@ -107,6 +107,7 @@ async def generation(request: Request) -> Response:
     request_id = no_nul(request.query_params.get("id", ""), "id")
     if not request_id:
         raise InvalidRequest("Pass the id of a response as `id`.", param="id")
+    await deps.ledger.flush()  # a request this replica just answered may still be settling
     record = await records.find(deps.db, principal.org_id, request_id)
     if record is None:
         raise NotFound(f"No generation with id `{request_id}`.", param="id", code="generation_not_found")
