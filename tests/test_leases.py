@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import threading
 from decimal import Decimal
 
 import pytest
@@ -27,7 +28,7 @@ from emporion.core.prices import Margin, Price, charge
 from emporion.core.usage import Usage
 from emporion.metering.leases import IDLE_S, Leases
 from emporion.metering.ledger import BudgetExceeded, InsufficientCredits, Ledger, customer
-from emporion.store.group_commit import GroupCommit
+from emporion.store.group_commit import MAX_BACKLOG, MAX_BATCH, GroupCommit
 from emporion.store.session import open_database
 from emporion.store.tables import Entry, Hold, Posting
 from tests.conftest import fresh_postgres
@@ -355,3 +356,56 @@ def test_leases_start_only_on_a_busy_pool_and_stay_within_their_share(tmp_path):
     assert strict_first
     assert 0 < rich_lease <= 10**8  # at most a tenth of the balance
     assert poor_leased == 0  # every one of the poor account's holds was strict
+
+
+def test_the_writer_commits_on_a_thread_of_its_own(tmp_path):
+    """With ``writer_engine`` the transactions run on the writer's own thread and event loop (the
+    gateway's busy loop is left two turns a batch), and the results come back to the caller."""
+
+    async def scenario():
+        db = await open_database(f"sqlite+aiosqlite:///{tmp_path / 'thread.db'}")
+        seen: list[str] = []
+
+        async def apply(conn, ops):
+            seen.append(threading.current_thread().name)
+            await conn.exec_driver_sql("SELECT 1")
+            return [op * 2 for op in ops]
+
+        writer: GroupCommit[int] = GroupCommit(db.engine, apply, writer_engine=db.new_engine)
+        results = await asyncio.gather(*(writer.submit(n) for n in range(5)))
+        writer.defer(7)
+        await writer.flush()
+        thread = writer._thread
+        await writer.aclose()
+        await db.close()
+        return results, seen, thread
+
+    results, seen, thread = asyncio.run(scenario())
+    assert results == [0, 2, 4, 6, 8]
+    assert seen and set(seen) == {"ledger-writer"}
+    assert thread is not None and not thread.thread.is_alive()  # closed with the writer
+
+
+def test_a_full_backlog_holds_callers_back_until_the_writer_catches_up(tmp_path):
+    async def scenario():
+        db = await open_database(f"sqlite+aiosqlite:///{tmp_path / 'backlog.db'}")
+        gate = asyncio.Event()
+
+        async def apply(conn, ops):
+            await gate.wait()  # the database is slow
+            return [None] * len(ops)
+
+        writer: GroupCommit[int] = GroupCommit(db.engine, apply)
+        for number in range(MAX_BACKLOG + MAX_BATCH + 10):
+            writer.defer(number)
+        waiting = asyncio.create_task(writer.room())
+        await asyncio.sleep(0.05)
+        held_back = not waiting.done()
+        gate.set()
+        await asyncio.wait_for(waiting, 5)
+        await writer.aclose()
+        await db.close()
+        return held_back, writer.deferred
+
+    held_back, left = asyncio.run(scenario())
+    assert held_back and left == 0

@@ -28,7 +28,8 @@ What keeps this exact:
 What a crash can lose or delay (kill -9, or the machine): the settlements still queued — those
 of requests answered in the last ``settle_flush_ms`` and one commit, or, while the database is
 unreachable, every one since (at most what the replica's leases held: the strict path refuses
-with 503 once they are spent). Those requests are not charged and have no record; nobody is ever
+with 503 once they are spent) — never more than the group commit's MAX_BACKLOG, past which
+callers wait for the writer. Those requests are not charged and have no record; nobody is ever
 charged twice or more than their hold, nothing is overdrawn, and the books still sum to zero.
 The dead replica's leases (and so the credit of its lost settlements) return to their accounts
 when their hold expires, ``[metering] hold_ttl_s`` after its last renewal. While a lease is
@@ -43,7 +44,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-LEASE_SECONDS = 2.0  # a lease covers this long of its pool's spend
+LEASE_SECONDS = 5.0  # a lease covers this long of its pool's spend (refilled when half is left)
 LEAST_HOLDS = 8  # a lease smaller than this many holds is not worth taking: the pool stays strict
 IDLE_S = 2.0  # a lease unused for this long goes back
 RATE_TAU_S = 1.0  # the time constant of the rates measured per pool

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import BigInteger, bindparam, case, insert, literal, or_, select, update
+from sqlalchemy import BigInteger, bindparam, case, func, insert, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -42,6 +42,7 @@ from emporion.store.session import Database
 from emporion.store.tables import Account, Budget, Entry, Hold, Posting, RequestRecord
 
 CASH, GRANTS, OPERATOR = "cash", "grants", "operator"
+SQLITE_PARAMETERS = 30_000  # parameters in one statement (SQLite allows 32,766)
 log = logging.getLogger("emporion.ledger")
 
 
@@ -187,7 +188,11 @@ class Ledger:
         self._background: set[asyncio.Task[Any]] = set()
         self._tending: asyncio.Task[None] | None = None
         self.writer: GroupCommit[Any] = GroupCommit(
-            db.engine, self._apply, on_rollback=self._known.clear, flush_interval_s=settle_flush_s
+            db.engine,
+            self._apply,
+            on_rollback=self._known.clear,
+            flush_interval_s=settle_flush_s,
+            writer_engine=lambda: db.new_engine(pool_size=1, max_overflow=1),
         )
 
     async def aclose(self) -> None:
@@ -295,6 +300,7 @@ class Ledger:
             if lease is not None and self.leases is not None:
                 self.leases.settled(lease, leased.amount, charged)
             self.writer.defer(_Settle(request_id, charge, upstream, tuple(resellers), record, leased))
+            await self.writer.room()
             return Settled(request_id, Nanos(charged), Nanos(leased.amount - charged))
         try:
             return await self.writer.submit(_Settle(request_id, charge, upstream, tuple(resellers), record))
@@ -367,14 +373,12 @@ class Ledger:
             await self.give_back_idle()
 
     async def give_back_idle(self) -> int:
-        """Gives back the leases unused for IDLE_S (metering/leases.py); returns how many."""
+        """Gives back the leases unused for IDLE_S (metering/leases.py); returns how many (their
+        releases are written behind, after the settlements charged to them)."""
         idle = self.leases.idle() if self.leases is not None else []
-        for lease in idle:
+        for lease in idle:  # deferred: behind the settlements charged to it
             self._live.pop(lease.id, None)
-            try:
-                await self.writer.submit(_Release(lease.id))
-            except Exception as exc:  # its hold expires in the end: hold_ttl_s after its last renewal
-                log.warning("giving a balance lease back failed: %r", exc)
+            self.writer.defer(_Release(lease.id))
         return len(idle)
 
     async def expire(self) -> int:
@@ -508,8 +512,9 @@ class Ledger:
                 results[index] = refusal
         now = int(self.clock())
         if admitted:
-            await conn.execute(
-                insert(Hold),
+            await _insert_rows(
+                conn,
+                Hold,
                 [
                     {
                         "request_id": op.request_id,
@@ -642,29 +647,23 @@ class Ledger:
                 await self._ensure(conn, payee, None)
             now = int(self.clock())
             charged = [request_id for request_id, _ in postings]
-            await conn.execute(insert(Posting), [{"kind": "charge", "request_id": r, "created_at": now} for r in charged])
-            ids = dict(  # read back by their unique (request_id, kind): a RETURNING in parameter order costs far more
-                (
-                    await conn.execute(
-                        select(Posting.request_id, Posting.id).where(Posting.kind == "charge", Posting.request_id.in_(charged))
-                    )
-                ).all()
-            )
+            ids = await _insert_postings(conn, charged, now)
             entries = [
                 {"posting_id": ids[request_id], "account_id": account, "amount_nanos": amount}
                 for request_id, lines in postings
                 for account, amount in lines.items()
             ]
-            await conn.execute(insert(Entry), entries)
+            await _insert_rows(conn, Entry, entries)
             for _, lines in postings:
                 for account, amount in lines.items():
                     deltas.balance[account] += amount
         if records:
-            await conn.execute(insert(RequestRecord), records)
+            await _insert_rows(conn, RequestRecord, records)
         if leased:
             now = int(self.clock())
-            await conn.execute(
-                insert(Hold),
+            await _insert_rows(
+                conn,
+                Hold,
                 [
                     {
                         "request_id": request_id,
@@ -832,6 +831,43 @@ async def _post(conn: AsyncConnection, kind: str, request_id: str | None, lines:
     for account, amount in sorted(lines.items()):
         await conn.execute(update(Account).where(Account.id == account).values(balance_nanos=Account.balance_nanos + amount))
     return True
+
+
+async def _insert_postings(conn: AsyncConnection, request_ids: list[str], now: int) -> dict[str, int]:
+    """One charge posting for each request; returns their ids. On SQLite the ids are given here,
+    after the highest one (the writer holds the database's write lock: nobody else inserts),
+    rather than read back row by row; elsewhere they are read back by their unique
+    (request_id, kind) — a RETURNING in parameter order costs far more."""
+    rows: list[dict[str, Any]] = [{"kind": "charge", "request_id": r, "created_at": now} for r in request_ids]
+    if conn.dialect.name == "sqlite":
+        first = int((await conn.execute(select(func.coalesce(func.max(Posting.id), 0)))).scalar_one()) + 1
+        ids = {request_id: first + offset for offset, request_id in enumerate(request_ids)}
+        await _insert_rows(conn, Posting, [{"id": ids[row["request_id"]], **row} for row in rows])
+        return ids
+    await _insert_rows(conn, Posting, rows)
+    query = select(Posting.request_id, Posting.id).where(Posting.kind == "charge", Posting.request_id.in_(request_ids))
+    return dict((await conn.execute(query)).all())  # type: ignore[arg-type]
+
+
+async def _insert_rows(conn: AsyncConnection, table: Any, rows: list[dict[str, Any]]) -> None:
+    """Rows in bulk. On SQLite as multi-row INSERTs written here (the values as parameters), not an
+    executemany: the sqlite3 driver steps an executemany row by row, letting go of the GIL around
+    each step, and under load every step then waits for the busy event loop's thread to give the
+    GIL back (a batch of 256 settlements took seconds). PostgreSQL's driver is asynchronous, with
+    no thread: an executemany there is one round trip."""
+    if not rows:
+        return
+    if conn.dialect.name != "sqlite":
+        await conn.execute(insert(table), rows)
+        return
+    columns = list(rows[0])
+    per = max(1, SQLITE_PARAMETERS // len(columns))
+    name = table.__table__.name
+    for start in range(0, len(rows), per):
+        chunk = rows[start : start + per]
+        row = "(" + ",".join("?" * len(columns)) + ")"
+        sql = f"INSERT INTO {name} ({','.join(columns)}) VALUES " + ",".join([row] * len(chunk))
+        await conn.exec_driver_sql(sql, tuple(value for item in chunk for value in item.values()))
 
 
 def _amounts(amounts: dict[str, int], key: Any) -> Any:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -31,14 +32,20 @@ class Database:
     def __init__(self, url: str, sqlite_synchronous: SqliteSynchronous = "full") -> None:
         if sqlite_synchronous not in SYNCHRONOUS:
             raise ValueError(f"sqlite_synchronous is one of {', '.join(SYNCHRONOUS)}, not {sqlite_synchronous!r}")
-        url = _with_async_driver(url)
-        self.url = url
-        self.engine: AsyncEngine = create_async_engine(url)
-        if url.startswith("sqlite"):
-            pragmas = partial(_sqlite_pragmas, synchronous=SYNCHRONOUS[sqlite_synchronous])
-            event.listen(self.engine.sync_engine, "connect", pragmas)
-            event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
+        self.url = _with_async_driver(url)
+        self.sqlite_synchronous = sqlite_synchronous
+        self.engine: AsyncEngine = self.new_engine()
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    def new_engine(self, **options: Any) -> AsyncEngine:
+        """An engine on this database, set up like ``engine`` (the ledger's writer has one of its
+        own, on its own event loop: store/group_commit.py)."""
+        engine = create_async_engine(self.url, **options)
+        if self.url.startswith("sqlite"):
+            pragmas = partial(_sqlite_pragmas, synchronous=SYNCHRONOUS[self.sqlite_synchronous])
+            event.listen(engine.sync_engine, "connect", pragmas)
+            event.listen(engine.sync_engine, "begin", _sqlite_begin)
+        return engine
 
     async def migrate(self) -> None:
         async with self.engine.begin() as conn:
