@@ -24,7 +24,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invar
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
-from emporion.core.prices import Margin, Price, charge
+from emporion.core.prices import Margin, charge
 from emporion.core.usage import Usage
 from emporion.metering.leases import IDLE_S, Leases
 from emporion.metering.ledger import BudgetExceeded, InsufficientCredits, Ledger, customer
@@ -32,17 +32,7 @@ from emporion.store.group_commit import MAX_BACKLOG, MAX_BATCH, GroupCommit
 from emporion.store.session import open_database
 from emporion.store.tables import Entry, Hold, Posting
 from tests.conftest import fresh_postgres
-from tests.test_ledger import Clock, _budget_spent, _charges_per_request, _empty, _held, _org
-
-PRICE = Price(prompt=Decimal("0.000001"), completion=Decimal("0.000004"))
-
-
-class Monotonic:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.test_ledger import PRICE, Clock, _budget_spent, _charges_per_request, _empty, _held, _org
 
 
 class LeasedBooks(RuleBasedStateMachine):
@@ -54,7 +44,7 @@ class LeasedBooks(RuleBasedStateMachine):
         self.loop = asyncio.new_event_loop()
         self.db = self.run(open_database(self.url))
         self.run(_empty(self.db))
-        self.clock, self.mono = Clock(), Monotonic()
+        self.clock, self.mono = Clock(), Clock()
         self.ledger = self.new_ledger()
         self.orgs = [self.run(_org(self.db, f"org-{i}-{secrets.token_hex(3)}")) for i in range(2)]
         self.budget = ("budget:" + secrets.token_hex(4), 3 * 10**7)
@@ -333,7 +323,7 @@ def test_leases_start_only_on_a_busy_pool_and_stay_within_their_share(tmp_path):
 
     async def scenario():
         db = await open_database(f"sqlite+aiosqlite:///{tmp_path / 'share.db'}")
-        mono = Monotonic()
+        mono = Clock()
         ledger = Ledger(db, leases=Leases(min_rate=10, share=0.1, clock=mono), settle_flush_s=0.005)
         rich, poor = await _org(db, "rich"), await _org(db, "poor")
         await ledger.top_up(rich, 10**9)
