@@ -2,8 +2,13 @@
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
+# LiteLLM Proxy, the peer bench/run.py --peers measures, in a venv of its own (its pins are not ours).
+# 1.108.7: the newest whose [proxy] extra resolves from the package index this project uses (later ones pin
+# litellm-proxy-extras / litellm-enterprise releases it does not have, or a litellm-proxy package).
+PEERS := .venv-peers
+LITELLM_VERSION := 1.108.7
 
-.PHONY: install serve test bench bench-quick
+.PHONY: install serve test bench bench-quick bench-peers
 
 # torch first: 2.13.0 is the CPU build (an unpinned torch would pull gigabytes of CUDA wheels).
 $(BIN)/emporion: pyproject.toml
@@ -39,3 +44,14 @@ bench-quick: install
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/python -m bench.run --quick
 	$(BIN)/python -m bench.metering --quick
+
+# The stamp names the version: changing LITELLM_VERSION reinstalls.
+$(PEERS)/.litellm-$(LITELLM_VERSION):
+	$(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/pip install --quiet 'litellm[proxy]==$(LITELLM_VERSION)'
+	touch $@
+
+bench-peers: install $(PEERS)/.litellm-$(LITELLM_VERSION)
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/python -m bench.run --quick --no-engine --peers

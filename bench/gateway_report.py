@@ -1,5 +1,6 @@
-"""What bench/run.py measured, as bench/results/gateway.md (tables, side-by-side ratios, the targets
-met or not) and gateway.png (req/s and overhead p50 per target and concurrency)."""
+"""What bench/run.py measured, as bench/results/gateway.md (tables, side-by-side ratios, the peers
+when measured, the targets met or not) and gateway.png (req/s and overhead p50 per target and
+concurrency, and against the 50 ms upstream)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 LEVELS = (1, 16, 64)
-ROLES = {  # the report's roles for the Emporion targets, and how the side-by-side tables head them
+SLOW_LEVEL, SLOW_DELAY_MS = 64, 50  # the scenario against the upstream that takes its time: concurrency, delay
+SLOW = f"{SLOW_LEVEL}, {SLOW_DELAY_MS} ms upstream"  # its row in the side-by-side tables
+ROLES = {  # the report's roles for the gateway targets, and how the side-by-side tables head them
     "sqlite_on": "SQLite, money on",
     "sqlite_off": "SQLite, money off",
     "pg_on": "PG+Redis, money on",
     "baseline": "baseline",
     "sqlite_on_normal": "SQLite NORMAL, money on",
+    "litellm": "LiteLLM",  # with --peers: LiteLLM Proxy, the one role that is not Emporion
 }
+PEER_ROLES = ("litellm",)
 
 
 @dataclass
@@ -34,12 +39,14 @@ class Measure:
 
 @dataclass
 class Results:
-    names: list[str]  # in table order: direct, floor, then the Emporion targets
+    names: list[str]  # in table order: direct, floor, the Emporion targets, then the peers
     roles: dict[str, str]  # role (a key of ROLES) -> target name
     probe_cost_usd: dict[str, float | None] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)  # target name -> what code it ran
     chat: dict[tuple[str, int], list[Measure]] = field(default_factory=dict)
     stream: dict[tuple[str, int], list[Measure]] = field(default_factory=dict)
+    slow: dict[str, list[Measure]] = field(default_factory=dict)  # non-streamed, SLOW_LEVEL, the 50 ms upstream
+    ready_s: dict[str, float] = field(default_factory=dict)  # a peer's name -> seconds from its start to ready
     soak: list[tuple[int, float]] = field(default_factory=list)
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
     wall_s: float = 0.0
@@ -93,6 +100,8 @@ def report(results: Results, rounds: int, duration_s: float) -> str:
                 f"| {name} | {level} | {m.rps:,.0f} | {share} | {m.p50_ms:.2f} | {m.p99_ms:.2f} | {over} | "
                 f"{m.cpu_s_per_1k:.2f} | {_stores(m)} | {m.errors} |"
             )
+    slow = {name: median_measure(values) for name, values in results.slow.items()}
+    lines += ["", *_slow(results, slow)]
     lines += [
         "",
         "## Streamed chat completions (20 chunks, 2 ms apart)",
@@ -110,8 +119,38 @@ def report(results: Results, rounds: int, duration_s: float) -> str:
                 f"| {name} | {level} | {m.rps:,.0f} | {m.ttft_p50_ms:.2f} | {m.ttft_p99_ms:.2f} | {over} | "
                 f"{m.p50_ms:.2f} | {m.p99_ms:.2f} | {m.cpu_s_per_1k:.2f} | {_stores(m)} | {m.errors} |"
             )
-    lines += ["", *_side_by_side(results, chat), "", *_memory(results), "", *_targets(results, chat, stream)]
+    lines += ["", *_side_by_side(results, chat, slow)]
+    if any(role in results.roles for role in PEER_ROLES):
+        lines += ["", *_peers(results, chat, stream, slow)]
+    lines += ["", *_memory(results), "", *_targets(results, chat, stream)]
     return "\n".join(lines) + "\n"
+
+
+def _slow(results: Results, slow: dict[str, Measure]) -> list[str]:
+    """The 50 ms scenario: a second fake upstream that answers every request after 50 ms, its own
+    floor proxy, and each gateway's route to it (model ``fake-slow``)."""
+    direct, floor = slow["direct"], slow["floor"]
+    lines = [
+        f"## Non-streamed chat completions, concurrency {SLOW_LEVEL}, {SLOW_DELAY_MS} ms upstream",
+        "",
+        f"A second fake upstream answers every request after {SLOW_DELAY_MS} ms, as a model would; it has its own floor "
+        f"proxy, and every gateway routes model `fake-slow` to it (priced like `fake` where money is on). At concurrency "
+        f"{SLOW_LEVEL} no proxy can pass more than {SLOW_LEVEL} / {SLOW_DELAY_MS} ms = "
+        f"{SLOW_LEVEL * 1000 / SLOW_DELAY_MS:,.0f} req/s. Overheads are over direct to this upstream.",
+        "",
+        "| target | req/s | % of floor | p50 ms | p99 ms | overhead p50 ms | overhead p99 ms | CPU ms / req "
+        "| stores' CPU ms / req | errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name in results.names:
+        m = slow[name]
+        share = "–" if name == "direct" else f"{m.rps / floor.rps:.0%}"
+        over = "– | –" if name == "direct" else f"{m.p50_ms - direct.p50_ms:.2f} | {m.p99_ms - direct.p99_ms:.2f}"
+        lines.append(
+            f"| {name} | {m.rps:,.0f} | {share} | {m.p50_ms:.2f} | {m.p99_ms:.2f} | {over} | {m.cpu_s_per_1k:.2f} | "
+            f"{_stores(m)} | {m.errors} |"
+        )
+    return lines
 
 
 def _preamble(results: Results) -> list[str]:
@@ -126,21 +165,34 @@ def _preamble(results: Results) -> list[str]:
         "| target | runs | cost of the probe request (USD) |",
         "| --- | --- | ---: |",
     ]
-    for name in results.names[2:]:
-        cost = results.probe_cost_usd.get(name)
-        lines.append(f"| {name} | {results.sources.get(name, '')} | {'not reported' if cost is None else f'{cost:.8f}'} |")
+    for name in _emporion(results):
+        lines.append(f"| {name} | {results.sources.get(name, '')} | {_usd(results.probe_cost_usd.get(name))} |")
     lines += [
         "",
         "Each revision runs with its own defaults: SQLite commits with `synchronous=FULL` since da6014f, `NORMAL` before.",
     ]
+    for role in PEER_ROLES:
+        if role in results.roles:
+            name = results.roles[role]
+            lines += ["", f"Peer: {name}, `{results.sources.get(name, '')}` (see Peers below)."]
     return lines
+
+
+def _usd(cost: float | None) -> str:
+    return "not reported" if cost is None else f"{cost:.8f}"
+
+
+def _emporion(results: Results) -> list[str]:
+    """The Emporion targets' names, in table order."""
+    peer_names = {results.roles[role] for role in PEER_ROLES if role in results.roles}
+    return [name for name in results.names[2:] if name not in peer_names]
 
 
 def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}×" if b else "–"
 
 
-def _side_by_side(results: Results, chat: dict[tuple[str, int], Measure]) -> list[str]:
+def _side_by_side(results: Results, chat: dict[tuple[str, int], Measure], slow: dict[str, Measure]) -> list[str]:
     roles = {role: name for role, name in results.roles.items()}
     present = [role for role in ROLES if role in roles]
     comparisons = [
@@ -151,6 +203,7 @@ def _side_by_side(results: Results, chat: dict[tuple[str, int], Measure]) -> lis
     ]
     comparisons = [c for c in comparisons if c[0] in roles and c[1] in roles]
     heads = [roles[role] if role == "baseline" else ROLES[role] for role in present]
+    scenarios = _scenarios(results, chat, slow)
     lines = [
         "## Side by side (non-streamed)",
         "",
@@ -159,10 +212,10 @@ def _side_by_side(results: Results, chat: dict[tuple[str, int], Measure]) -> lis
         "| concurrency | floor | " + " | ".join(heads) + " | " + " | ".join(c[2] for c in comparisons) + " |",
         "| ---: " * (2 + len(heads) + len(comparisons)) + "|",
     ]
-    for level in LEVELS:
-        rps = {role: chat[(roles[role], level)].rps for role in present}
+    for label, measures in scenarios:
+        rps = {role: measures[roles[role]].rps for role in present}
         cells = [f"{rps[role]:,.0f}" for role in present] + [_ratio(rps[a], rps[b]) for a, b, _ in comparisons]
-        lines.append(f"| {level} | {chat[('floor', level)].rps:,.0f} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label} | {measures['floor'].rps:,.0f} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "Overhead p50 over direct (ms), and the differences between targets:",
@@ -174,11 +227,73 @@ def _side_by_side(results: Results, chat: dict[tuple[str, int], Measure]) -> lis
         + " |",
         "| ---: " * (2 + len(heads) + len(comparisons)) + "|",
     ]
-    for level in LEVELS:
-        direct = chat[("direct", level)].p50_ms
-        over = {role: chat[(roles[role], level)].p50_ms - direct for role in present}
+    for label, measures in scenarios:
+        direct = measures["direct"].p50_ms
+        over = {role: measures[roles[role]].p50_ms - direct for role in present}
         cells = [f"{over[role]:.2f}" for role in present] + [f"{over[a] - over[b]:+.2f}" for a, b, _ in comparisons]
-        lines.append(f"| {level} | {chat[('floor', level)].p50_ms - direct:.2f} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label} | {measures['floor'].p50_ms - direct:.2f} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _scenarios(
+    results: Results, chat: dict[tuple[str, int], Measure], slow: dict[str, Measure]
+) -> list[tuple[str, dict[str, Measure]]]:
+    """The non-streamed scenarios as (label, target name -> median): each concurrency, then the 50 ms upstream."""
+    scenarios = [(str(level), {name: chat[(name, level)] for name in results.names}) for level in LEVELS]
+    return scenarios + [(SLOW, slow)]
+
+
+def _ttft_overhead(stream: dict[tuple[str, int], Measure], name: str, level: int) -> float:
+    """Time to first chunk p50 over direct's, in ms (nan where a run got no chunk)."""
+    theirs, direct = stream[(name, level)].ttft_p50_ms, stream[("direct", level)].ttft_p50_ms
+    return float("nan") if theirs is None or direct is None else theirs - direct
+
+
+def _peers(
+    results: Results, chat: dict[tuple[str, int], Measure], stream: dict[tuple[str, int], Measure], slow: dict[str, Measure]
+) -> list[str]:
+    """Emporion against the peers, as ratios of this run's own medians (on a shared 2-core machine only
+    ratios measured side by side mean anything)."""
+    ours = [role for role in ("sqlite_on", "sqlite_off", "pg_on") if role in results.roles]
+    lines = ["## Peers", ""]
+    for peer in (role for role in PEER_ROLES if role in results.roles):
+        name = results.roles[peer]
+        lines += [
+            f"{name}: `{results.sources.get(name, '')}`, started with `--num_workers 1` (uvicorn in the CLI's own "
+            "process), no database (the master key is the only key: no key lookup and no spend written anywhere, so it "
+            "does less per request than any Emporion target here), both models priced like Emporion's money-on ones "
+            f"(it computes each response's cost: {_usd(results.probe_cost_usd.get(name))} for the probe request), its "
+            "bundled model cost map, telemetry off, log level ERROR. Ready "
+            f"{results.ready_s.get(name, float('nan')):.1f} s after its start, started alone; peak RSS "
+            f"{results.peak_rss_mb.get(name, float('nan')):.0f} MB.",
+            "",
+            f"Measured in this run: req/s of each Emporion target ÷ {ROLES[peer]}'s, and overhead p50 over direct (ms):",
+            "",
+            f"| concurrency | {ROLES[peer]} req/s | "
+            + " | ".join(f"{ROLES[role]} ÷ {ROLES[peer]}" for role in ours)
+            + f" | {ROLES[peer]} overhead p50 | "
+            + " | ".join(f"{ROLES[role]} overhead p50" for role in ours)
+            + f" | {ROLES[peer]} CPU ms / req | {ROLES['sqlite_on']} CPU ms / req |",
+            "| ---: " * (5 + 2 * len(ours)) + "|",
+        ]
+        for label, measures in _scenarios(results, chat, slow):
+            theirs, direct = measures[name], measures["direct"].p50_ms
+            cells = [f"{theirs.rps:,.0f}"]
+            cells += [_ratio(measures[results.roles[role]].rps, theirs.rps) for role in ours]
+            cells += [f"{theirs.p50_ms - direct:.2f}"]
+            cells += [f"{measures[results.roles[role]].p50_ms - direct:.2f}" for role in ours]
+            cells += [f"{theirs.cpu_s_per_1k:.2f}", f"{measures[results.roles['sqlite_on']].cpu_s_per_1k:.2f}"]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        ttft = {level: _ttft_overhead(stream, name, level) for level in LEVELS}
+        mine = {level: _ttft_overhead(stream, results.roles["sqlite_on"], level) for level in LEVELS}
+        lines += [
+            "",
+            f"Streamed, TTFT overhead p50 over direct: {ROLES[peer]} "
+            + ", ".join(f"{ttft[level]:.2f} ms at {level}" for level in LEVELS)
+            + f"; {ROLES['sqlite_on']} "
+            + ", ".join(f"{mine[level]:.2f} ms at {level}" for level in LEVELS)
+            + ".",
+        ]
     return lines
 
 
@@ -269,19 +384,21 @@ def plot(results: Results, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     chat = {key: median_measure(values) for key, values in results.chat.items()}
+    slow = {name: median_measure(values) for name, values in results.slow.items()}
+    scenarios = _scenarios(results, chat, slow)
     figure, axes = plt.subplots(1, 2, figsize=(13, 4.8))
     names = results.names
     width = 0.8 / len(names)
     for i, name in enumerate(names):
-        xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(LEVELS))]
-        axes[0].bar(xs, [chat[(name, level)].rps for level in LEVELS], width, label=name, color=f"C{i}")
+        xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(scenarios))]
+        axes[0].bar(xs, [measures[name].rps for _, measures in scenarios], width, label=name, color=f"C{i}")
         if name != "direct":
-            overhead = [max(0.01, chat[(name, level)].p50_ms - chat[("direct", level)].p50_ms) for level in LEVELS]
+            overhead = [max(0.01, measures[name].p50_ms - measures["direct"].p50_ms) for _, measures in scenarios]
             axes[1].bar(xs, overhead, width, label=name, color=f"C{i}")
     axes[0].set(yscale="log", xlabel="concurrency", ylabel="requests/s", title="Throughput, non-streamed (higher is better)")
     axes[1].set(yscale="log", xlabel="concurrency", ylabel="ms", title="Overhead p50 over direct, non-streamed (lower is better)")
     for axis in axes:
-        axis.set_xticks(range(len(LEVELS)), [str(level) for level in LEVELS])
+        axis.set_xticks(range(len(scenarios)), [label for label, _ in scenarios])
         axis.grid(alpha=0.3, axis="y")
     handles, labels = axes[0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)

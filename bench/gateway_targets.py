@@ -79,20 +79,15 @@ def extract_src(rev: str, into: Path) -> Path:
     return into / "src"
 
 
-def config_toml(target: Target, upstream_url: str, database_url: str | None) -> str:
-    lines = [
-        "[engine]",
-        "enabled = false",
-        "[embeddings]",
-        "enabled = false",
-        "[[upstreams]]",
-        'name = "fake"',
-        f'base_url = "{upstream_url}/v1"',
-        '[models."fake"]',
-        'upstream = "fake"',
-    ]
-    if target.priced:
-        lines.append(f'pricing = {{ prompt = "{PROMPT_USD}", completion = "{COMPLETION_USD}" }}')
+def config_toml(target: Target, upstream_url: str, database_url: str | None, slow_upstream_url: str | None = None) -> str:
+    """The target's config.toml: model ``fake`` on the fake upstream and, with ``slow_upstream_url``,
+    model ``fake-slow`` on the one that answers after a delay, priced (or not) the same way."""
+    lines = ["[engine]", "enabled = false", "[embeddings]", "enabled = false"]
+    models = [("fake", upstream_url)] + ([("fake-slow", slow_upstream_url)] if slow_upstream_url else [])
+    for model, url in models:
+        lines += ["[[upstreams]]", f'name = "{model}"', f'base_url = "{url}/v1"', f'[models."{model}"]', f'upstream = "{model}"']
+        if target.priced:
+            lines.append(f'pricing = {{ prompt = "{PROMPT_USD}", completion = "{COMPLETION_USD}" }}')
     lines += [
         "[metering]",
         'free_credit_usd = "1000000"',
