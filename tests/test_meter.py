@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from decimal import Decimal
 
 from hypothesis import given
@@ -10,8 +11,9 @@ from hypothesis import strategies as st
 
 from emporion.auth.principal import Principal
 from emporion.catalog.models import Deployment, Model
-from emporion.core.prices import Margin, Price, charge
+from emporion.core.prices import Margin, Price, charge, seen_by
 from emporion.core.usage import Usage
+from emporion.metering import pricebook as pricebook_module
 from emporion.metering.estimate import prompt_bound
 from emporion.metering.meter import budgets_of, worst_case
 from emporion.metering.pricebook import PriceBook
@@ -110,6 +112,50 @@ def test_prices_and_margins_are_versioned_by_effective_time(tmp_path):
             fresh = PriceBook(db)  # another replica reads the same versions
             await fresh.load()
             assert fresh.priced(m, a, at=150) == book.priced(m, a, at=150)
+        finally:
+            await db.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_price_for_now_is_kept_only_while_a_fresh_lookup_would_give_it(tmp_path, monkeypatch):
+    clock = [50.0]
+    monkeypatch.setattr(pricebook_module, "time", type("Clock", (), {"time": staticmethod(lambda: clock[0])}))
+
+    async def scenario():
+        db = await open_database(f"sqlite+aiosqlite:///{tmp_path / 'prices.db'}")
+        try:
+            book = PriceBook(db)
+            m = model([("a", None)], Pricing(prompt=Decimal("0.1"), completion=Decimal("0.2")))
+            (a,) = m.deployments
+            markups = [Margin(Decimal(5))]
+
+            def agrees() -> bool:
+                fresh = book.priced(m, a, at=clock[0])
+                dearest = replace(fresh.price, prompt=max(fresh.price.prompt, fresh.price.cached_prompt or 0), cached_prompt=None)
+                return (
+                    book.priced(m, a) == fresh
+                    and book.paid(m, a, markups) == seen_by(fresh.price, fresh.margin, markups)
+                    and book.dearest(m, a).price == replace(dearest, cache_write=None)
+                )
+
+            assert agrees() and book.priced(m, a).price_id is None
+            repriced = model([("a", None)], Pricing(prompt=Decimal("0.9")))  # the live catalog made new objects
+            assert book.priced(repriced, repriced.deployments[0]).price.prompt == Decimal("0.9")
+            await book.set_price("m", Price(prompt=Decimal("0.000001"), completion=Decimal("0.000002")), effective_at=100)
+            await book.set_price(
+                "m", Price(Decimal("0.000003"), Decimal("0.000004"), cached_prompt=Decimal("0.00001")), effective_at=200
+            )
+            await book.set_margin(Margin(Decimal(10)), effective_at=150)
+            for now in (50, 99, 100, 149.5, 150, 199, 200, 10**10, 120, 99):  # forwards across each version, then back
+                clock[0] = now
+                assert agrees(), now
+            clock[0] = 300
+            assert book.priced(m, a).price.prompt == Decimal("0.000003")
+            await book.set_price(
+                "m", Price(prompt=Decimal("0.7"), completion=Decimal("0.7")), effective_at=250
+            )  # a change: load()
+            assert agrees() and book.priced(m, a).price.prompt == Decimal("0.7")
         finally:
             await db.close()
 

@@ -209,3 +209,23 @@ def test_a_resellers_customer_pays_the_operators_price_plus_the_markup_and_the_r
     assert balances[f"reseller:{parent}"] == markup
     assert balances[f"customer:{child}"] == 10 * 10**9 - base - markup
     assert balances[f"customer:{parent}"] == 90 * 10**9  # the reseller's own credit paid only the transfer
+
+
+def test_a_client_that_leaves_a_non_streamed_request_stops_it_and_releases_its_hold(gateway, fake_openai):
+    key = new_key(gateway, "meter-leave")
+    fake_openai.enqueue(Script(text="too late", delay_s=3))  # the upstream would answer after 3 s
+    body = {"model": "luxury", "messages": USER, "max_tokens": 10}
+    left = time.monotonic()
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{gateway.url}/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}, timeout=0.3)
+    rows: list[tuple] = []
+    with sqlite3.connect(gateway.data_dir / "emporion.db") as db:
+        org = db.execute("SELECT org_id FROM api_keys WHERE prefix = ?", [key[:8]]).fetchone()[0]
+        while not rows and time.monotonic() - left < 2.5:  # settled before the upstream's answer was due
+            rows = db.execute(
+                "SELECT status, usage_source, input_tokens, output_tokens FROM requests WHERE org_id = ?", [org]
+            ).fetchall()
+            time.sleep(0.02)
+        balance, held = db.execute("SELECT balance_nanos, held_nanos FROM accounts WHERE id = ?", [f"customer:{org}"]).fetchone()
+    # No answer came, so no deployment is known to have served it: nothing is charged.
+    assert (rows, balance, held) == ([("cancelled", "none", 0, 0)], 100 * 10**9, 0)

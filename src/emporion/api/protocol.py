@@ -10,6 +10,7 @@ import httptools
 import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from emporion.api.disconnect import GONE
 from emporion.api.middleware import new_request_id
 from emporion.errors import EmporionError, InvalidRequest, RequestTimeout
 
@@ -31,7 +32,11 @@ class EdgeProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_header_timer()
+        cycle = self.cycle
         super().connection_lost(exc)
+        if cycle is not None and cycle.disconnected:
+            for gone in cycle.scope.get(GONE, ()):  # type: ignore[attr-defined]  # uvicorn's scope is a TypedDict; the key is ours
+                gone()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -43,6 +48,7 @@ class EdgeProtocol(HttpToolsProtocol):
         self._in_headers = False
         self._disarm_header_timer()
         super().on_headers_complete()
+        self.scope[GONE] = []  # type: ignore[literal-required]  # api/disconnect.py: told when the client leaves
 
     def send_400_response(self, msg: str) -> None:
         exc = sys.exception()  # uvicorn calls this while handling the parser's error

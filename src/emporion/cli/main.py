@@ -107,6 +107,7 @@ def serve(
             loop="uvloop",
             http=http_protocol(settings),
             access_log=access_log,
+            proxy_headers=access_log,  # X-Forwarded-For names the client only to the access log; without it, no work
             log_level="info",
             timeout_graceful_shutdown=10,
         )

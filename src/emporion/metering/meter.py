@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from emporion.auth.principal import Principal
 from emporion.catalog.models import Deployment, Model
 from emporion.core.money import Nanos
-from emporion.core.prices import ZERO, Charge, charge
+from emporion.core.prices import Charge, charge
 from emporion.core.usage import Usage
 from emporion.metering.ledger import Ledger, Settled
 from emporion.metering.pricebook import PriceBook, Priced
@@ -135,13 +135,10 @@ def worst_case(
     output token it may generate, on the dearest of the deployments that may serve it."""
     markups = [markup for _, markup in principal.resellers]
     worst = 0
+    usage = Usage(input_tokens=prompt_tokens, output_tokens=output_tokens)
     for model, deployment in deployments:
-        priced = pricebook.priced(model, deployment)
-        price = priced.price
-        dearest_input = max(price.prompt, price.cached_prompt or ZERO, price.cache_write or ZERO)
-        bound = replace(price, prompt=dearest_input, cached_prompt=None, cache_write=None)
-        usage = Usage(input_tokens=prompt_tokens, output_tokens=output_tokens)
-        worst = max(worst, charge(usage, bound, priced.margin, markups).total)
+        dearest = pricebook.dearest(model, deployment)
+        worst = max(worst, charge(usage, dearest.price, dearest.margin, markups).total)
     return Nanos(worst)
 
 

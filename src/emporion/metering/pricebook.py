@@ -5,15 +5,20 @@ what a past request cost, and every request record names the price and margin ro
 charged under, so any charge can be explained and re-rated. Without a row, the config file's
 ``pricing`` applies (price id null). Lookups are in memory; ``load`` re-reads the rows (each
 replica does so every few seconds, and at once after a change it made itself).
+
+Every request looks its deployments' prices up several times (routing, the hold, the settlement),
+so the answer for now is kept per deployment until the next version of any row it was chosen
+from takes effect (or the next ``load``): a cached answer is always the one a fresh lookup gives.
 """
 
 from __future__ import annotations
 
 import bisect
+import math
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Protocol
 
@@ -21,10 +26,11 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from emporion.catalog.models import Deployment, Model
-from emporion.core.prices import Margin, Price, seen_by
+from emporion.core.prices import ZERO, Margin, Price, seen_by
 from emporion.store.session import Database
 from emporion.store.tables import MarginRow, PriceRow
 
+MAX_MARKUP_CHAINS = 1024  # customers' prices kept per deployment (one per chain of reseller markups)
 GLOBAL = ""  # the model id of the global margin, and the upstream of a model-wide price
 
 
@@ -52,6 +58,22 @@ class _Versions:
         index = bisect.bisect_right(self.times, moment)
         return self.values[index - 1] if index else None
 
+    def window(self, moment: float) -> tuple[float, float]:
+        """The span around ``moment`` in which ``at`` gives the same answer."""
+        index = bisect.bisect_right(self.times, moment)
+        return (self.times[index - 1] if index else -math.inf), (self.times[index] if index < len(self.times) else math.inf)
+
+
+@dataclass(slots=True)
+class _Kept:
+    model: Model  # the catalog's objects it was computed from (a catalog refresh makes new ones)
+    deployment: Deployment
+    since: float
+    until: float
+    priced: Priced
+    paid: dict[tuple[Margin, ...], Price]  # by the customer's markups
+    dearest: Priced | None = None
+
 
 class PriceBook:
     def __init__(self, db: Database, default_margin: Margin = Margin()) -> None:
@@ -59,6 +81,7 @@ class PriceBook:
         self.default_margin = default_margin
         self._prices: dict[tuple[str, str], _Versions] = {}
         self._margins: dict[str, _Versions] = {}
+        self._kept: dict[tuple[str, str], _Kept] = {}  # by (model, upstream): the answer for now
 
     async def load(self) -> None:
         prices: dict[tuple[str, str], _Versions] = defaultdict(_Versions)
@@ -68,14 +91,48 @@ class PriceBook:
                 prices[(price_row.model_id, price_row.upstream)].add(price_row.effective_at, price_row.id, _price(price_row))
             for row in await conn.execute(select(MarginRow)):
                 margins[row.model_id].add(row.effective_at, row.id, Margin(Decimal(row.percent), Decimal(row.fixed)))
-        self._prices, self._margins = dict(prices), dict(margins)
+        self._prices, self._margins, self._kept = dict(prices), dict(margins), {}
 
     def priced(self, model: Model, deployment: Deployment, at: float | None = None) -> Priced:
         """What a request to ``model`` served by ``deployment`` costs at ``at`` (default now)."""
-        at = time.time() if at is None else at
+        if at is not None:
+            return self._lookup(model, deployment, at)
+        return self._now(model, deployment).priced
+
+    def _lookup(self, model: Model, deployment: Deployment, at: float) -> Priced:
         price, price_id = self.price(model, deployment, at)
         margin, margin_id = self.margin(model.id, at)
         return Priced(price, price_id, margin, margin_id)
+
+    def _now(self, model: Model, deployment: Deployment) -> _Kept:
+        now = time.time()
+        key = (model.id, deployment.upstream)
+        kept = self._kept.get(key)
+        if kept is not None and kept.since <= now < kept.until and kept.model is model and kept.deployment is deployment:
+            return kept
+        since, until = -math.inf, math.inf
+        for versions in (
+            self._prices.get((model.id, deployment.upstream)),
+            self._prices.get((model.id, GLOBAL)),
+            self._margins.get(model.id),
+            self._margins.get(GLOBAL),
+        ):
+            if versions is not None:
+                start, end = versions.window(now)
+                since, until = max(since, start), min(until, end)
+        kept = _Kept(model, deployment, since, until, self._lookup(model, deployment, now), {})
+        self._kept[key] = kept
+        return kept
+
+    def dearest(self, model: Model, deployment: Deployment) -> Priced:
+        """``priced`` now, with every input token at the dearest of the input prices (prompt,
+        cached, cache write): what a request's worst case is held at."""
+        kept = self._now(model, deployment)
+        if kept.dearest is None:
+            price = kept.priced.price
+            highest = max(price.prompt, price.cached_prompt or ZERO, price.cache_write or ZERO)
+            kept.dearest = replace(kept.priced, price=replace(price, prompt=highest, cached_prompt=None, cache_write=None))
+        return kept.dearest
 
     def list_price(self, model: Model, markups: Sequence[Margin] = ()) -> Price:
         """What a customer under ``markups`` pays for the model now (its first deployment), the
@@ -85,8 +142,14 @@ class PriceBook:
     def paid(self, model: Model, deployment: Deployment, markups: Sequence[Margin] = ()) -> Price:
         """What a customer under ``markups`` pays per token for ``model`` on ``deployment`` now:
         what routing compares (``sort=price``, ``:floor``, ``max_price``)."""
-        priced = self.priced(model, deployment)
-        return seen_by(priced.price, priced.margin, markups)
+        kept = self._now(model, deployment)
+        key = tuple(markups)
+        paid = kept.paid.get(key)
+        if paid is None:
+            if len(kept.paid) >= MAX_MARKUP_CHAINS:
+                kept.paid.clear()
+            paid = kept.paid[key] = seen_by(kept.priced.price, kept.priced.margin, markups)
+        return paid
 
     def price(self, model: Model, deployment: Deployment, at: float) -> tuple[Price, int | None]:
         for key in ((model.id, deployment.upstream), (model.id, GLOBAL)):

@@ -176,6 +176,8 @@ def _allowed_by(prefs: Preferences, candidate: Candidate, price_of: PriceOf) -> 
         return False
     if prefs.deny_data_collection and candidate.upstream.data_collection != "deny":
         return False
+    if prefs.max_prompt_price is None and prefs.max_completion_price is None:
+        return True
     price = price_of(candidate)
     if prefs.max_prompt_price is not None and price.prompt > prefs.max_prompt_price:
         return False
