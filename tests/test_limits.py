@@ -28,6 +28,7 @@ from emporion.limits import (
     Decision,
     Limit,
     LimitExceeded,
+    Quota,
     Rate,
     admit,
     decide,
@@ -326,6 +327,15 @@ async def test_redis_down_falls_back_to_each_replicas_share_and_warns_once(caplo
             with pytest.raises(RateLimited):
                 async with limiter.concurrency("key:k", 8):
                     pass
+        tokens = Limit("org:o", "tokens", Rate(400), 50)  # a share of 100
+        async with limiter.hold([tokens], [("key:h", 4)]) as held:  # one slot of 4 / 4
+            assert held.decision.quotas["tokens"] == Quota(100, 50, held.decision.quotas["tokens"].reset_s)
+            with pytest.raises(RateLimited):
+                async with limiter.hold([], [("key:h", 4)]):
+                    pass
+            held.used["tokens"] = 0
+        async with limiter.hold([replace(tokens, cost=100)], [("key:h", 4)]):  # all given back, and the slot
+            pass
     await limiter.aclose()
     assert outcomes == [5] * 5 + ["429"] * 5  # 20 / 4 replicas
     warnings = [r for r in caplog.records if r.name == "emporion.limits.redis"]
@@ -422,6 +432,35 @@ async def test_concurrency_holds_at_most_n_slots_and_frees_them_on_error_and_can
     with pytest.raises(asyncio.CancelledError):
         await holder
     async with limiter.concurrency("key:c", 1):
+        pass
+
+
+async def test_hold_is_all_or_nothing_and_the_buckets_keep_what_was_used(limiter) -> None:
+    requests, tokens = Limit("key:h", "requests", Rate(5, 3600), 1), Limit("org:h", "tokens", Rate(100, 3600), 40)
+
+    async def remaining() -> tuple[int, int]:
+        quotas = (await limiter.check([replace(requests, cost=0), replace(tokens, cost=0)])).quotas
+        return quotas["requests"].remaining, quotas["tokens"].remaining
+
+    async with limiter.hold([requests, tokens], [("key:h", 1)]) as held:
+        assert held.decision.allowed and held.decision.quotas["tokens"].remaining == 60
+        with pytest.raises(RateLimited, match=r"Too many concurrent requests \(key h\): Limit 1"):
+            async with limiter.hold([requests, tokens], [("key:h", 1)]):
+                pass
+        assert await remaining() == (4, 60)  # the one turned away for its slot was charged nothing
+        held.used["tokens"] = 10
+    assert await remaining() == (4, 90)  # 30 of the 40 feared given back
+    with pytest.raises(RateLimited, match="Request too large for tokens"):
+        async with limiter.hold([requests, replace(tokens, cost=500)], [("key:h", 1)]):
+            pass
+    async with limiter.hold([requests, tokens], [("key:h", 1)]) as held:  # that took no slot either
+        held.used["tokens"] = 70
+    assert await remaining() == (3, 20)  # 30 more than feared taken
+    with pytest.raises(ZeroDivisionError):
+        async with limiter.hold([requests, replace(tokens, cost=20)], [("key:h", 1)]):
+            1 / 0  # noqa: B018
+    assert await remaining() == (2, 0)  # what it did not say it used stays charged: the estimate
+    async with limiter.hold([], [("key:h", 1)]):  # and its slot is free
         pass
 
 
@@ -538,9 +577,12 @@ async def admitted_in_a_burst(limiters: list[RedisLimiter], limit: Limit, n: int
     return sum(await asyncio.gather(*(one(i) for i in range(n))))
 
 
-async def peak_in_a_burst(limiters: list[RedisLimiter], scope: str, most: int, n: int = BURST) -> tuple[int, int]:
+async def peak_in_a_burst(
+    limiters: list[RedisLimiter], scope: str, most: int, n: int = BURST, how: str = "concurrency"
+) -> tuple[int, int]:
     """``n`` requests at once through ``limiters`` into ``most`` slots, each holding its slot until
-    every one has got in or been turned away: the most ever inside together, and how many got in."""
+    every one has got in or been turned away: the most ever inside together, and how many got in.
+    ``how``: by ``concurrency``, or by ``hold`` (the slot and a bucket that admits them all)."""
     inside = peak = entered = decided = 0
     everyone_decided = asyncio.Event()
 
@@ -553,7 +595,10 @@ async def peak_in_a_burst(limiters: list[RedisLimiter], scope: str, most: int, n
     async def one(i: int) -> None:
         nonlocal inside, peak, entered
         try:
-            async with limiters[i % len(limiters)].concurrency(scope, most):
+            limiter = limiters[i % len(limiters)]
+            slot = (scope, most)
+            bucket = Limit(scope, "requests", Rate(10 * n, 3600), 1)
+            async with limiter.concurrency(*slot) if how == "concurrency" else limiter.hold([bucket], [slot]):
                 inside, entered = inside + 1, entered + 1
                 peak = max(peak, inside)
                 one_decided()
@@ -582,11 +627,12 @@ async def test_a_burst_admits_exactly_the_limit(redis_url: str, prefix: str, rep
     assert degraded(*limiters) == [0] * replicas and not any(limiter.outage for limiter in limiters)
 
 
+@pytest.mark.parametrize("how", ["concurrency", "hold"])
 @pytest.mark.parametrize("replicas", [1, 2])
-async def test_a_burst_never_holds_more_than_max_concurrent(redis_url: str, prefix: str, replicas: int) -> None:
+async def test_a_burst_never_holds_more_than_max_concurrent(redis_url: str, prefix: str, replicas: int, how: str) -> None:
     limiters = [RedisLimiter(redis_url, prefix=prefix, replicas=replicas) for _ in range(replicas)]
     try:
-        peak, entered = await peak_in_a_burst(limiters, "org:burst", 6)
+        peak, entered = await peak_in_a_burst(limiters, "org:burst", 6, how=how)
         async with AsyncExitStack() as stack:  # every slot was given back
             for i in range(6):
                 await stack.enter_async_context(limiters[i % replicas].concurrency("org:burst", 6))

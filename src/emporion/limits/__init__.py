@@ -14,6 +14,13 @@ together, all or nothing::
     await limiter.refund(limits, {"tokens": estimated - used})  # optional
     response.headers.update(ratelimit_headers(decision))
 
+or, as the request path does, all of it in one block (``hold``: on Redis, one round trip in and
+one out, where the steps above take one each)::
+
+    async with limiter.hold(limits, [("key:key_abc", 4)]) as held:  # LimitExceeded: nothing charged
+        ...
+        held.used["tokens"] = used  # what the buckets keep of their "tokens" cost
+
 Limiters (``emporion.limits.memory.MemoryLimiter``, ``emporion.limits.redis.RedisLimiter``)
 return a ``Decision`` from ``check``; ``admit`` turns a rejection into ``LimitExceeded``, a
 ``RateLimited`` whose ``headers()`` carry Retry-After and OpenAI's ``x-ratelimit-*``. The math is
@@ -23,7 +30,8 @@ limiters call it, so they agree exactly.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -36,14 +44,17 @@ Kind = Literal["requests", "tokens"]
 __all__ = [
     "Blocked",
     "Decision",
+    "Held",
     "Kind",
     "Limit",
     "LimitExceeded",
     "Limiter",
     "Quota",
     "Rate",
+    "Slot",
     "admit",
     "decide",
+    "hold_in_steps",
     "ratelimit_headers",
 ]
 
@@ -87,6 +98,28 @@ class Decision:
     blocked: Blocked | None = None  # set when rejected
 
 
+Slot = tuple[str, int]  # a concurrency scope and its most concurrent requests
+
+
+@dataclass
+class Held:
+    """A request admitted by ``Limiter.hold``: its decision, and what it used (set before the
+    block ends: the buckets keep that of each kind instead of the cost they were charged)."""
+
+    decision: Decision
+    limits: Sequence[Limit]
+    used: dict[Kind, int] = field(default_factory=dict)
+
+    def corrections(self) -> dict[Kind, int]:
+        """Per kind, units to debit (positive) or refund (negative): used minus charged."""
+        found: dict[Kind, int] = {}
+        for kind, used in self.used.items():
+            charged = next((limit.cost for limit in self.limits if limit.kind == kind), None)
+            if charged is not None and used != charged:
+                found[kind] = used - charged
+        return found
+
+
 class Limiter(Protocol):
     async def check(self, limits: Sequence[Limit]) -> Decision:
         """All or nothing: admitted only if every bucket admits it, and then every bucket is
@@ -108,6 +141,12 @@ class Limiter(Protocol):
         """Hold one of ``max_concurrent`` slots while inside; ``LimitExceeded`` when all are held."""
         ...
 
+    def hold(self, limits: Sequence[Limit], slots: Sequence[Slot]) -> AbstractAsyncContextManager[Held]:
+        """``check`` and a slot of every scope in ``slots``, all or nothing (``LimitExceeded``: no
+        bucket charged, no slot held); on leaving, the slots are freed and each kind the block set
+        in ``Held.used`` is corrected to it (refunded or debited)."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -117,6 +156,27 @@ async def admit(limiter: Limiter, limits: Sequence[Limit]) -> Decision:
     if not decision.allowed:
         raise rejection(decision)
     return decision
+
+
+@contextlib.asynccontextmanager
+async def hold_in_steps(limiter: Limiter, limits: Sequence[Limit], slots: Sequence[Slot]) -> AsyncIterator[Held]:
+    """``Limiter.hold`` made of the other methods, a step each (the in-process limiter's way)."""
+    held = Held(await admit(limiter, limits), limits)
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            for scope, most in slots:
+                try:
+                    await stack.enter_async_context(limiter.concurrency(scope, most))
+                except LimitExceeded:
+                    await limiter.refund(limits, {limit.kind: limit.cost for limit in limits})  # as if never admitted
+                    raise
+            yield held
+    finally:
+        corrections = held.corrections()
+        if refunds := {kind: -units for kind, units in corrections.items() if units < 0}:
+            await limiter.refund(limits, refunds)
+        if debits := {kind: units for kind, units in corrections.items() if units > 0}:
+            await limiter.debit(limits, debits)
 
 
 def decide(limits: Sequence[Limit], tats: Mapping[str, float | None], now: float) -> tuple[Decision, dict[str, float]]:

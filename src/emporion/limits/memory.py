@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
-from emporion.limits import Decision, Kind, Limit, decide
+from emporion.limits import Decision, Held, Kind, Limit, Slot, decide, hold_in_steps
 from emporion.limits.gcra import debit, refund
 from emporion.limits.headers import concurrency_exceeded
 
@@ -74,6 +74,9 @@ class MemoryLimiter:
                 self.held[scope] = left
             else:
                 del self.held[scope]
+
+    def hold(self, limits: Sequence[Limit], slots: Sequence[Slot]) -> AbstractAsyncContextManager[Held]:
+        return hold_in_steps(self, limits, slots)
 
     def sweep(self, now: float) -> None:
         """Forget full buckets (TAT in the past): they decide exactly as absent ones."""

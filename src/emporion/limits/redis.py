@@ -58,9 +58,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import MaxConnectionsError, RedisError, ResponseError
 
-from emporion.limits import Decision, Kind, Limit, decide
+from emporion.limits import Decision, Held, Kind, Limit, Slot, decide, hold_in_steps
 from emporion.limits.gcra import TOLERANCE_S
-from emporion.limits.headers import CONCURRENCY_RETRY_S, LimitExceeded, concurrency_exceeded, format_duration
+from emporion.limits.headers import CONCURRENCY_RETRY_S, LimitExceeded, concurrency_exceeded, format_duration, rejection
 from emporion.limits.memory import MemoryLimiter
 
 log = logging.getLogger(__name__)
@@ -135,6 +135,66 @@ return 1
 """
 
 
+# ``hold``'s way in, one round trip: CHECK_LUA's decision and ACQUIRE_LUA's for every slot, all or
+# nothing. KEYS: the n buckets, then a sorted set per slot. ARGV: n, TOLERANCE_S, lease_ms, then
+# amount, period_s, cost for each bucket, then max_concurrent, slot id for each slot.
+# Returns {admitted (1 or 0), now, the number of the first full slot (0: none), the TATs read}.
+ENTER_LUA = f"""
+if redis.replicate_commands then pcall(redis.replicate_commands) end
+{_NOW}
+local n, tolerance, lease_ms = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local before, charged, admitted, full = {{}}, {{}}, 1, 0
+for i = 1, n do
+  local key = KEYS[i]
+  local amount, period, cost = tonumber(ARGV[3*i+1]), tonumber(ARGV[3*i+2]), tonumber(ARGV[3*i+3])
+  local stored = redis.call('GET', key)
+  before[i] = stored or ''
+  local tat = charged[key] or tonumber(stored) or now
+  local new = math.max(tat, now) + cost * (period / amount)
+  if new - now <= period + tolerance then charged[key] = new else admitted = 0 end
+end
+local now_ms = math.floor(now * 1000)
+if admitted == 1 then
+  for j = n + 1, #KEYS do
+    redis.call('ZREMRANGEBYSCORE', KEYS[j], '-inf', now_ms)
+    if redis.call('ZCARD', KEYS[j]) >= tonumber(ARGV[3*n + 2*(j-n) + 2]) then full = j - n break end
+  end
+end
+if admitted == 1 and full == 0 then
+  for key, tat in pairs(charged) do {_SET_TAT} end
+  for j = n + 1, #KEYS do
+    redis.call('ZADD', KEYS[j], now_ms + lease_ms, ARGV[3*n + 2*(j-n) + 3])
+    redis.call('PEXPIRE', KEYS[j], lease_ms)
+  end
+end
+return {{admitted, string.format('%.17g', now), full, unpack(before)}}
+"""
+
+# ``hold``'s way out, one round trip: the slots freed, then each bucket corrected (REFUND_LUA's
+# way for a negative number of units, DEBIT_LUA's for a positive one). KEYS: a sorted set per
+# slot, then the buckets. ARGV: the number of slots, their ids, then amount, period_s, units for
+# each bucket.
+LEAVE_LUA = f"""
+if redis.replicate_commands then pcall(redis.replicate_commands) end
+{_NOW}
+local m = tonumber(ARGV[1])
+for j = 1, m do redis.call('ZREM', KEYS[j], ARGV[j + 1]) end
+for i = m + 1, #KEYS do
+  local key, at = KEYS[i], m + 1 + 3 * (i - m - 1)
+  local amount, period, units = tonumber(ARGV[at+1]), tonumber(ARGV[at+2]), tonumber(ARGV[at+3])
+  local stored = tonumber(redis.call('GET', key))
+  if units > 0 then
+    local tat = math.max(stored or now, now) + units * (period / amount)
+    {_SET_TAT}
+  elseif stored and stored > now then
+    local tat = math.max(stored + units * (period / amount), now)
+    {_SET_TAT}
+  end
+end
+return 1
+"""
+
+
 class Unavailable(Exception):
     """Redis is not to be asked now (an outage, or it just failed): decide with the fallback."""
 
@@ -181,6 +241,8 @@ class RedisLimiter:
         self._refund = self.client.register_script(REFUND_LUA)
         self._debit = self.client.register_script(DEBIT_LUA)
         self._acquire = self.client.register_script(ACQUIRE_LUA)
+        self._enter = self.client.register_script(ENTER_LUA)
+        self._leave = self.client.register_script(LEAVE_LUA)
         self._wire = asyncio.Semaphore(max_connections)  # commands on the wire: one per connection
         self.outage = False  # True from the first failure until Redis answers again
         self.degraded_decisions = 0  # checks and concurrency slots decided by the fallback
@@ -248,6 +310,57 @@ class RedisLimiter:
             yield
         finally:
             await asyncio.shield(self._release(key, slot))
+
+    @asynccontextmanager
+    async def hold(self, limits: Sequence[Limit], slots: Sequence[Slot]) -> AsyncIterator[Held]:
+        """``Limiter.hold`` in two round trips, one in (``ENTER_LUA``) and one out (``LEAVE_LUA``).
+        In an outage the fallback decides, with this replica's share of each limit."""
+        if not limits and not slots:
+            yield Held(Decision(True), limits)
+            return
+        ids = [secrets.token_hex(12) for _ in slots]
+        slot_keys = [f"{self.prefix}concurrency:{scope}" for scope, _ in slots]
+        args: list[str | int] = [len(limits), repr(TOLERANCE_S), self.lease_ms]
+        args += [n for limit in limits for n in _bucket_args(limit, limit.cost)]
+        args += [n for (_, most), slot in zip(slots, ids, strict=True) for n in (most, slot)]
+        keys = self._keys(limits) + slot_keys
+        try:
+            reply = await self._call(lambda: self._enter(keys=keys, args=args))
+        except Unavailable:
+            self.degraded_decisions += 1
+            shares = [(scope, max(1, most // self.replicas)) for scope, most in slots]
+            async with hold_in_steps(self.fallback, self._shares(limits), shares) as degraded:
+                yield degraded
+            return
+        except Overloaded:
+            raise self._overloaded() from None
+        admitted, now, full, stored = int(reply[0]), float(reply[1]), int(reply[2]), reply[3:]
+        tats = {limit.key: float(raw) for limit, raw in zip(limits, stored, strict=True) if raw}
+        decision = decide(limits, tats, now)[0]
+        if not decision.allowed:
+            raise rejection(decision)
+        if full:
+            raise concurrency_exceeded(*slots[full - 1])
+        held = Held(decision, limits)
+        try:
+            yield held
+        finally:
+            if admitted:
+                await asyncio.shield(self._left(slot_keys, ids, held))
+
+    async def _left(self, slot_keys: list[str], ids: list[str], held: Held) -> None:
+        """Tried even during an outage: else the slots are held until their leases run out (and
+        the buckets keep what they were charged, the estimate)."""
+        corrections = held.corrections()
+        moved = [(limit, corrections[limit.kind]) for limit in held.limits if corrections.get(limit.kind)]
+        if not slot_keys and not moved:
+            return
+        args = [len(slot_keys), *ids, *(n for limit, units in moved for n in _bucket_args(limit, units))]
+        keys = slot_keys + self._keys([limit for limit, _ in moved])
+        try:
+            await self._call(lambda: self._leave(keys=keys, args=args), during_outage=True)
+        except (Unavailable, Overloaded):
+            pass
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -11,9 +11,8 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from emporion import limits
 from emporion.auth.principal import Principal
-from emporion.limits import Decision, Limit, Limiter, Rate
+from emporion.limits import Decision, Limit, Rate, Slot
 from emporion.pipeline.deps import Deps
 from emporion.pipeline.sizing import Sizing
 
@@ -26,24 +25,12 @@ class Limited:
 
 @contextlib.asynccontextmanager
 async def limited(deps: Deps, principal: Principal, sizing: Sizing) -> AsyncIterator[Limited]:
-    buckets = _buckets(deps, principal, sizing.tokens)
-    decision = await limits.admit(deps.limiter, buckets)
-    admitted = Limited(decision)
-    try:
-        async with contextlib.AsyncExitStack() as slots:
-            for scope, most in _concurrency(deps, principal):
-                await slots.enter_async_context(deps.limiter.concurrency(scope, most))
+    async with deps.limiter.hold(_buckets(deps, principal, sizing.tokens), _concurrency(deps, principal)) as held:
+        admitted = Limited(held.decision)
+        try:
             yield admitted
-    finally:
-        await _correct(deps.limiter, buckets, sizing.tokens, admitted.used_tokens)
-
-
-async def _correct(limiter: Limiter, buckets: list[Limit], charged: int, used: int) -> None:
-    """The tokens-per-minute buckets keep what was used, not what was feared (nor less)."""
-    if charged > used:
-        await limiter.refund(buckets, {"tokens": charged - used})
-    elif used > charged:
-        await limiter.debit(buckets, {"tokens": used - charged})
+        finally:  # the tokens-per-minute buckets keep what was used, not what was feared (nor less)
+            held.used["tokens"] = admitted.used_tokens
 
 
 def _buckets(deps: Deps, principal: Principal, tokens: int) -> list[Limit]:
@@ -60,7 +47,7 @@ def _buckets(deps: Deps, principal: Principal, tokens: int) -> list[Limit]:
     return found
 
 
-def _concurrency(deps: Deps, principal: Principal) -> list[tuple[str, int]]:
+def _concurrency(deps: Deps, principal: Principal) -> list[Slot]:
     tier = deps.settings.tier(principal.tier)
     found = []
     if most := principal.org_limits.max_concurrent or (tier and tier.max_concurrent):
