@@ -192,7 +192,7 @@ class Ledger:
             self._apply,
             on_rollback=self._known.clear,
             flush_interval_s=settle_flush_s,
-            writer_engine=lambda: db.new_engine(pool_size=1, max_overflow=1),
+            writer_engine=lambda: db.new_engine(inline=True, pool_size=1, max_overflow=1),
         )
 
     async def aclose(self) -> None:

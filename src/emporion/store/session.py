@@ -22,6 +22,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from emporion.settings import SqliteSynchronous
+from emporion.store.inline_sqlite import inline_creator
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 MIGRATION_LOCK = 0x656D706F  # "empo": the PostgreSQL advisory lock held while migrating
@@ -37,9 +38,15 @@ class Database:
         self.engine: AsyncEngine = self.new_engine()
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
-    def new_engine(self, **options: Any) -> AsyncEngine:
+    def new_engine(self, *, inline: bool = False, **options: Any) -> AsyncEngine:
         """An engine on this database, set up like ``engine`` (the ledger's writer has one of its
-        own, on its own event loop: store/group_commit.py)."""
+        own, on its own event loop: store/group_commit.py). ``inline``: on SQLite, its statements
+        run in the thread of the loop that awaits them (store/inline_sqlite.py): for a loop that
+        does nothing else."""
+        if inline and self.url.startswith("sqlite"):
+            probe = create_async_engine(self.url)
+            (database, *_), _ = probe.dialect.create_connect_args(probe.url)
+            options["async_creator"] = inline_creator(database)
         engine = create_async_engine(self.url, **options)
         if self.url.startswith("sqlite"):
             pragmas = partial(_sqlite_pragmas, synchronous=SYNCHRONOUS[self.sqlite_synchronous])
