@@ -106,6 +106,10 @@ def report(results: Results, rounds: int, duration_s: float) -> str:
         "",
         "## Streamed chat completions (20 chunks, 2 ms apart)",
         "",
+        "TTFT is the time to the first token: to the first chunk with content, after the role delta the "
+        "upstream opens with (a chunk interval earlier; Emporion holds it back until content comes, so that "
+        "a stream that fails before any can still fall back to another deployment).",
+        "",
         "| target | concurrency | req/s | TTFT p50 ms | TTFT p99 ms | TTFT overhead p50 ms | total p50 ms | total p99 ms "
         "| CPU ms / req | stores' CPU ms / req | errors |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",

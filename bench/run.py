@@ -17,8 +17,8 @@ Scenarios, interleaved target by target at each load level:
   chat      non-streamed chat completions, with wrk at concurrency 1, 16, 64
   slow      the same at concurrency 64 against the 50 ms upstream (what a gateway's overhead costs
             when the model takes time, as real ones do)
-  stream    streamed chat completions (20 chunks, 2 ms apart), with an aiohttp client:
-            time to first chunk and total time
+  stream    streamed chat completions (a role delta, then 20 chunks 2 ms apart), with an
+            aiohttp client: time to first token (the first chunk with content) and total time
   soak      the SQLite money-on target's RSS over a long run of requests (leak check)
 Then the local engine against bare llama-server (bench/engine.py), and local embeddings against
 the bare model (bench/embeddings.py).
@@ -28,6 +28,7 @@ the bare model (bench/embeddings.py).
     python -m bench.run --quick --no-engine --baseline HEAD~8   # proves a change did not make the path slower
     python -m bench.run --current HEAD         # the Emporion targets from a revision instead of the working tree
     python -m bench.run --quick --no-engine --peers   # with LiteLLM Proxy beside them (`make bench-peers`)
+    python -m bench.run --quick --rounds 3 ...  # medians of 3 short rounds: steadier on a noisy machine
 
 Needs wrk, PostgreSQL (127.0.0.1:5432, user postgres, trust auth) and Redis (127.0.0.1:6379).
 Writes bench/results/gateway.md and gateway.png (bench/gateway_report.py), engine.md and embeddings.md.
@@ -287,6 +288,16 @@ def run_wrk(url: str, key: str, connections: int, duration_s: float, script_dir:
     return json.loads(line[7:])
 
 
+def _carries_token(line: bytes) -> bool:
+    """An SSE line with generated text: time to first token counts to the first of these, not to
+    the role delta OpenAI streams open with (a gateway may hold that back until content comes, to
+    fall back to another deployment should none come; the fake sends it a chunk interval early)."""
+    if not line.startswith(b"data: {"):
+        return False
+    choices = json.loads(line[6:]).get("choices") or []
+    return any((choice.get("delta") or {}).get("content") for choice in choices)
+
+
 async def run_streams(url: str, key: str, concurrency: int, duration_s: float) -> tuple[int, list[float], list[float], int]:
     """Streams for ``duration_s`` at ``concurrency``: (completed, ttft_ms list, total_ms list, errors)."""
     ttfts: list[float] = []
@@ -307,7 +318,7 @@ async def run_streams(url: str, key: str, concurrency: int, duration_s: float) -
                         await response.read()
                         continue
                     async for line in response.content:
-                        if first is None and line.startswith(b"data: {"):
+                        if first is None and _carries_token(line):
                             first = time.perf_counter()
             except aiohttp.ClientError:
                 errors += 1
@@ -437,6 +448,7 @@ def sources(planned: list[tuple[str, targets.Target]], emporion: dict[str, Live]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one short round (about 4 minutes in all)")
+    parser.add_argument("--rounds", type=int, help="rounds of interleaved measurements (default: 1 with --quick, else 3)")
     parser.add_argument("--no-engine", action="store_true", help="skip the local engine and embeddings comparisons")
     parser.add_argument("--soak-minutes", type=float, default=10.0, help="length of the leak soak (full mode)")
     parser.add_argument("--baseline", metavar="REV", help="also run the SQLite money-on target from this git revision")
@@ -449,6 +461,7 @@ def main() -> None:
     if args.peers:
         peers.require_litellm()
     rounds, duration_s = (1, 3) if args.quick else (3, 10)
+    rounds = args.rounds or rounds
     soak_requests = 10_000 if args.quick else 100_000
     soak_minutes = 0 if args.quick else args.soak_minutes
 

@@ -74,21 +74,32 @@ local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
 """
 _SET_TAT = "redis.call('SET', key, string.format('%.17g', tat), 'PX', math.ceil((tat - now) * 1000) + 1000)"
 
+
+def _decide(buckets: str, args_before: int) -> str:
+    """Lua deciding the first ``buckets`` KEYS with the formulas of ``limits/gcra.py`` (amount,
+    period_s and cost of each in ARGV, after ``args_before`` others), charging nothing yet: sets
+    ``admitted``, ``charged`` (the new TAT of each bucket) and ``before`` (the TATs read)."""
+    a = args_before
+    return f"""
+local before, charged, admitted = {{}}, {{}}, 1
+for i = 1, {buckets} do
+  local key = KEYS[i]
+  local amount, period, cost = tonumber(ARGV[{a}+3*i-2]), tonumber(ARGV[{a}+3*i-1]), tonumber(ARGV[{a}+3*i])
+  local stored = redis.call('GET', key)
+  before[i] = stored or ''
+  local tat = charged[key] or tonumber(stored) or now
+  local new = math.max(tat, now) + cost * (period / amount)
+  if new - now <= period + tolerance then charged[key] = new else admitted = 0 end
+end"""
+
+
 # KEYS: the buckets. ARGV: amount, period_s, cost for each bucket, then TOLERANCE_S.
 # Returns {admitted (1 or 0), now, the TAT read for each bucket ('' when absent)}.
 CHECK_LUA = f"""
 if redis.replicate_commands then pcall(redis.replicate_commands) end
 {_NOW}
 local tolerance = tonumber(ARGV[#ARGV])
-local before, charged, admitted = {{}}, {{}}, 1
-for i, key in ipairs(KEYS) do
-  local amount, period, cost = tonumber(ARGV[3*i-2]), tonumber(ARGV[3*i-1]), tonumber(ARGV[3*i])
-  local stored = redis.call('GET', key)
-  before[i] = stored or ''
-  local tat = charged[key] or tonumber(stored) or now
-  local new = math.max(tat, now) + cost * (period / amount)
-  if new - now <= period + tolerance then charged[key] = new else admitted = 0 end
-end
+{_decide(buckets="#KEYS", args_before=0)}
 if admitted == 1 then
   for key, tat in pairs(charged) do {_SET_TAT} end
 end
@@ -143,16 +154,8 @@ ENTER_LUA = f"""
 if redis.replicate_commands then pcall(redis.replicate_commands) end
 {_NOW}
 local n, tolerance, lease_ms = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local before, charged, admitted, full = {{}}, {{}}, 1, 0
-for i = 1, n do
-  local key = KEYS[i]
-  local amount, period, cost = tonumber(ARGV[3*i+1]), tonumber(ARGV[3*i+2]), tonumber(ARGV[3*i+3])
-  local stored = redis.call('GET', key)
-  before[i] = stored or ''
-  local tat = charged[key] or tonumber(stored) or now
-  local new = math.max(tat, now) + cost * (period / amount)
-  if new - now <= period + tolerance then charged[key] = new else admitted = 0 end
-end
+local full = 0
+{_decide(buckets="n", args_before=3)}
 local now_ms = math.floor(now * 1000)
 if admitted == 1 then
   for j = n + 1, #KEYS do
