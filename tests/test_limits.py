@@ -37,7 +37,7 @@ from emporion.limits import (
 from emporion.limits.gcra import TOLERANCE_S, gcra, refund
 from emporion.limits.headers import format_duration
 from emporion.limits.memory import MemoryLimiter
-from emporion.limits.redis import RedisLimiter
+from emporion.limits.redis import RedisLimiter, Unavailable
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/0"
@@ -806,3 +806,60 @@ async def test_debit_charges_used_units_past_a_full_bucket_on_both_limiters(redi
         blocked = await limiter.check([replace(bucket, cost=1)])
         assert not blocked.allowed and 30 < blocked.retry_after_s <= 37, blocked
         await limiter.aclose()
+
+
+async def test_scripts_still_run_after_redis_forgets_them(redis_url: str, prefix: str) -> None:
+    limiter = RedisLimiter(redis_url, prefix=prefix)
+    direct = redis.asyncio.Redis.from_url(redis_url)
+    limit = Limit("org:flush", "requests", Rate(10, 3600), 1)
+    try:
+        async with limiter.hold([limit], [("org:flush", 2)]):
+            pass
+        await direct.script_flush()  # a restarted Redis, or SCRIPT FLUSH: EVALSHA answers NOSCRIPT
+        async with limiter.hold([limit], [("org:flush", 2)]) as held:
+            assert held.decision.quotas["requests"].remaining == 8
+        assert (await limiter.check([limit])).quotas["requests"].remaining == 7
+        assert degraded(limiter) == [0] and not limiter.outage
+    finally:
+        await direct.aclose()
+        await limiter.aclose()
+
+
+async def test_an_abandoned_reply_is_never_read_as_the_next_commands() -> None:
+    """A server that answers its first command late: the limiter gives up on it, and the next
+    command gets its own reply, not the late one (which a reused connection would read first)."""
+    pings = 0
+
+    async def command(reader: asyncio.StreamReader) -> list[bytes]:  # RESP: *N, then N bulk strings
+        count = int((await reader.readline())[1:] or 0)
+        return [(await reader.readexactly(int((await reader.readline())[1:]) + 2))[:-2] for _ in range(count)]
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal pings
+        while args := await command(reader):
+            if args[0].upper() == b"HELLO":  # the handshake of a new connection
+                reply = b"%1\r\n+proto\r\n:3\r\n"
+            elif args[0].upper() == b"PING":
+                pings += 1
+                if pings == 1:
+                    await asyncio.sleep(0.5)
+                reply = b":%d\r\n" % pings
+            else:
+                reply = b"+OK\r\n"
+            try:
+                writer.write(reply)
+                await writer.drain()
+            except OSError:
+                return
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    limiter = RedisLimiter(f"redis://127.0.0.1:{port}/0", timeout_s=0.1, busy_timeout_s=0.2, retry_interval_s=0)
+    try:
+        with pytest.raises(Unavailable):
+            await limiter._call(lambda: limiter._command("PING"))
+        await asyncio.sleep(0.6)  # the late reply has been sent by now
+        assert await limiter._call(lambda: limiter._command("PING")) == 2  # the second command's own
+    finally:
+        await limiter.aclose()
+        server.close()
