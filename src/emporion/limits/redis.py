@@ -3,7 +3,7 @@
 ``RedisLimiter(url, replicas=N, fallback=MemoryLimiter())``. Every replica that points at the
 same Redis (and ``prefix``) shares the same buckets exactly:
 
-- ``check``: one Lua script (run with EVALSHA; redis-py loads it again on NOSCRIPT) reads every
+- ``check``: one Lua script (run with EVALSHA, sent whole with EVAL on NOSCRIPT) reads every
   bucket of the request, decides with the formulas of ``limits/gcra.py`` at the Redis server's
   ``TIME`` (replica clocks do not matter) and charges all of them or none. It returns that instant
   and the TATs it read, and ``decide`` recomputes the same verdicts here to build the ``Decision``.
@@ -12,10 +12,13 @@ same Redis (and ``prefix``) shares the same buckets exactly:
   (``lease_s``, 10 minutes): a second script drops expired leases (ZREMRANGEBYSCORE), counts
   (ZCARD) and adds (ZADD); leaving the block removes the slot. A crashed replica's slots lapse
   with their leases.
+- ``hold`` (the request path's): both in one script (``ENTER_LUA``), all or nothing, and on
+  leaving one more (``LEAVE_LUA``) that removes the slots and corrects the buckets.
 
 Bursts are back-pressure, not outages. At most ``max_connections`` (64) commands are on the wire
-at once, one per pooled connection (a ``BlockingConnectionPool`` of that size, which therefore
-never runs dry); the rest of a burst waits its turn, up to ``busy_timeout_s`` (5 s), and a request
+at once, each on a connection of its own (the scripts' connections are the limiter's, ``_command``;
+other commands go through a ``BlockingConnectionPool`` of that size, which therefore never runs
+dry); the rest of a burst waits its turn, up to ``busy_timeout_s`` (5 s), and a request
 still waiting then is turned away with a 429 (``overloaded_rejections`` counts them) rather than
 decided anywhere but in Redis. The wait is not part of any timeout. Redis counts as silent, and a
 command (with its connect, if its connection is new) is abandoned, only when no reply at all, to
