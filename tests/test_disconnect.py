@@ -53,25 +53,30 @@ def slow_app(events: list[str], respond_first: bool = False):
     return app
 
 
-@pytest.mark.parametrize("told", [True, False], ids=["told by the server", "watcher task"])
-async def test_leaving_before_the_response_cancels_the_request_and_ends_quietly(told: bool) -> None:
+async def started(told: bool, respond_first: bool = False) -> tuple[Request, list[str], asyncio.Task]:
+    """A request to ``slow_app`` through the middleware, running and past its body."""
     events: list[str] = []
     request = Request(told)
-    running = asyncio.create_task(CancelOnDisconnect(slow_app(events))(request.scope, request.receive, request.send))
+    app = CancelOnDisconnect(slow_app(events, respond_first))
+    running = asyncio.create_task(app(request.scope, request.receive, request.send))
     await asyncio.sleep(0.01)
+    return request, events, running
+
+
+TOLD = pytest.mark.parametrize("told", [True, False], ids=["told by the server", "watcher task"])
+
+
+@TOLD
+async def test_leaving_before_the_response_cancels_the_request_and_ends_quietly(told: bool) -> None:
+    request, events, running = await started(told)
     request.leave()
     await asyncio.wait_for(running, 1)  # returns: nobody is left to answer
     assert events == ["cancelled"] and running.cancelling() == 0
 
 
-@pytest.mark.parametrize("told", [True, False], ids=["told by the server", "watcher task"])
+@TOLD
 async def test_leaving_during_a_response_leaves_it_to_the_response(told: bool) -> None:
-    events: list[str] = []
-    request = Request(told)
-    running = asyncio.create_task(
-        CancelOnDisconnect(slow_app(events, respond_first=True))(request.scope, request.receive, request.send)
-    )
-    await asyncio.sleep(0.01)
+    request, events, running = await started(told, respond_first=True)
     request.leave()
     await asyncio.sleep(0.05)
     assert not running.done() and events == []
@@ -80,12 +85,9 @@ async def test_leaving_during_a_response_leaves_it_to_the_response(told: bool) -
         await running
 
 
-@pytest.mark.parametrize("told", [True, False], ids=["told by the server", "watcher task"])
+@TOLD
 async def test_the_servers_own_cancellation_goes_through(told: bool) -> None:
-    events: list[str] = []
-    request = Request(told)
-    running = asyncio.create_task(CancelOnDisconnect(slow_app(events))(request.scope, request.receive, request.send))
-    await asyncio.sleep(0.01)
+    _, events, running = await started(told)
     running.cancel()
     with pytest.raises(asyncio.CancelledError):
         await running

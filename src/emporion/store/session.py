@@ -11,13 +11,14 @@ to be (``synchronous_commit``, on by default).
 
 from __future__ import annotations
 
+import os
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, make_url
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
@@ -44,9 +45,7 @@ class Database:
         run in the thread of the loop that awaits them (store/inline_sqlite.py): for a loop that
         does nothing else."""
         if inline and self.url.startswith("sqlite"):
-            probe = create_async_engine(self.url)
-            (database, *_), _ = probe.dialect.create_connect_args(probe.url)
-            options["async_creator"] = inline_creator(database)
+            options["async_creator"] = inline_creator(os.path.abspath(make_url(self.url).database or ""))  # as the dialect does
         engine = create_async_engine(self.url, **options)
         if self.url.startswith("sqlite"):
             pragmas = partial(_sqlite_pragmas, synchronous=SYNCHRONOUS[self.sqlite_synchronous])
