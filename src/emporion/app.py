@@ -21,6 +21,7 @@ from emporion.api.anthropic.routes import routes as anthropic_routes
 from emporion.api.disconnect import CancelOnDisconnect
 from emporion.api.errors import handlers
 from emporion.api.middleware import Edge
+from emporion.api.openai.responses import routes as responses_routes
 from emporion.api.openai.routes import json_response
 from emporion.api.openai.routes import routes as openai_routes
 from emporion.api.openapi import routes as openapi_routes
@@ -45,6 +46,7 @@ from emporion.providers.registry import load_adapter
 from emporion.routing.router import Router
 from emporion.settings import Settings
 from emporion.store import repos
+from emporion.store import responses as stored_responses
 from emporion.store.idempotency import purge_expired
 from emporion.store.session import Database, open_database
 
@@ -78,6 +80,7 @@ def build_app(settings: Settings) -> Starlette:
 
     routes = [
         *openai_routes,
+        *responses_routes,
         *anthropic_routes,
         *admin_routes,
         *usage_routes,
@@ -186,8 +189,9 @@ def _limiter(settings: Settings) -> Limiter:
 
 async def sweep(deps: Deps) -> None:
     """Every ``[metering] sweep_interval_s``: release holds of requests whose process died, move
-    organizations to the tier they earned, and forget idempotency keys older than a day (prices
-    and models are picked up by the live catalog, live.py). A failure is logged and retried on the
+    organizations to the tier they earned, forget idempotency keys older than a day and stored
+    responses past ``[responses] store_days`` (prices and models are picked up by the live
+    catalog, live.py). A failure is logged and retried on the
     next round; it never stops the gateway."""
     while True:
         await asyncio.sleep(deps.settings.metering.sweep_interval_s)
@@ -198,6 +202,7 @@ async def sweep(deps: Deps) -> None:
             if await refresh_tiers(deps.db, deps.settings):
                 deps.auth.forget()
             await purge_expired(deps.db)
+            await stored_responses.purge_expired(deps.db)
         except Exception as exc:
             log.warning("sweeper round failed: %s", exc)
 

@@ -165,6 +165,12 @@ class MeteringSettings(Strict):
         return self
 
 
+class ResponsesSettings(Strict):
+    store_days: Annotated[float, Field(gt=0, le=3650)] = (
+        30.0  # how long a stored response of /v1/responses is kept (OpenAI: 30 days)
+    )
+
+
 class TierSettings(Strict):
     """A tier's limits per organization, and what an organization needs to reach it."""
 
@@ -214,6 +220,7 @@ class Settings(Strict):
     database: DatabaseSettings = DatabaseSettings()
     limits: LimitSettings = LimitSettings()
     metering: MeteringSettings = MeteringSettings()
+    responses: ResponsesSettings = ResponsesSettings()
     tiers: dict[str, TierSettings] = DEFAULT_TIERS  # in order, lowest first; the first is where organizations start
 
     def tier(self, name: str) -> TierSettings | None:

@@ -9,8 +9,9 @@ upstream nor charged again.
 - A request that fails (any error: 4xx or 5xx) is not stored, unlike Stripe: nothing was charged
   for it, and a retry with the same key runs anew. Nor is one cancelled because its client left
   before the answer (api/disconnect.py): it is billed for what it generated, and a retry runs.
-- A stream is stored whole once it ended with ``data: [DONE]`` (before the client reads that
-  line, so a retry that follows it finds it) and replayed as the same event stream; a stream
+- A stream is stored whole once it reached its last event (``data: [DONE]``, or the Responses
+  API's ``response.completed``), before the client reads it, so a retry that follows finds it,
+  and is replayed as the same event stream; a stream
   cut short (client gone, upstream failed mid-way) is charged for what it generated but not
   stored: the key is released, and a retry generates again.
 
@@ -32,7 +33,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from emporion.api.body import read_body
-from emporion.api.openai.sse import DONE, EventStream
+from emporion.api.openai.sse import EventStream
 from emporion.errors import Conflict, InvalidRequest, Unprocessable
 from emporion.pipeline import Deps
 from emporion.store import idempotency as store
@@ -120,8 +121,8 @@ def _kept(headers: Any) -> dict[str, str]:
 
 
 def _recorded(response: EventStream, deps: Deps, held: store.Claim) -> EventStream:
-    """The stream, recorded as it goes: stored once ``[DONE]`` is reached, released otherwise."""
-    recorder = _Recorder(response.events, deps, held, _kept(response.headers.items()))
+    """The stream, recorded as it goes: stored once its last event is reached, released otherwise."""
+    recorder = _Recorder(response.events, deps, held, _kept(response.headers.items()), response.is_last)
     response.events = recorder
     settle = response.on_close
 
@@ -137,11 +138,20 @@ def _recorded(response: EventStream, deps: Deps, held: store.Claim) -> EventStre
 
 
 class _Recorder:
-    """Passes a stream's events on, keeping them; stores them all just before the ``[DONE]`` line
-    goes out (the stream was settled before its last chunk, see pipeline.StreamMeter)."""
+    """Passes a stream's events on, keeping them; stores them all just before its last event (the
+    ``[DONE]`` line of chat, ``response.completed`` of the Responses API) goes out (the stream was
+    settled before its last chunk, see pipeline.StreamMeter)."""
 
-    def __init__(self, events: AsyncIterator[bytes], deps: Deps, held: store.Claim, headers: dict[str, str]) -> None:
+    def __init__(
+        self,
+        events: AsyncIterator[bytes],
+        deps: Deps,
+        held: store.Claim,
+        headers: dict[str, str],
+        is_last: Callable[[bytes], bool],
+    ) -> None:
         self.events = events
+        self.is_last = is_last
         self.deps = deps
         self.held = held
         self.headers = headers
@@ -154,7 +164,7 @@ class _Recorder:
     async def __anext__(self) -> bytes:
         data = await self.events.__anext__()
         self.body += data
-        if data.endswith(DONE):
+        if self.is_last(data):
             self.stored = await _quietly(store.complete(self.deps.db, self.held, 200, self.headers, bytes(self.body))) or False
         return data
 

@@ -22,6 +22,7 @@ from emporion.api.openai.routes import json_response
 from emporion.api.usage_routes import FORMATS
 from emporion.core.requests import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from emporion.formats.anthropic_schemas import MessagesRequest
+from emporion.formats.responses_schemas import ResponsesRequest
 from emporion.metering.usage import GROUPS
 
 PATH = "/openapi.json"
@@ -91,6 +92,27 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation("GET", "/v1/models", "The catalog, at the caller's prices.", "OpenAI"),
     Operation("GET", "/v1/models/{model_id:path}", "One model of the catalog, at the caller's price.", "OpenAI"),
+    Operation(
+        "POST",
+        "/v1/responses",
+        "Create a response (OpenAI's Responses API; streamed with `stream`).",
+        "OpenAI",
+        ResponsesRequest,
+        media=("application/json", "text/event-stream"),
+    ),
+    Operation("GET", "/v1/responses/{response_id}", "A stored response of the organization.", "OpenAI"),
+    Operation("DELETE", "/v1/responses/{response_id}", "Delete a stored response.", "OpenAI"),
+    Operation(
+        "GET",
+        "/v1/responses/{response_id}/input_items",
+        "The input items a stored response answered.",
+        "OpenAI",
+        query=(
+            Query("limit", "How many items, 1 to 100 (default 20).", {"type": "integer", "minimum": 1, "maximum": 100}),
+            Query("order", "asc or desc (default).", {"type": "string", "enum": ["asc", "desc"]}),
+            Query("after", "The id of the item to list after."),
+        ),
+    ),
     Operation(
         "POST",
         "/v1/messages",

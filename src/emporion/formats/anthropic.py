@@ -23,6 +23,7 @@ from emporion.core.usage import Usage
 from emporion.errors import EmporionError, InvalidRequest
 from emporion.formats.anthropic_schemas import MessagesRequest
 from emporion.formats.openai_messages import arguments, data_url, texts
+from emporion.formats.sse import sse
 
 DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; OpenAI clients often leave it out
 FINISH_REASONS = {
@@ -413,10 +414,6 @@ def _model_input(raw: Any) -> Any:
         return orjson.loads(raw or "{}")
     except orjson.JSONDecodeError:
         return {"_raw": raw}
-
-
-def sse(name: str, payload: dict[str, Any]) -> bytes:
-    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
 
 
 async def to_events(message_id: str, model: str, chunks: AsyncIterator[Chunk]) -> AsyncIterator[bytes]:

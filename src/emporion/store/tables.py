@@ -270,3 +270,20 @@ class AuditEvent(Base):
     org_id: Mapped[str | None] = mapped_column(String(40), nullable=True)  # null: the operator's own (prices, margins)
     before: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON object; null: created
     after: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON object; null: removed
+
+
+class StoredResponse(Base):
+    """A response of ``POST /v1/responses`` with ``store`` on (the default), its organization's
+    only, until ``expires_at`` (``[responses] store_days`` after it was made; the sweeper purges
+    it then): the Response object as the client got it and the input items it answered, so that
+    a later request can continue the conversation (``previous_response_id``). store/responses.py."""
+
+    __tablename__ = "stored_responses"
+
+    id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    org_id: Mapped[str] = mapped_column(String(40), index=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[int] = mapped_column(BigInteger, index=True)
+    previous_response_id: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    input_items: Mapped[str] = mapped_column(Text)  # JSON array, with ids
+    response: Mapped[str] = mapped_column(Text)  # JSON object

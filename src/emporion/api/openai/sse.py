@@ -21,14 +21,20 @@ def event(payload: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
+def ends_with_done(data: bytes) -> bool:
+    return data.endswith(DONE)
+
+
 class EventStream:
     def __init__(
         self,
         events: AsyncIterator[bytes],
         headers: dict[str, str],
         on_close: Callable[[], Awaitable[None]],
+        is_last: Callable[[bytes], bool] = ends_with_done,
     ) -> None:
         self.events = events
+        self.is_last = is_last  # the event that ends a whole stream (what a cut one never sent)
         self.headers = {
             "content-type": "text/event-stream; charset=utf-8",
             "cache-control": "no-cache",
