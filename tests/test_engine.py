@@ -227,4 +227,4 @@ def test_local_only_policy_routes_to_the_operators_own_machines(gateway):
         client.chat.completions.create(model="fake-gpt", messages=[{"role": "user", "content": "hi"}])
     assert info.value.code == "policy_forbids_model" and "local-only" in info.value.message
     models = {m.id: m.model_dump() for m in gateway.client().models.list().data}
-    assert "tools" not in models["gemma-3-270m"]["supported_parameters"]  # not yet on the local engine
+    assert "tools" in models["gemma-3-270m"]["supported_parameters"]  # called by grammar (tests/test_local_tools.py)

@@ -117,7 +117,7 @@ async def start_deps(settings: Settings) -> Deps:
         raise StartupError(str(exc)) from None
 
     adapters: dict[str, Adapter] = {}
-    for name in {u.adapter for u in settings.upstreams} | {"openai_compat"}:
+    for name in {u.adapter for u in settings.upstreams} | {"openai_compat", "llama_cpp"}:  # the local engines' two
         try:
             adapters[name] = load_adapter(name)
         except KeyError as exc:

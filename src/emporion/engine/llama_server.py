@@ -51,15 +51,14 @@ class LlamaServer:
         self.port = _free_port()
         self.upstream = Upstream(
             name=f"local:{model_id}",
-            adapter="openai_compat",
+            # With a built-in template (which renders no tools), tools are called by grammar.
+            adapter="llama_cpp" if chat_template else "openai_compat",
             base_url=f"http://127.0.0.1:{self.port}/v1",
             timeout_s=600.0,
             connect_timeout_s=5.0,
             local=True,
             data_collection="deny",
             developer_role=False,
-            # llama.cpp's built-in templates (--no-jinja) cannot render tools; file templates can.
-            unsupported_parameters=frozenset({"tools", "tool_choice", "parallel_tool_calls"}) if chat_template else frozenset(),
         )
         self.admission = Admission(settings.parallel, settings.queue_size)
         self.state: State = "stopped"
