@@ -72,6 +72,7 @@ Penalty = Annotated[float, Field(ge=-2, le=2)]
 Stop = str | Annotated[list[str], Field(max_length=4)]
 INT64_MAX = 2**63 - 1  # what upstreams (and orjson) take: a larger integer is a 400 here, not a 500 there
 PositiveInt = Annotated[int, Field(ge=1, le=INT64_MAX)]
+MAX_CHOICES = 128  # n, as OpenAI bounds it
 
 
 class Sampling(Wire):
@@ -81,7 +82,7 @@ class Sampling(Wire):
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
     stop: Stop | None = None
     seed: Annotated[int, Field(ge=-INT64_MAX - 1, le=INT64_MAX)] | None = None
-    n: PositiveInt | None = None
+    n: Annotated[int, Field(ge=1, le=MAX_CHOICES)] | None = None  # each choice its own upstream request (pipeline/plan.py)
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     stream: bool = False
@@ -93,9 +94,7 @@ class Sampling(Wire):
     route: Literal["fallback"] | None = None
 
     @model_validator(mode="after")
-    def _one_choice(self) -> Sampling:
-        if self.n not in (None, 1):
-            raise InvalidRequest("Only n=1 is supported: send the request n times for more choices.", param="n")
+    def _stream_options_with_stream(self) -> Sampling:
         if self.stream_options is not None and not self.stream:
             raise InvalidRequest(
                 "The 'stream_options' parameter is only allowed when 'stream' is enabled.", param="stream_options"

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from emporion.auth.principal import Principal
 from emporion.catalog.builtin import EMBEDDINGS_UPSTREAM
 from emporion.catalog.models import Catalog, Model
-from emporion.core.requests import Ask, ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Generate
+from emporion.core.requests import INT64_MAX, Ask, ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Generate
 from emporion.errors import ContextLengthExceeded, InvalidRequest, PermissionDenied, ServiceUnavailable
 from emporion.metering.estimate import MEDIA_PARTS
 from emporion.pipeline.deps import Deps
@@ -59,13 +59,22 @@ class Plan:
         return replace(self, ask=self.ask.model_copy(update={"max_tokens": output_cap}))
 
     def parts(self) -> list[Generate]:
-        """A list of prompts is one upstream request per prompt: each gets its own engine slot
-        and exact usage, which upstreams do not all report for batched prompts."""
+        """One upstream request per choice: per prompt of a list of prompts, and ``n`` of each
+        (``n`` is not sent on). Each gets its own engine slot and exact usage, which upstreams do
+        not all report for batched prompts or several choices, and every model can give ``n``.
+        In OpenAI's order: the choices of the first prompt, then of the next."""
         ask = self.ask
         assert not isinstance(ask, EmbeddingRequest), "embeddings are not sent to an adapter"
-        if isinstance(ask, CompletionRequest) and len(prompts := ask.prompts()) > 1:
-            return [ask.model_copy(update={"prompt": prompt}) for prompt in prompts]
-        return [ask]
+        n = ask.n or 1
+        prompts = ask.prompts() if isinstance(ask, CompletionRequest) else []
+        if len(prompts) <= 1 and n == 1:
+            return [ask]
+        prompt_updates: list[dict[str, Any]] = [{"prompt": prompt} for prompt in prompts] if len(prompts) > 1 else [{}]
+        return [
+            ask.model_copy(update={**update, "n": None, "seed": _seed(ask.seed, i)})
+            for update in prompt_updates
+            for i in range(n)
+        ]
 
     def request_for(self, candidate: Candidate, part: Generate) -> Request:
         """The request as this deployment receives it: its model name, its quirks."""
@@ -73,6 +82,13 @@ class Plan:
         if not candidate.upstream.developer_role and isinstance(part, ChatCompletionRequest):
             update["messages"] = [m.model_copy(update={"role": "system"}) if m.role == "developer" else m for m in part.messages]
         return Request(part.model_copy(update=update))
+
+
+def _seed(seed: int | None, choice: int) -> int | None:
+    """The seed of the ``choice``-th of n choices: each its own, or all n would be the same answer."""
+    if seed is None:
+        return None
+    return seed + choice if seed + choice <= INT64_MAX else seed - choice
 
 
 def _names(ask: Ask, name: str) -> bool:

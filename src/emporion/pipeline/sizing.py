@@ -29,8 +29,9 @@ def size(ask: Ask, image_tokens: int) -> Sizing:
         return Sizing(prompt_bound(body, image_tokens), prompt_guess(body, image_tokens), None, 1, body)
     prompt = body.get("prompt")
     prompts = len(prompt) if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) else 1
+    n = ask.n or 1  # each of the n choices is its own upstream request, which reads the prompt again
     return Sizing(
-        prompt_bound(body, image_tokens), prompt_guess(body, image_tokens), ask.output_limit(), (ask.n or 1) * prompts, body
+        n * prompt_bound(body, image_tokens), n * prompt_guess(body, image_tokens), ask.output_limit(), n * prompts, body
     )
 
 
