@@ -97,3 +97,73 @@ def test_errors_use_anthropics_envelope(gateway):
     with pytest.raises(anthropic.BadRequestError) as info:
         client(gateway).messages.create(model="gemma-3-270m", max_tokens=0, messages=[{"role": "user", "content": "x"}])
     assert info.value.body["error"]["type"] == "invalid_request_error"
+
+
+def test_count_tokens_on_the_local_model_is_the_prompt_the_engine_bills(gateway):
+    api = client(gateway)
+    ask = {"model": "gemma-3-270m", "system": "Answer briefly.", "messages": [{"role": "user", "content": "Say hello."}]}
+    counted = api.messages.with_raw_response.count_tokens(**ask)
+    assert counted.headers["x-emporion-token-count"] == "exact"
+    usage = api.messages.create(max_tokens=4, **ask).usage
+    # Anthropic's input_tokens leaves out what was read from (or written to) the prompt cache
+    assert counted.parse().input_tokens == _prompt(usage) > 0
+
+
+def _prompt(usage) -> int:
+    return usage.input_tokens + (usage.cache_read_input_tokens or 0) + (usage.cache_creation_input_tokens or 0)
+
+
+def test_count_tokens_with_tools_on_the_local_model_counts_what_the_engine_is_sent(gateway):
+    api = client(gateway)
+    ask = {
+        "model": "gemma-3-270m",
+        "tools": [WEATHER],
+        "tool_choice": {"type": "tool", "name": "get_weather"},
+        "messages": [{"role": "user", "content": "Weather in Lyon?"}],
+    }
+    plain = api.messages.count_tokens(model="gemma-3-270m", messages=ask["messages"]).input_tokens
+    with_tools = api.messages.count_tokens(**ask).input_tokens
+    assert with_tools == _prompt(api.messages.create(max_tokens=40, **ask).usage) > plain
+
+
+@pytest.mark.parametrize("model, fake_name", [("conf-anthropic", "fake_anthropic"), ("conf-gemini", "fake_gemini")])
+def test_count_tokens_asks_an_upstream_that_can_count(gateway, request, model, fake_name):
+    fake = request.getfixturevalue(fake_name)
+    fake.scripts.clear()
+    fake.enqueue(Script(prompt_tokens=321))
+    counted = client(gateway).messages.with_raw_response.count_tokens(
+        model=model, system="Be brief.", tools=[WEATHER], messages=[{"role": "user", "content": "Weather in Lyon?"}]
+    )
+    assert counted.parse().input_tokens == 321 and counted.headers["x-emporion-token-count"] == "exact"
+    sent = fake.received[-1]
+    if fake_name == "fake_anthropic":
+        assert fake.paths[-1] == "/v1/messages/count_tokens"
+        assert sent["model"] == "claude-fake-1" and sent["tools"][0]["name"] == "get_weather"
+        assert "max_tokens" not in sent and "stream" not in sent
+    else:
+        assert fake.paths[-1] == "/v1beta/models/gemini-fake-1:countTokens"
+        generation = sent["generateContentRequest"]
+        assert generation["model"] == "models/gemini-fake-1"
+        assert generation["contents"][0]["parts"][0]["text"] == "Weather in Lyon?"
+
+
+def test_count_tokens_over_an_openai_upstream_is_an_estimate_flagged_as_one(gateway, fake_openai):
+    calls = fake_openai.count()
+    counted = client(gateway).messages.with_raw_response.count_tokens(
+        model="conf-openai_compat", messages=[{"role": "user", "content": "one two three four"}]
+    )
+    assert counted.headers["x-emporion-token-count"] == "estimate"
+    body = counted.http_response.json()
+    # cl100k: "user" 1 + "one two three four" 4, 3 framing tokens a message, 3 to prime the reply
+    assert body == {"input_tokens": 11, "estimate": True}
+    assert fake_openai.count() == calls  # nothing was generated or sent upstream
+
+
+def test_count_tokens_errors_use_anthropics_envelope(gateway):
+    api = client(gateway)
+    with pytest.raises(anthropic.NotFoundError) as info:
+        api.messages.count_tokens(model="no-such-model", messages=[{"role": "user", "content": "x"}])
+    assert info.value.body["error"]["type"] == "not_found_error"
+    with pytest.raises(anthropic.BadRequestError) as info:
+        api.messages.count_tokens(model="gemma-3-270m", messages=[])
+    assert info.value.body["error"]["type"] == "invalid_request_error"

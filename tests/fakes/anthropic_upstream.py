@@ -24,7 +24,20 @@ def event(name: str, payload: dict[str, Any]) -> bytes:
 class FakeAnthropic(ScriptQueue):
     def __init__(self) -> None:
         super().__init__()
-        self.app = Starlette(routes=[Route("/v1/messages", self._handle, methods=["POST"])])
+        self.app = Starlette(
+            routes=[
+                Route("/v1/messages", self._handle, methods=["POST"]),
+                Route("/v1/messages/count_tokens", self._count, methods=["POST"]),
+            ]
+        )
+
+    async def _count(self, request: Request) -> Response:
+        """Anthropic's count_tokens: ``{"input_tokens": N}`` (the script's prompt_tokens)."""
+        script = await self.next(request, orjson.loads(await request.body()))
+        error = {"type": "error", "error": {"type": "api_error", "message": "fake failure"}}
+        if (fault := fault_response(script, error)) is not None:
+            return fault
+        return Response(orjson.dumps({"input_tokens": script.prompt_tokens}), media_type="application/json")
 
     async def _handle(self, request: Request) -> Response:
         body = orjson.loads(await request.body())

@@ -1,5 +1,5 @@
 """A fake Google Gemini upstream (``models/{model}:generateContent`` and
-``:streamGenerateContent?alt=sse``), scripted per test with the same Script as the other fakes."""
+``:streamGenerateContent?alt=sse``, ``:countTokens``), scripted per test with the same Script as the other fakes."""
 
 from __future__ import annotations
 
@@ -28,6 +28,8 @@ class FakeGemini(ScriptQueue):
         error = {"error": {"code": script.status, "message": "fake failure", "status": "INTERNAL"}}
         if (fault := fault_response(script, error)) is not None:
             return fault
+        if request.path_params["call"].endswith(":countTokens"):
+            return Response(orjson.dumps({"totalTokens": script.prompt_tokens}), media_type="application/json")
         usage = {
             "promptTokenCount": script.prompt_tokens,
             "cachedContentTokenCount": script.cached_tokens,

@@ -21,7 +21,7 @@ from emporion.accounts import schemas as admin
 from emporion.api.openai.routes import json_response
 from emporion.api.usage_routes import FORMATS
 from emporion.core.requests import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from emporion.formats.anthropic_schemas import MessagesRequest
+from emporion.formats.anthropic_schemas import CountTokensRequest, MessagesRequest
 from emporion.formats.responses_schemas import ResponsesRequest
 from emporion.metering.usage import GROUPS
 
@@ -120,6 +120,13 @@ OPERATIONS: tuple[Operation, ...] = (
         "Anthropic",
         MessagesRequest,
         media=("application/json", "text/event-stream"),
+    ),
+    Operation(
+        "POST",
+        "/v1/messages/count_tokens",
+        "Count a Messages request's input tokens: exact where the model's deployment can count, else an estimate.",
+        "Anthropic",
+        CountTokensRequest,
     ),
     Operation("GET", "/v1/usage", "The caller's organization's usage.", "Usage", query=USAGE),
     Operation(

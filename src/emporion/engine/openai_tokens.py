@@ -13,6 +13,8 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import orjson
+
 from emporion.errors import InvalidRequest
 
 ENCODING = "cl100k_base"
@@ -41,3 +43,21 @@ def texts_of(inputs: list[str] | list[list[int]], param: str = "input") -> list[
                 code="invalid_value",
             ) from None
     return texts
+
+
+def estimate_chat(body: dict[str, Any]) -> int:
+    """A chat request's prompt tokens as OpenAI's ``cl100k_base`` counts them, with OpenAI's
+    published framing (3 tokens a message, 3 to prime the reply) and the tools as their JSON: an
+    estimate, for upstreams with no way to count (their own vocabulary and framing may differ)."""
+    encoding = _encoding()
+    total = 3
+    for message in body.get("messages") or ():
+        total += 3 + len(encoding.encode(str(message.get("role", ""))))
+        content = message.get("content")
+        parts = [content] if isinstance(content, str) else [p.get("text", "") for p in content or () if isinstance(p, dict)]
+        total += sum(len(encoding.encode(text)) for text in parts if isinstance(text, str))
+        for call in message.get("tool_calls") or ():
+            total += len(encoding.encode(orjson.dumps(call).decode()))
+    if body.get("tools"):
+        total += len(encoding.encode(orjson.dumps(body["tools"]).decode()))
+    return total

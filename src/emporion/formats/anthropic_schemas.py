@@ -45,3 +45,14 @@ class MessagesRequest(Wire):
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None
     metadata: Metadata | None = None
+
+
+class CountTokensRequest(Wire):
+    """``POST /v1/messages/count_tokens``: a Messages request without what only a generation needs."""
+
+    model: Annotated[str, Field(min_length=1)]
+    messages: Annotated[list[Message], Field(min_length=1)]
+    system: str | list[dict[str, Any]] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    thinking: dict[str, Any] | None = None

@@ -69,8 +69,32 @@ class AnthropicAdapter:
                         return
                 raise UpstreamError(f"upstream {upstream.name} ended the stream before message_stop")
 
+    async def count_tokens(self, request: Request, upstream: Upstream) -> int | None:
+        """Anthropic's own count (``POST /v1/messages/count_tokens``): the request without the
+        fields of a generation."""
+        body = {
+            k: v
+            for k, v in _body(request).items()
+            if k not in ("max_tokens", "stream", "temperature", "top_p", "top_k", "stop_sequences", "metadata")
+        }
+        with mapped_transport_errors(upstream):
+            async with self._session(upstream).post(
+                _count_url(upstream), data=encode_body(body), timeout=request_timeout(upstream), allow_redirects=False
+            ) as response:
+                raw = await response.read()
+                if response.status >= 300:
+                    raise _status_error(upstream, response.status, raw, response.headers)
+        counted = parse_json(upstream, raw).get("input_tokens")
+        if not isinstance(counted, int):
+            raise UpstreamError(f"upstream {upstream.name} counted no input_tokens")
+        return counted
+
     async def aclose(self) -> None:
         await self.transport.aclose()
+
+
+def _count_url(upstream: Upstream) -> str:
+    return upstream.base_url.rstrip("/") + "/messages/count_tokens"
 
 
 def _url(upstream: Upstream) -> str:

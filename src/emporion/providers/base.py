@@ -74,4 +74,9 @@ class Adapter(Protocol):
 
     def stream(self, request: Request, upstream: Upstream) -> AsyncGenerator[Chunk, None]: ...
 
+    async def count_tokens(self, request: Request, upstream: Upstream) -> int | None:
+        """The prompt tokens the request would be charged for, as the upstream counts them (its
+        tokenizer or its own counting endpoint); None where the upstream has no way to count."""
+        ...
+
     async def aclose(self) -> None: ...

@@ -80,6 +80,23 @@ class GeminiAdapter:
                     raise UpstreamError(f"upstream {upstream.name} ended the stream without a finish reason")
                 yield Chunk(choices=[], usage=translator.usage)
 
+    async def count_tokens(self, request: Request, upstream: Upstream) -> int | None:
+        """Gemini's own count (``models/{model}:countTokens``) of the whole generation request."""
+        model = f"models/{request.ask.model}"
+        body = {"generateContentRequest": {"model": model, **to_gemini(request)}}
+        url = f"{upstream.base_url.rstrip('/')}/{model}:countTokens"
+        with mapped_transport_errors(upstream):
+            async with self._session(upstream).post(
+                url, data=encode_body(body), timeout=request_timeout(upstream), allow_redirects=False
+            ) as response:
+                raw = await response.read()
+                if response.status >= 300:
+                    raise _status_error(upstream, response.status, raw, response.headers)
+        counted = parse_json(upstream, raw).get("totalTokens")
+        if not isinstance(counted, int):
+            raise UpstreamError(f"upstream {upstream.name} counted no totalTokens")
+        return counted
+
     async def aclose(self) -> None:
         await self.transport.aclose()
 

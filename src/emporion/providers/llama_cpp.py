@@ -45,6 +45,9 @@ class LlamaCppAdapter(OpenAICompatAdapter):
             yield Chunk(choices=[Delta(index=choice.index, finish_reason=choice.finish_reason)])
         yield Chunk(choices=[], usage=whole.usage)
 
+    async def count_tokens(self, request: Request, upstream: Upstream) -> int | None:
+        return await super().count_tokens(_constrained(request) or request, upstream)
+
 
 def _constrained(request: Request) -> Request | None:
     """The request with its tools turned into a grammar; None when it has none."""

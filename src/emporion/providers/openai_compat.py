@@ -79,6 +79,38 @@ class OpenAICompatAdapter:
                     yield Chunk(choices=deltas, usage=usage_from_openai(data.get("usage")))
                 raise UpstreamError(f"upstream {upstream.name} ended the stream before [DONE]")
 
+    async def count_tokens(self, request: Request, upstream: Upstream) -> int | None:
+        """Exact on a local llama-server: the chat template applied as for a generation
+        (``/apply-template``), then its tokenizer (``/tokenize``, with the BOS the prompt gets).
+        A remote OpenAI-compatible API has no counting endpoint: None."""
+        if not upstream.local or request.endpoint != "chat":
+            return None
+        root = upstream.base_url.rstrip("/").removesuffix("/v1")
+        session = self._session(upstream)
+        with mapped_transport_errors(upstream):
+            async with session.post(
+                root + "/apply-template",
+                data=encode_body({"messages": request.body["messages"]}),
+                timeout=request_timeout(upstream),
+            ) as response:
+                raw = await response.read()
+                if response.status >= 300:
+                    raise _upstream_status_error(upstream, response.status, raw, response.headers)
+            prompt = parse_json(upstream, raw).get("prompt")
+            if not isinstance(prompt, str):
+                raise UpstreamError(f"upstream {upstream.name} applied no chat template")
+            tokenize = {"content": prompt, "add_special": True, "parse_special": True}
+            async with session.post(
+                root + "/tokenize", data=encode_body(tokenize), timeout=request_timeout(upstream)
+            ) as response:
+                raw = await response.read()
+                if response.status >= 300:
+                    raise _upstream_status_error(upstream, response.status, raw, response.headers)
+        tokens = parse_json(upstream, raw).get("tokens")
+        if not isinstance(tokens, list):
+            raise UpstreamError(f"upstream {upstream.name} answered /tokenize without tokens")
+        return len(tokens)
+
     async def aclose(self) -> None:
         await self.transport.aclose()
 
