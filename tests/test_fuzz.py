@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
+import orjson
 import pytest
 import requests
 import schemathesis
@@ -98,7 +99,16 @@ def _existing(gateway: Gateway) -> dict[str, list[str]]:
         chat = {"model": "fake-gpt", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
         answer = http.post("/v1/chat/completions", json=chat, headers={"Authorization": f"Bearer {created['key']}"})
         answer.raise_for_status()
+        line = {"custom_id": "1", "method": "POST", "url": "/v1/chat/completions", "body": chat}
+        as_customer = {"Authorization": f"Bearer {created['key']}"}
+        file = http.post(
+            "/v1/files", files={"file": ("in.jsonl", orjson.dumps(line))}, data={"purpose": "batch"}, headers=as_customer
+        ).json()["id"]
+        batch = {"input_file_id": file, "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+        batch_id = http.post("/v1/batches", json=batch, headers=as_customer).json()["id"]
     return {
+        "file_id": [file],
+        "batch_id": [batch_id],
         "org_id": [reseller, customer],
         "member_id": [member],
         "key_id": [created["id"]],

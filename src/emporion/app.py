@@ -21,6 +21,9 @@ from emporion.api.anthropic.routes import routes as anthropic_routes
 from emporion.api.disconnect import CancelOnDisconnect
 from emporion.api.errors import handlers
 from emporion.api.middleware import Edge
+from emporion.api.openai.batch_lines import new_request_id, run_line
+from emporion.api.openai.batches import routes as batch_routes
+from emporion.api.openai.files import routes as file_routes
 from emporion.api.openai.responses import routes as responses_routes
 from emporion.api.openai.routes import json_response
 from emporion.api.openai.routes import routes as openai_routes
@@ -28,6 +31,7 @@ from emporion.api.openapi import routes as openapi_routes
 from emporion.api.protocol import edge_protocol
 from emporion.api.usage_routes import routes as usage_routes
 from emporion.auth.principal import Authenticator
+from emporion.batches.worker import BatchWorker
 from emporion.catalog.builtin import EMBEDDINGS_UPSTREAM, MINILM_MAX_TOKENS, build_catalog
 from emporion.core.prices import Margin
 from emporion.engine.embeddings import Embedder
@@ -45,12 +49,14 @@ from emporion.providers.base import Adapter, Upstream
 from emporion.providers.registry import load_adapter
 from emporion.routing.router import Router
 from emporion.settings import Settings
+from emporion.store import files as stored_files
 from emporion.store import repos
 from emporion.store import responses as stored_responses
 from emporion.store.idempotency import purge_expired
 from emporion.store.session import Database, open_database
 
 log = logging.getLogger("emporion")
+BATCH_GRACE_S = 10.0  # at shutdown, the batch lines running get this long to finish
 
 
 class StartupError(RuntimeError):
@@ -68,10 +74,15 @@ def build_app(settings: Settings) -> Starlette:
             asyncio.create_task(sweep(deps), name="sweeper"),
             asyncio.create_task(keep_live(live, settings.server.catalog_refresh_s), name="live-catalog"),
         ]
+        worker = BatchWorker(deps, run_line, new_request_id) if settings.batches.enabled else None
+        batches = asyncio.create_task(worker.run(), name="batch-worker") if worker else None
+        app.state.batch_worker = worker
         _tune_gc()
         try:
             yield
         finally:
+            if worker is not None and batches is not None:
+                await worker.stop(batches, BATCH_GRACE_S)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -81,6 +92,8 @@ def build_app(settings: Settings) -> Starlette:
     routes = [
         *openai_routes,
         *responses_routes,
+        *file_routes,
+        *batch_routes,
         *anthropic_routes,
         *admin_routes,
         *usage_routes,
@@ -189,8 +202,8 @@ def _limiter(settings: Settings) -> Limiter:
 
 async def sweep(deps: Deps) -> None:
     """Every ``[metering] sweep_interval_s``: release holds of requests whose process died, move
-    organizations to the tier they earned, forget idempotency keys older than a day and stored
-    responses past ``[responses] store_days`` (prices and models are picked up by the live
+    organizations to the tier they earned, forget idempotency keys older than a day, stored
+    responses past ``[responses] store_days`` and files past their expiry (prices and models are picked up by the live
     catalog, live.py). A failure is logged and retried on the
     next round; it never stops the gateway."""
     while True:
@@ -203,6 +216,7 @@ async def sweep(deps: Deps) -> None:
                 deps.auth.forget()
             await purge_expired(deps.db)
             await stored_responses.purge_expired(deps.db)
+            await stored_files.purge_expired(deps.db)
         except Exception as exc:
             log.warning("sweeper round failed: %s", exc)
 

@@ -171,6 +171,22 @@ class ResponsesSettings(Strict):
     )
 
 
+class FileSettings(Strict):
+    max_bytes: Annotated[int, Field(gt=0)] = 200 * 1024 * 1024  # one uploaded file (OpenAI's batch input limit)
+    output_days: Annotated[float, Field(gt=0, le=3650)] = 30.0  # how long a batch's output and error files are kept
+
+
+class BatchSettings(Strict):
+    """The batch worker: every replica runs one, taking batches one at a time."""
+
+    enabled: bool = True  # false: this replica runs no batch lines (others, or a later start, will)
+    discount_percent: Annotated[Decimal, Field(ge=0, le=100)] = Decimal(50)  # off the price of every line (OpenAI: 50)
+    concurrency: Annotated[int, Field(ge=1, le=256)] = 4  # lines of a batch running at once on this replica
+    max_lines: Annotated[int, Field(ge=1)] = 50_000
+    poll_s: Annotated[float, Field(gt=0)] = 1.0  # how often an idle worker looks for a batch to run
+    lease_s: Annotated[float, Field(ge=1)] = 60.0  # a batch its replica stopped renewing for this long is taken over
+
+
 class TierSettings(Strict):
     """A tier's limits per organization, and what an organization needs to reach it."""
 
@@ -221,6 +237,8 @@ class Settings(Strict):
     limits: LimitSettings = LimitSettings()
     metering: MeteringSettings = MeteringSettings()
     responses: ResponsesSettings = ResponsesSettings()
+    files: FileSettings = FileSettings()
+    batches: BatchSettings = BatchSettings()
     tiers: dict[str, TierSettings] = DEFAULT_TIERS  # in order, lowest first; the first is where organizations start
 
     def tier(self, name: str) -> TierSettings | None:

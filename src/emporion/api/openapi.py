@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
@@ -18,6 +18,8 @@ from starlette.routing import Route
 
 from emporion import __version__
 from emporion.accounts import schemas as admin
+from emporion.api.openai.batches import CreateBatch
+from emporion.api.openai.files import PURPOSES
 from emporion.api.openai.routes import json_response
 from emporion.api.usage_routes import FORMATS
 from emporion.core.requests import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
@@ -48,6 +50,7 @@ class Operation:
     query: tuple[Query, ...] = ()
     authenticated: bool = True
     media: tuple[str, ...] = ("application/json",)  # what a 200 may be
+    body_media: str = "application/json"
 
     @property
     def template(self) -> str:
@@ -62,6 +65,18 @@ USAGE = (
     Query("group_by", "One row per day (default), model or key.", {"type": "string", "enum": list(GROUPS)}),
     Query("key_id", "Only the requests of this key."),
 )
+PAGE = (Query("limit", "At most this many."), Query("after", "The last id of the previous page."))
+FILE = "/v1/files/{file_id}"
+BATCH = "/v1/batches/{batch_id}"
+
+
+class FileUpload(BaseModel):
+    """``POST /v1/files``, as multipart/form-data."""
+
+    file: bytes
+    purpose: Literal[PURPOSES]  # type: ignore[valid-type]  # a Literal of the tuple's members
+
+
 STATEMENT = (Query("format", "json (default), csv or pdf.", {"type": "string", "enum": list(FORMATS)}),)
 STATEMENT_MEDIA = ("application/json", "text/csv", "application/pdf")
 
@@ -128,6 +143,32 @@ OPERATIONS: tuple[Operation, ...] = (
         "Anthropic",
         CountTokensRequest,
     ),
+    Operation(
+        "POST",
+        "/v1/files",
+        "Upload a file (batch inputs and training data are checked line by line).",
+        "OpenAI",
+        FileUpload,
+        body_media="multipart/form-data",
+    ),
+    Operation(
+        "GET",
+        "/v1/files",
+        "The organization's files.",
+        "OpenAI",
+        query=(
+            Query("purpose", "Only the files of this purpose."),
+            Query("order", "asc or desc (default).", {"type": "string", "enum": ["asc", "desc"]}),
+            *PAGE,
+        ),
+    ),
+    Operation("GET", FILE, "One of the organization's files.", "OpenAI"),
+    Operation("DELETE", FILE, "Delete a file.", "OpenAI"),
+    Operation("GET", FILE + "/content", "A file's content.", "OpenAI", media=("application/octet-stream",)),
+    Operation("POST", "/v1/batches", "Create a batch from an uploaded JSONL file.", "OpenAI", CreateBatch),
+    Operation("GET", "/v1/batches", "The organization's batches, newest first.", "OpenAI", query=PAGE),
+    Operation("GET", BATCH, "One of the organization's batches.", "OpenAI"),
+    Operation("POST", BATCH + "/cancel", "Cancel a batch.", "OpenAI"),
     Operation("GET", "/v1/usage", "The caller's organization's usage.", "Usage", query=USAGE),
     Operation(
         "GET",
@@ -289,7 +330,7 @@ def _operation(op: Operation, body_ref: dict[str, Any] | None) -> dict[str, Any]
         "security": [{"bearer": []}, {"x-api-key": []}] if op.authenticated else [],
     }
     if body_ref is not None:
-        operation["requestBody"] = {"required": op.body_required, "content": {"application/json": {"schema": body_ref}}}
+        operation["requestBody"] = {"required": op.body_required, "content": {op.body_media: {"schema": body_ref}}}
     return operation
 
 

@@ -8,16 +8,18 @@ request's record in the same transaction; a request that produced nothing settle
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, Literal
 
 from emporion.auth.principal import Principal
 from emporion.catalog.models import Deployment, Model
 from emporion.core.money import Nanos
-from emporion.core.prices import Charge, charge
+from emporion.core.prices import Charge, Price, charge
 from emporion.core.usage import Usage
 from emporion.metering.ledger import Ledger, Settled
 from emporion.metering.pricebook import PriceBook, Priced
@@ -25,6 +27,26 @@ from emporion.metering.pricebook import PriceBook, Priced
 Status = Literal["completed", "partial", "cancelled", "failed"]  # partial: cut after some output
 UsageSource = Literal["upstream", "counted", "none"]
 NO_CHARGE = Charge(provider=Nanos(0), operator=Nanos(0), resellers=(), total=Nanos(0))
+FULL_PRICE = Decimal(1)
+
+
+def discounted(price: Price, factor: Decimal) -> Price:
+    """The price a request pays at ``factor`` of it (a batch line's: 1 - the batch discount), every
+    per-token and per-request part alike, before the margin and the markups are applied to it."""
+    if factor == FULL_PRICE:
+        return price
+
+    def scaled(value: Decimal | None) -> Decimal | None:
+        return None if value is None else value * factor
+
+    return dataclasses.replace(
+        price,
+        prompt=price.prompt * factor,
+        completion=price.completion * factor,
+        cached_prompt=scaled(price.cached_prompt),
+        cache_write=scaled(price.cache_write),
+        request=price.request * factor,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +85,7 @@ class Tab:
     endpoint: str
     streamed: bool
     hold: Nanos
+    price_factor: Decimal = FULL_PRICE  # what the request pays of the price (a batch line: less)
     opened_at: float = field(default_factory=time.monotonic)
     closed: Settled | None = None
 
@@ -73,7 +96,8 @@ class Tab:
         return self._bill(self.priced(model, deployment), usage)
 
     def _bill(self, priced: Priced, usage: Usage) -> Charge:
-        return charge(usage, priced.price, priced.margin, [markup for _, markup in self.principal.resellers])
+        price = discounted(priced.price, self.price_factor)
+        return charge(usage, price, priced.margin, [markup for _, markup in self.principal.resellers])
 
     def cost(self, model: Model, deployment: Deployment, usage: Usage) -> Nanos:
         """What the customer pays for ``usage``: the charge, never more than the hold."""
@@ -130,6 +154,7 @@ def worst_case(
     deployments: Iterable[tuple[Model, Deployment]],
     prompt_tokens: int,
     output_tokens: int,
+    price_factor: Decimal = FULL_PRICE,
 ) -> Nanos:
     """The most the request can cost: every prompt token at the dearest input price, every
     output token it may generate, on the dearest of the deployments that may serve it."""
@@ -138,7 +163,7 @@ def worst_case(
     usage = Usage(input_tokens=prompt_tokens, output_tokens=output_tokens)
     for model, deployment in deployments:
         dearest = pricebook.dearest(model, deployment)
-        worst = max(worst, charge(usage, dearest.price, dearest.margin, markups).total)
+        worst = max(worst, charge(usage, discounted(dearest.price, price_factor), dearest.margin, markups).total)
     return Nanos(worst)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 from emporion.auth.principal import Principal
 from emporion.core.money import Nanos
@@ -38,8 +39,11 @@ class Answer:
     headers: dict[str, str] = field(default_factory=dict)  # x-ratelimit-*
 
 
-async def handle(deps: Deps, principal: Principal, ask: Ask, request_id: str, *, streamed: bool = False) -> Answer | Streamed:
-    call = Call(request_id, principal, _as_text(ask), streamed)
+async def handle(
+    deps: Deps, principal: Principal, ask: Ask, request_id: str, *, streamed: bool = False, price_factor: Decimal = Decimal(1)
+) -> Answer | Streamed:
+    """``price_factor``: what the request pays of its price (a batch line pays less)."""
+    call = Call(request_id, principal, _as_text(ask), streamed, price_factor)
     async with contextlib.AsyncExitStack() as path:
         path.push_async_callback(deps.stages.observe, call)  # last of all, however the request ends
         try:

@@ -22,6 +22,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from decimal import Decimal
 
 from emporion.auth.principal import Principal
 from emporion.core.money import Nanos
@@ -67,10 +68,10 @@ class Bill:
 async def held(deps: Deps, call: Call, sizing: Sizing, limited: Limited) -> AsyncIterator[Bill]:
     plan = call.plan
     assert plan is not None, "a request is planned before it is held"
-    per_choice, hold = await _reserve(deps, call.principal, call.request_id, plan, sizing)
+    per_choice, hold = await _reserve(deps, call.principal, call.request_id, plan, sizing, call.price_factor)
     flexible = plan.kind != "embedding" and sizing.asked is None
     cap = per_choice if flexible and (per_choice < plan.output_per_choice or plan.local) else None
-    tab = Tab(deps.ledger, deps.pricebook, call.principal, call.request_id, plan.kind, call.streamed, hold)
+    tab = Tab(deps.ledger, deps.pricebook, call.principal, call.request_id, plan.kind, call.streamed, hold, call.price_factor)
     bill = Bill(tab, cap, sizing.prompt_guess)
     try:
         yield bill
@@ -85,7 +86,9 @@ async def held(deps: Deps, call: Call, sizing: Sizing, limited: Limited) -> Asyn
         await _settle(deps, bill, call, limited)
 
 
-async def _reserve(deps: Deps, principal: Principal, request_id: str, plan: Plan, sizing: Sizing) -> tuple[int, Nanos]:
+async def _reserve(
+    deps: Deps, principal: Principal, request_id: str, plan: Plan, sizing: Sizing, price_factor: Decimal
+) -> tuple[int, Nanos]:
     """Holds the worst case of ``plan.output_per_choice`` output tokens a choice; when that is more
     than the credit (or a budget) covers and the request set no max_tokens, holds what the credit
     covers instead. Returns the output tokens a choice may make, and the hold."""
@@ -93,7 +96,8 @@ async def _reserve(deps: Deps, principal: Principal, request_id: str, plan: Plan
     per_choice = 0 if plan.kind == "embedding" else plan.output_per_choice
 
     def cost_of(output_per_choice: int) -> Nanos:
-        return worst_case(principal, deps.pricebook, deployments, sizing.prompt_bound, output_per_choice * sizing.choices)
+        tokens = output_per_choice * sizing.choices
+        return worst_case(principal, deps.pricebook, deployments, sizing.prompt_bound, tokens, price_factor)
 
     budgets = budgets_of(principal, time.time())
     try:

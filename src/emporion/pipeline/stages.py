@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from emporion.auth.principal import Principal
@@ -43,6 +44,7 @@ class Call:
     principal: Principal
     ask: Ask
     streamed: bool
+    price_factor: Decimal = Decimal(1)  # what it pays of the price: less for a batch line
     plan: Plan | None = None
     route: Route | None = None  # the deployment that served it, once one did
     completion: Completion | None = None  # a whole answer (not a stream's)

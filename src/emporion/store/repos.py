@@ -58,6 +58,18 @@ async def find_active_key(session: AsyncSession, key_hash: str) -> tuple[ApiKey,
     return None if row is None else (row[0], row[1])
 
 
+async def find_active_key_by_id(session: AsyncSession, key_id: str) -> tuple[ApiKey, Organization] | None:
+    """A key not revoked, by its id (the batch worker runs a batch's lines as the key that made it)."""
+    row = (
+        await session.execute(
+            select(ApiKey, Organization)
+            .join(Organization, Organization.id == ApiKey.org_id)
+            .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+        )
+    ).first()
+    return None if row is None else (row[0], row[1])
+
+
 async def org_ancestors(session: AsyncSession, org: Organization) -> list[Organization]:
     """The organization's resellers: its parent, the parent's parent, and so on."""
     chain: list[Organization] = []

@@ -287,3 +287,79 @@ class StoredResponse(Base):
     previous_response_id: Mapped[str | None] = mapped_column(String(80), nullable=True)
     input_items: Mapped[str] = mapped_column(Text)  # JSON array, with ids
     response: Mapped[str] = mapped_column(Text)  # JSON object
+
+
+class StoredFile(Base):
+    """A file of ``/v1/files``: uploaded by an organization (``batch``, ``fine-tune``, …) or made
+    by Emporion (``batch_output``: a batch's output and error files), its organization's only,
+    kept in the database so that every replica serves it. store/files.py."""
+
+    __tablename__ = "files"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    org_id: Mapped[str] = mapped_column(String(40), index=True)
+    filename: Mapped[str] = mapped_column(String(255))
+    purpose: Mapped[str] = mapped_column(String(20))
+    size: Mapped[int] = mapped_column(BigInteger)  # bytes
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    created_ns: Mapped[int] = mapped_column(BigInteger, index=True)  # the order of listing (seconds tie)
+    expires_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Batch(Base):
+    """A batch of ``/v1/batches``: the lines of its input file, run by the batch worker of one
+    replica at a time (``owner`` holds it until ``owner_until``, renewed while it runs; a replica
+    that died lets another take over), from ``validating`` to an end state. store/batches.py."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    org_id: Mapped[str] = mapped_column(String(40), index=True)
+    key_id: Mapped[str] = mapped_column(String(40))  # whose key made it: the lines run as that key
+    endpoint: Mapped[str] = mapped_column(String(40))
+    input_file_id: Mapped[str] = mapped_column(String(40), index=True)
+    completion_window: Mapped[str] = mapped_column(String(10))
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    metadata_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    errors_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    price_factor: Mapped[str] = mapped_column(String(20))  # what a line pays of the price, frozen at creation
+    total: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    completed: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    failed: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    output_file_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    error_file_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    created_ns: Mapped[int] = mapped_column(BigInteger, index=True)  # the order of listing and of running
+    expires_at: Mapped[int] = mapped_column(BigInteger)
+    in_progress_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    finalizing_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    completed_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    failed_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    expired_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    cancelling_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    cancelled_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    owner: Mapped[str | None] = mapped_column(String(60), nullable=True)
+    owner_until: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+
+
+class BatchLine(Base):
+    """One line of a batch once the worker started it: ``running`` with the request id it runs
+    under (written before the request is made, so that a restart can tell whether it was charged),
+    then ``done`` with the response (or the error) that goes to the output (or error) file."""
+
+    __tablename__ = "batch_lines"
+
+    batch_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    line: Mapped[int] = mapped_column(Integer, primary_key=True)
+    custom_id: Mapped[str] = mapped_column(String(255))
+    request_id: Mapped[str] = mapped_column(String(80))
+    state: Mapped[str] = mapped_column(String(10))  # running, done
+    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)  # None: it never got a response
+    body: Mapped[str | None] = mapped_column(Text, nullable=True)  # the response body, JSON
+    error_code: Mapped[str | None] = mapped_column(String(40), nullable=True)  # why it got no response
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    cached_input_tokens: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    output_tokens: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    cost_nanos: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))

@@ -5,6 +5,7 @@ of each organization: retrieve, delete, list a response's input items."""
 from __future__ import annotations
 
 import logging
+from decimal import Decimal
 from typing import Any
 
 from pydantic import ValidationError
@@ -17,12 +18,13 @@ from emporion.api.idempotency import idempotent
 from emporion.api.openai.render import provenance
 from emporion.api.openai.routes import authenticate, authenticate_caller, json_response
 from emporion.api.openai.sse import EventStream
+from emporion.auth.principal import Principal
 from emporion.core.money import format_usd
 from emporion.core.requests import ChatCompletionRequest
 from emporion.errors import InvalidRequest, NotFound
 from emporion.formats import responses as wire
 from emporion.formats.responses_schemas import ResponsesRequest
-from emporion.pipeline import Deps, Streamed, handle
+from emporion.pipeline import Answer, Deps, Streamed, handle
 from emporion.providers.base import Completion
 from emporion.store import responses as kept
 
@@ -35,6 +37,43 @@ LAST_EVENTS = (b"event: response.completed\n", b"event: response.incomplete\n")
 async def create(request: Request) -> Response:
     deps, principal = await authenticate_caller(request)
     body = await parse_body(request, ResponsesRequest, deps.settings.server.max_body_bytes)
+    response_id = wire.new_id("resp")
+    if not body.stream:
+        done, outcome = await respond(deps, principal, body, response_id)
+        headers = {**provenance(outcome.route, response_id), **outcome.headers, "x-emporion-cost": format_usd(outcome.cost)}
+        return json_response(done, headers=headers)
+    chat, items = await _as_chat(deps, principal, body)
+    opened = await handle(deps, principal, chat, response_id, streamed=True)
+    assert isinstance(opened, Streamed)
+
+    async def store(done: dict[str, Any]) -> None:
+        if body.stored:
+            await _save(deps, principal.org_id, done, items)
+
+    start = wire.skeleton(body, response_id, opened.route.model.id)
+    events = wire.to_events(start, aiter(opened), lambda: opened.charged, store)
+    headers = {**provenance(opened.route, response_id), **opened.headers}
+    return EventStream(events, headers, on_close=opened.aclose, is_last=_is_last)  # type: ignore[return-value]  # an ASGI app, as on chat
+
+
+async def respond(
+    deps: Deps, principal: Principal, body: ResponsesRequest, response_id: str, price_factor: Decimal = Decimal(1)
+) -> tuple[dict[str, Any], Answer]:
+    """A whole (not streamed) response, stored where ``store`` says: the route's, and a batch line's."""
+    chat, items = await _as_chat(deps, principal, body)
+    outcome = await handle(deps, principal, chat, response_id, price_factor=price_factor)
+    assert isinstance(outcome, Answer) and isinstance(outcome.result, Completion)
+    done = wire.to_response(wire.skeleton(body, response_id, outcome.route.model.id), outcome.result, outcome.cost)
+    if body.stored:
+        await _save(deps, principal.org_id, done, items)
+    return done, outcome
+
+
+async def _as_chat(
+    deps: Deps, principal: Principal, body: ResponsesRequest
+) -> tuple[ChatCompletionRequest, list[dict[str, Any]]]:
+    """The chat request a Responses request becomes (its conversation so far first, where it
+    continues one), and its own input items (what a stored response keeps)."""
     history: list[dict[str, Any]] = []
     if body.previous_response_id is not None:
         found = await kept.conversation(deps.db, principal.org_id, no_nul(body.previous_response_id, "previous_response_id"))
@@ -47,26 +86,9 @@ async def create(request: Request) -> Response:
         history = found
     items = wire.input_items(body)
     try:
-        chat = ChatCompletionRequest.model_validate(wire.to_chat(body, history, items))
+        return ChatCompletionRequest.model_validate(wire.to_chat(body, history, items)), items
     except ValidationError as exc:
         raise invalid_request(exc) from None
-    response_id = wire.new_id("resp")
-    outcome = await handle(deps, principal, chat, response_id, streamed=body.stream)
-
-    async def store(done: dict[str, Any]) -> None:
-        if body.stored:
-            await _save(deps, principal.org_id, done, items)
-
-    if isinstance(outcome, Streamed):
-        start = wire.skeleton(body, response_id, outcome.route.model.id)
-        events = wire.to_events(start, aiter(outcome), lambda: outcome.charged, store)
-        headers = {**provenance(outcome.route, response_id), **outcome.headers}
-        return EventStream(events, headers, on_close=outcome.aclose, is_last=_is_last)  # type: ignore[return-value]  # an ASGI app, as on chat
-    assert isinstance(outcome.result, Completion)
-    done = wire.to_response(wire.skeleton(body, response_id, outcome.route.model.id), outcome.result, outcome.cost)
-    await store(done)
-    headers = {**provenance(outcome.route, response_id), **outcome.headers, "x-emporion-cost": format_usd(outcome.cost)}
-    return json_response(done, headers=headers)
 
 
 async def _save(deps: Deps, org_id: str, done: dict[str, Any], items: list[dict[str, Any]]) -> None:

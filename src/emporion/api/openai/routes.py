@@ -79,20 +79,24 @@ async def embeddings(request: Request) -> Response:
     wire = await parse_body(request, EmbeddingRequest, deps.settings.server.max_body_bytes)
     request_id = "emb-" + secrets.token_urlsafe(18)
     outcome = await handle(deps, principal, wire, request_id)
-    assert isinstance(outcome, Answer) and isinstance(outcome.result, Embeddings)
-    embedded, model = outcome.result.embedded, outcome.route.model
+    assert isinstance(outcome, Answer)
+    headers = {**provenance(outcome.route, request_id), **outcome.headers, "x-emporion-cost": format_usd(outcome.cost)}
+    return json_response(embeddings_body(wire, outcome), headers=headers)
+
+
+def embeddings_body(wire: EmbeddingRequest, outcome: Answer) -> dict[str, object]:
+    assert isinstance(outcome.result, Embeddings)
+    embedded = outcome.result.embedded
     data = [
         {"object": "embedding", "index": index, "embedding": _encode_vector(vector, wire.encoding_format)}
         for index, vector in enumerate(embedded.vectors)
     ]
-    body = {
+    return {
         "object": "list",
         "data": data,
-        "model": model.id,
+        "model": outcome.route.model.id,
         "usage": {"prompt_tokens": embedded.tokens, "total_tokens": embedded.tokens, "cost": float(to_usd(outcome.cost))},
     }
-    headers = {**provenance(outcome.route, request_id), **outcome.headers, "x-emporion-cost": format_usd(outcome.cost)}
-    return json_response(body, headers=headers)
 
 
 def _encode_vector(vector: np.ndarray, encoding: str) -> list[float] | str:
