@@ -231,6 +231,8 @@ def test_a_chat_batch_runs_every_line_at_the_batch_discount(gateway, fake_openai
     output = api.files.retrieve(done.output_file_id)
     assert output.purpose == "batch_output" and output.expires_at is not None
     assert done.id in [b.id for b in api.batches.list()]
+    by_tag = api.get("/usage", cast_to=object, options={"params": {"group_by": "tag"}})["data"]
+    assert {row["group"]: row["requests"] for row in by_tag}[f"batch:{done.id}"] == 5  # its lines, tagged
 
 
 def test_a_line_that_cannot_be_held_fails_alone_with_insufficient_credits(gateway):

@@ -62,8 +62,9 @@ MODEL_FILTER = Query("model", "Only the rows of this model.")
 USAGE = (
     Query("start", "First day, YYYY-MM-DD (default: 30 days before `end`).", {"type": "string", "format": "date"}),
     Query("end", "Last day, YYYY-MM-DD (default: today, UTC).", {"type": "string", "format": "date"}),
-    Query("group_by", "One row per day (default), model or key.", {"type": "string", "enum": list(GROUPS)}),
+    Query("group_by", "One row per day (default), model, key, end user or tag.", {"type": "string", "enum": list(GROUPS)}),
     Query("key_id", "Only the requests of this key."),
+    Query("user", "Only the requests of this end user (their `user`)."),
 )
 PAGE = (Query("limit", "At most this many."), Query("after", "The last id of the previous page."))
 FILE = "/v1/files/{file_id}"

@@ -50,7 +50,8 @@ async def _report(db: Database, org_id: str, query: QueryParams) -> Response:
         raise InvalidRequest(f"`group_by` is one of {', '.join(GROUPS)}.", param="group_by")
     first, last = metering_usage.parse_range(query.get("start"), query.get("end"))
     key_id = query.get("key_id") or None
-    rows = await metering_usage.usage(db, org_id, *metering_usage.bounds(first, last), group_by, key_id)
+    end_user = query.get("user") or None
+    rows, total = await metering_usage.report(db, org_id, *metering_usage.bounds(first, last), group_by, key_id, end_user)
     return json_response(
         {
             "object": "usage",
@@ -59,8 +60,9 @@ async def _report(db: Database, org_id: str, query: QueryParams) -> Response:
             "start": first.isoformat(),
             "end": last.isoformat(),
             "key_id": key_id,
+            "user": end_user,
             "data": [_row(row) for row in rows],
-            "total": _row(metering_usage.totals(rows)),
+            "total": _row(total),
         }
     )
 

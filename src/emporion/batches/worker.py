@@ -47,7 +47,7 @@ from emporion.store.tables import Batch
 
 log = logging.getLogger("emporion.batches")
 
-RunLine = Callable[[Deps, Principal, Line, str, Decimal], Awaitable[stored.Outcome]]
+RunLine = Callable[[Deps, Principal, Line, str, Decimal, str], Awaitable[stored.Outcome]]
 NewRequestId = Callable[[str], str]
 MAX_RETRIES = 20  # waits for a rate limit or a busy engine before the line is failed with that error
 MAX_BACKOFF_S = 30.0
@@ -186,7 +186,7 @@ class BatchWorker:
             await stored.start_line(db, batch.id, line.number, line.custom_id, request_id)
             try:
                 principal = await self.deps.auth.of_key(batch.key_id)
-                outcome = await self.run_line(self.deps, principal, line, request_id, price_factor)
+                outcome = await self.run_line(self.deps, principal, line, request_id, price_factor, batch.id)
             except EmporionError as exc:
                 if not retryable(exc):  # the key revoked, the organization suspended
                     outcome = stored.Outcome(exc.status, exc.envelope())

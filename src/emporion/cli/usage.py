@@ -49,13 +49,13 @@ async def _org(db: Database, ref: str) -> Organization:
 @usage_app.command("show")
 def show(
     org: OrgOption,
-    by: Annotated[str, typer.Option("--by", help="day, model or key.")] = "day",
+    by: Annotated[str, typer.Option("--by", help="day, model, key, user (end user) or tag.")] = "day",
     start: Annotated[str | None, typer.Option(help="First day, YYYY-MM-DD (UTC; default: 29 days before --end).")] = None,
     end: Annotated[str | None, typer.Option(help="Last day, YYYY-MM-DD (UTC; default: today).")] = None,
     data_dir: DataDir = None,
     config: ConfigFile = None,
 ) -> None:
-    """Requests, tokens and cost, summed by day, model or key."""
+    """Requests, tokens and cost, summed by day, model, key, end user or tag."""
     if not metering_usage.is_group(by):
         fail(f"--by is one of {', '.join(metering_usage.GROUPS)}", 2)
     grouping = by
@@ -64,10 +64,10 @@ def show(
     async def work(db: Database):
         first, last = metering_usage.parse_range(start, end)
         found = await _org(db, org)
-        rows = await metering_usage.usage(db, found.id, *metering_usage.bounds(first, last), grouping)
-        return found, first, last, rows
+        rows, total = await metering_usage.report(db, found.id, *metering_usage.bounds(first, last), grouping)
+        return found, first, last, rows, total
 
-    found, first, last, rows = _run(settings, work)
+    found, first, last, rows, total = _run(settings, work)
     table = Table(
         by,
         "requests",
@@ -81,7 +81,7 @@ def show(
     for row in rows:
         table.add_row(_name(row), *_counts(row))
     table.add_section()
-    table.add_row("total", *_counts(metering_usage.totals(rows)))
+    table.add_row("total", *_counts(total))
     out.print(table)
 
 

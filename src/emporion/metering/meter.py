@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
+import orjson
+
 from emporion.auth.principal import Principal
 from emporion.catalog.models import Deployment, Model
 from emporion.core.money import Nanos
@@ -86,6 +88,8 @@ class Tab:
     streamed: bool
     hold: Nanos
     price_factor: Decimal = FULL_PRICE  # what the request pays of the price (a batch line: less)
+    end_user: str | None = None  # recorded with it (metering/attribution.py)
+    tags: tuple[str, ...] = ()
     opened_at: float = field(default_factory=time.monotonic)
     closed: Settled | None = None
 
@@ -111,8 +115,10 @@ class Tab:
         status: Status,
         source: UsageSource,
         finish_reason: str | None = None,
+        free: bool = False,
     ) -> Settled | None:
-        """``served``: None when nothing served (it settles at zero)."""
+        """``served``: None when nothing served (it settles at zero). ``free``: the usage is
+        recorded, not charged."""
         if served is None:
             model_id, upstream, upstream_model, provider, attempts, bill = "", "", "", "", 0, NO_CHARGE
             priced = None
@@ -120,7 +126,7 @@ class Tab:
             model_id, upstream, upstream_model = served.model.id, served.deployment.upstream, served.deployment.model
             provider, attempts = served.provider, served.attempts
             priced = self.priced(served.model, served.deployment)
-            bill = self._bill(priced, usage)
+            bill = NO_CHARGE if free else self._bill(priced, usage)
         record: dict[str, Any] = {
             "org_id": self.principal.org_id,
             "key_id": self.principal.key_id,
@@ -142,6 +148,8 @@ class Tab:
             "attempts": attempts,
             "latency_ms": int((time.monotonic() - self.opened_at) * 1000),
             "created_at": int(time.time()),
+            "end_user": self.end_user,
+            "tags": orjson.dumps(self.tags).decode() if self.tags else None,
         }
         resellers = [org for org, _ in self.principal.resellers]
         self.closed = await self.ledger.settle(self.request_id, bill, upstream or "none", resellers, record)

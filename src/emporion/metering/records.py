@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from sqlalchemy import select
 
 from emporion.core.money import Nanos, to_usd
@@ -48,6 +49,8 @@ def to_wire(record: RequestRecord, wholesale: bool = True) -> dict[str, Any]:
         "margin_id": record.margin_id,
         "attempts": record.attempts,
         "latency": record.latency_ms,
+        "user": record.end_user,
+        "tags": orjson.loads(record.tags) if record.tags else [],
     }
     if not wholesale:
         for name in ("upstream_inference_cost", "price_id", "margin_id"):

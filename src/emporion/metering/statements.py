@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import dataclasses
 import datetime as dt
 import io
 import re
@@ -23,6 +24,7 @@ from sqlalchemy.orm import aliased
 from emporion.core.money import Nanos, format_usd
 from emporion.errors import EmporionError, InvalidRequest, NotFound
 from emporion.metering.ledger import customer
+from emporion.metering.usage import UsageRow, usage
 from emporion.store.session import Database
 from emporion.store.tables import Account, Entry, Organization, Posting, RequestRecord
 
@@ -69,6 +71,10 @@ class Statement:
     refunds: tuple[Movement, ...]
     adjustments: tuple[Movement, ...]  # anything else (transfers out, expiries)
     closing_nanos: int
+    # The month's requests again, by end user and by tag (a breakdown of the charges, from the
+    # request records: not more money; a request with several tags is under each of them).
+    by_user: tuple[UsageRow, ...] = ()
+    by_tag: tuple[UsageRow, ...] = ()
 
     @property
     def credits_nanos(self) -> int:
@@ -147,7 +153,9 @@ async def statement(db: Database, org_id: str, month: str) -> Statement:
     )
     if counted is not None and counted != done.closing_nanos:
         raise LedgerMismatch(f"The ledger of organization {org.id} does not add up for {month}.")
-    return done
+    by_user = await usage(db, org_id, start, end, "user")
+    by_tag = await usage(db, org_id, start, end, "tag")
+    return dataclasses.replace(done, by_user=tuple(by_user), by_tag=tuple(by_tag))
 
 
 def _movement_kind(kind: str, inflow: bool) -> str:
@@ -221,6 +229,14 @@ def to_json(done: Statement) -> dict[str, Any]:
     def movement(line: Movement) -> dict[str, Any]:
         return {"kind": line.kind, "count": line.count, **money("amount", line.amount_nanos)}
 
+    def breakdown(row: UsageRow) -> dict[str, Any]:
+        return {
+            "requests": row.requests,
+            "input_tokens": row.input_tokens,
+            "output_tokens": row.output_tokens,
+            **money("amount", -row.cost_nanos),
+        }
+
     return {
         "object": "statement",
         "organization_id": done.org_id,
@@ -245,6 +261,8 @@ def to_json(done: Statement) -> dict[str, Any]:
         ],
         "refunds": [movement(line) for line in done.refunds],
         "adjustments": [movement(line) for line in done.adjustments],
+        "charges_by_user": [{"user": row.group or None, **breakdown(row)} for row in done.by_user],
+        "charges_by_tag": [{"tag": row.group or None, **breakdown(row)} for row in done.by_tag],
     }
 
 

@@ -1,4 +1,6 @@
-"""Usage reports: an organization's settled requests, summed by day (UTC), model or API key.
+"""Usage reports: an organization's settled requests, summed by day (UTC), model, API key, end
+user or tag (a request with several tags is in the row of each; one without a user or a tag is in
+the row ``""``).
 
 The queries are SQLAlchemy Core and portable: a day is ``created_at - created_at % 86400`` in
 integer arithmetic, so SQLite and PostgreSQL group the same requests into the same days.
@@ -10,6 +12,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
+import orjson
 from sqlalchemy import ColumnElement, SQLColumnExpression, func, select
 
 from emporion.core.money import Nanos
@@ -20,7 +23,7 @@ from emporion.store.tables import ApiKey, RequestRecord
 if TYPE_CHECKING:
     from typing_extensions import TypeIs
 
-GroupBy = Literal["day", "model", "key"]
+GroupBy = Literal["day", "model", "key", "user", "tag"]
 GROUPS: tuple[str, ...] = get_args(GroupBy)
 
 
@@ -36,7 +39,7 @@ MAX_DAYS = 5 * 366
 
 @dataclass(frozen=True, slots=True)
 class UsageRow:
-    group: str  # the day (YYYY-MM-DD, UTC), the model, or the key id
+    group: str  # the day (YYYY-MM-DD, UTC), the model, the key id, the end user or the tag ("": none)
     requests: int
     input_tokens: int
     cached_input_tokens: int
@@ -87,14 +90,26 @@ def day_of(epoch_s: int) -> str:
 
 
 async def usage(
-    db: Database, org_id: str, start: int, end: int, group_by: GroupBy = "day", key_id: str | None = None
+    db: Database,
+    org_id: str,
+    start: int,
+    end: int,
+    group_by: GroupBy = "day",
+    key_id: str | None = None,
+    end_user: str | None = None,
 ) -> list[UsageRow]:
     """The organization's requests created in ``[start, end)`` (unix seconds), summed per group:
     days in order, models and keys by cost, largest first."""
     if group_by not in GROUPS:
         raise ValueError(f"group_by is one of {', '.join(GROUPS)}")
     r = RequestRecord
-    columns: dict[str, SQLColumnExpression[Any]] = {"day": r.created_at - r.created_at % DAY_S, "model": r.model, "key": r.key_id}
+    columns: dict[str, SQLColumnExpression[Any]] = {
+        "day": r.created_at - r.created_at % DAY_S,
+        "model": r.model,
+        "key": r.key_id,
+        "user": func.coalesce(r.end_user, ""),
+        "tag": func.coalesce(r.tags, ""),  # each set of tags, spread over its tags below
+    }
     group: ColumnElement[Any] = columns[group_by].label("grp")
     sums = (
         func.count().label("requests"),
@@ -107,7 +122,11 @@ async def usage(
     query = select(group, *sums).where(r.org_id == org_id, r.created_at >= start, r.created_at < end).group_by(group)
     if key_id is not None:
         query = query.where(r.key_id == key_id)
+    if end_user is not None:
+        query = query.where(r.end_user == end_user)
     rows = [tuple(row) for row in (await _fetch(db, query))]
+    if group_by == "tag":
+        rows = _by_tag(rows)
     labels = await _key_labels(db, org_id, [row[0] for row in rows]) if group_by == "key" else {}
     found = [
         UsageRow(
@@ -125,6 +144,33 @@ async def usage(
     if group_by == "day":
         return sorted(found, key=lambda row: row.group)
     return sorted(found, key=lambda row: (-row.cost_nanos, row.group))
+
+
+async def report(
+    db: Database,
+    org_id: str,
+    start: int,
+    end: int,
+    group_by: GroupBy = "day",
+    key_id: str | None = None,
+    end_user: str | None = None,
+) -> tuple[list[UsageRow], UsageRow]:
+    """The rows and their total. By tag, a request with several tags is in several rows: the total
+    counts it once."""
+    rows = await usage(db, org_id, start, end, group_by, key_id, end_user)
+    every = await usage(db, org_id, start, end, "day", key_id, end_user) if group_by == "tag" else rows
+    return rows, totals(every)
+
+
+def _by_tag(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Rows per set of tags (a JSON array, or "") -> rows per tag: a set's sums go to each of its tags."""
+    sums: dict[str, list[int]] = {}
+    for tag_set, *numbers in rows:
+        for tag in orjson.loads(tag_set) if tag_set else [""]:
+            into = sums.setdefault(tag, [0] * len(numbers))
+            for index, number in enumerate(numbers):
+                into[index] += int(number)
+    return [(tag, *numbers) for tag, numbers in sums.items()]
 
 
 def totals(rows: list[UsageRow]) -> UsageRow:

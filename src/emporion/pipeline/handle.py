@@ -40,10 +40,18 @@ class Answer:
 
 
 async def handle(
-    deps: Deps, principal: Principal, ask: Ask, request_id: str, *, streamed: bool = False, price_factor: Decimal = Decimal(1)
+    deps: Deps,
+    principal: Principal,
+    ask: Ask,
+    request_id: str,
+    *,
+    streamed: bool = False,
+    price_factor: Decimal = Decimal(1),
+    tags: tuple[str, ...] = (),
 ) -> Answer | Streamed:
-    """``price_factor``: what the request pays of its price (a batch line pays less)."""
-    call = Call(request_id, principal, _as_text(ask), streamed, price_factor)
+    """``price_factor``: what the request pays of its price (a batch line pays less); ``tags``:
+    what its cost is attributed to, recorded with it (metering/attribution.py)."""
+    call = Call(request_id, principal, _as_text(ask), streamed, price_factor, tags)
     async with contextlib.AsyncExitStack() as path:
         path.push_async_callback(deps.stages.observe, call)  # last of all, however the request ends
         try:

@@ -12,7 +12,10 @@ On exit it settles exactly once, whatever happened, from what execution wrote on
   one, else the prompt as the local engine tokenizes it (else its estimate) and one token per
   piece of output seen;
 - a stream the upstream cut after output: ``partial`` (marked by the stream's meter);
-- any other failure: ``failed``, at zero.
+- any other failure: ``failed``, at zero;
+- zero-completion insurance: an answer with no output that ended in an error (finish reason
+  ``error``, or a failed stream) is ``failed`` at zero too, even where the upstream reported
+  prompt tokens (recorded, not charged).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from decimal import Decimal
 from emporion.auth.principal import Principal
 from emporion.core.money import Nanos
 from emporion.core.usage import Usage
+from emporion.metering.attribution import end_user_of
 from emporion.metering.ledger import BudgetExceeded, InsufficientCredits, Settled
 from emporion.metering.meter import Served, Status, Tab, UsageSource, affordable_output, budgets_of, worst_case
 from emporion.pipeline.deps import Deps
@@ -71,7 +75,19 @@ async def held(deps: Deps, call: Call, sizing: Sizing, limited: Limited) -> Asyn
     per_choice, hold = await _reserve(deps, call.principal, call.request_id, plan, sizing, call.price_factor)
     flexible = plan.kind != "embedding" and sizing.asked is None
     cap = per_choice if flexible and (per_choice < plan.output_per_choice or plan.local) else None
-    tab = Tab(deps.ledger, deps.pricebook, call.principal, call.request_id, plan.kind, call.streamed, hold, call.price_factor)
+    end_user = end_user_of(getattr(call.ask, "user", None))
+    tab = Tab(
+        deps.ledger,
+        deps.pricebook,
+        call.principal,
+        call.request_id,
+        plan.kind,
+        call.streamed,
+        hold,
+        price_factor=call.price_factor,
+        end_user=end_user,
+        tags=call.tags,
+    )
     bill = Bill(tab, cap, sizing.prompt_guess)
     try:
         yield bill
@@ -133,8 +149,12 @@ async def _settle(deps: Deps, bill: Bill, call: Call, limited: Limited) -> None:
         usage, source = bill.usage, "upstream"
     else:
         usage, source = await _counted(deps, bill), "counted"
+    # Zero-completion insurance: no output and an error is free, whatever prompt the upstream reported.
+    insured = route is not None and usage.output_tokens == 0 and (status == "failed" or bill.finish == "error")
+    if insured:
+        status = "failed"
     served = Served(route.model, route.candidate.deployment, route.provider, route.attempts) if route else None
-    bill.settled = await bill.tab.settle(served, usage, status=status, source=source, finish_reason=bill.finish)
+    bill.settled = await bill.tab.settle(served, usage, status=status, source=source, finish_reason=bill.finish, free=insured)
     limited.used_tokens = usage.prompt_tokens + usage.output_tokens
     call.route, call.usage, call.status, call.cost = route, usage, status, bill.charged
 

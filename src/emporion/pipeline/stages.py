@@ -45,6 +45,7 @@ class Call:
     ask: Ask
     streamed: bool
     price_factor: Decimal = Decimal(1)  # what it pays of the price: less for a batch line
+    tags: tuple[str, ...] = ()  # what its cost is attributed to (metering/attribution.py)
     plan: Plan | None = None
     route: Route | None = None  # the deployment that served it, once one did
     completion: Completion | None = None  # a whole answer (not a stream's)

@@ -227,6 +227,8 @@ class RequestRecord(Base):
     attempts: Mapped[int] = mapped_column(Integer)
     latency_ms: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[int] = mapped_column(BigInteger)
+    end_user: Mapped[str | None] = mapped_column(String(256), nullable=True)  # the request's `user`
+    tags: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON array: x-emporion-tags, metadata key:value
 
 
 class IdempotencyKey(Base):

@@ -23,6 +23,7 @@ from emporion.core.usage import Usage
 from emporion.errors import EmporionError, invalid_request
 from emporion.formats import responses as responses_wire
 from emporion.formats.responses_schemas import ResponsesRequest
+from emporion.metering.attribution import tags_of
 from emporion.pipeline import Answer, Deps, Embeddings, handle
 from emporion.providers.base import Completion, Endpoint
 from emporion.store.batches import Outcome
@@ -41,15 +42,20 @@ def new_request_id(url: str) -> str:
     return "emb-" + secrets.token_urlsafe(18)
 
 
-async def run_line(deps: Deps, principal: Principal, line: Line, request_id: str, price_factor: Decimal) -> Outcome:
-    """The line's response (or its error, as the endpoint would answer it). Errors worth waiting
-    for (a rate limit, a busy engine) are raised for the worker to retry."""
+async def run_line(
+    deps: Deps, principal: Principal, line: Line, request_id: str, price_factor: Decimal, batch_id: str
+) -> Outcome:
+    """The line's response (or its error, as the endpoint would answer it), tagged ``batch:ID``
+    (and with its metadata). Errors worth waiting for (a rate limit, a busy engine) are raised
+    for the worker to retry."""
     try:
         wire = _parse(SCHEMAS[line.url], line.body)
+        metadata = wire.metadata if isinstance(wire, ResponsesRequest) else (wire.model_extra or {}).get("metadata")
+        tags = tags_of(f"batch:{batch_id}", metadata)
         if isinstance(wire, ResponsesRequest):
-            done, outcome = await responses.respond(deps, principal, wire, request_id, price_factor)
+            done, outcome = await responses.respond(deps, principal, wire, request_id, price_factor, tags)
             return _answered(done, outcome)
-        answer = await handle(deps, principal, wire, request_id, price_factor=price_factor)
+        answer = await handle(deps, principal, wire, request_id, price_factor=price_factor, tags=tags)
         assert isinstance(answer, Answer)
         if isinstance(wire, EmbeddingRequest):
             return _answered(embeddings_body(wire, answer), answer)

@@ -24,6 +24,7 @@ from emporion.core.requests import ChatCompletionRequest
 from emporion.errors import InvalidRequest, NotFound
 from emporion.formats import responses as wire
 from emporion.formats.responses_schemas import ResponsesRequest
+from emporion.metering.attribution import HEADER, tags_of
 from emporion.pipeline import Answer, Deps, Streamed, handle
 from emporion.providers.base import Completion
 from emporion.store import responses as kept
@@ -38,12 +39,13 @@ async def create(request: Request) -> Response:
     deps, principal = await authenticate_caller(request)
     body = await parse_body(request, ResponsesRequest, deps.settings.server.max_body_bytes)
     response_id = wire.new_id("resp")
+    tags = tags_of(request.headers.get(HEADER), body.metadata)
     if not body.stream:
-        done, outcome = await respond(deps, principal, body, response_id)
+        done, outcome = await respond(deps, principal, body, response_id, tags=tags)
         headers = {**provenance(outcome.route, response_id), **outcome.headers, "x-emporion-cost": format_usd(outcome.cost)}
         return json_response(done, headers=headers)
     chat, items = await _as_chat(deps, principal, body)
-    opened = await handle(deps, principal, chat, response_id, streamed=True)
+    opened = await handle(deps, principal, chat, response_id, streamed=True, tags=tags)
     assert isinstance(opened, Streamed)
 
     async def store(done: dict[str, Any]) -> None:
@@ -57,11 +59,16 @@ async def create(request: Request) -> Response:
 
 
 async def respond(
-    deps: Deps, principal: Principal, body: ResponsesRequest, response_id: str, price_factor: Decimal = Decimal(1)
+    deps: Deps,
+    principal: Principal,
+    body: ResponsesRequest,
+    response_id: str,
+    price_factor: Decimal = Decimal(1),
+    tags: tuple[str, ...] = (),
 ) -> tuple[dict[str, Any], Answer]:
     """A whole (not streamed) response, stored where ``store`` says: the route's, and a batch line's."""
     chat, items = await _as_chat(deps, principal, body)
-    outcome = await handle(deps, principal, chat, response_id, price_factor=price_factor)
+    outcome = await handle(deps, principal, chat, response_id, price_factor=price_factor, tags=tags)
     assert isinstance(outcome, Answer) and isinstance(outcome.result, Completion)
     done = wire.to_response(wire.skeleton(body, response_id, outcome.route.model.id), outcome.result, outcome.cost)
     if body.stored:

@@ -20,6 +20,7 @@ from emporion.core.money import format_usd, to_usd
 from emporion.core.requests import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from emporion.errors import InvalidRequest, NotFound, PermissionDenied
 from emporion.metering import records
+from emporion.metering.attribution import HEADER, tags_of
 from emporion.pipeline import Answer, Deps, Embeddings, Streamed, handle
 from emporion.providers.base import Completion, Endpoint
 
@@ -62,7 +63,8 @@ async def _generate(request: Request, schema: type[ChatCompletionRequest] | type
     wire = await parse_body(request, schema, deps.settings.server.max_body_bytes)
     endpoint: Endpoint = "chat" if isinstance(wire, ChatCompletionRequest) else "completion"
     response_id = new_id(endpoint)
-    outcome = await handle(deps, principal, wire, response_id, streamed=wire.stream)
+    tags = tags_of(request.headers.get(HEADER), (wire.model_extra or {}).get("metadata"))
+    outcome = await handle(deps, principal, wire, response_id, streamed=wire.stream, tags=tags)
     if isinstance(outcome, Streamed):
         events = render_stream(endpoint, response_id, outcome.route, aiter(outcome), wire.include_usage, lambda: outcome.charged)
         headers = {**provenance(outcome.route, response_id), **outcome.headers}
@@ -78,7 +80,7 @@ async def embeddings(request: Request) -> Response:
     deps, principal = await authenticate_caller(request)
     wire = await parse_body(request, EmbeddingRequest, deps.settings.server.max_body_bytes)
     request_id = "emb-" + secrets.token_urlsafe(18)
-    outcome = await handle(deps, principal, wire, request_id)
+    outcome = await handle(deps, principal, wire, request_id, tags=tags_of(request.headers.get(HEADER)))
     assert isinstance(outcome, Answer)
     headers = {**provenance(outcome.route, request_id), **outcome.headers, "x-emporion-cost": format_usd(outcome.cost)}
     return json_response(embeddings_body(wire, outcome), headers=headers)
