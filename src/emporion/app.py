@@ -45,6 +45,7 @@ from emporion.metering.leases import Leases
 from emporion.metering.ledger import Ledger
 from emporion.metering.pricebook import PriceBook
 from emporion.pipeline import Deps
+from emporion.pipeline.presets import Presets
 from emporion.providers.base import Adapter, Upstream
 from emporion.providers.registry import load_adapter
 from emporion.routing.router import Router
@@ -176,6 +177,7 @@ async def start_deps(settings: Settings) -> Deps:
         limiter=_limiter(settings),
         engines=engines,
         embedder=embedder,
+        presets=Presets(db, settings.server.auth_cache_s),
     )
     try:
         await asyncio.gather(

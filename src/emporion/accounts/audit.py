@@ -28,7 +28,7 @@ from emporion.auth.principal import Principal
 from emporion.settings import OPERATOR_TIER
 from emporion.store import audit as store
 from emporion.store.orgs import Balance
-from emporion.store.tables import ApiKey, AuditEvent, MarginRow, Member, Organization, PriceRow
+from emporion.store.tables import ApiKey, AuditEvent, MarginRow, Member, Organization, Preset, PriceRow
 
 ActorKind = Literal["key", "cli", "system"]
 Snapshot = dict[str, Any]
@@ -119,6 +119,17 @@ def key_snapshot(key: ApiKey) -> Snapshot:
 
 def member_snapshot(member: Member) -> Snapshot:
     return {"id": member.id, "org_id": member.org_id, "email": member.email, "role": member.role, "created_at": member.created_at}
+
+
+def preset_snapshot(preset: Preset) -> Snapshot:
+    return {
+        "id": preset.id,
+        "org_id": preset.org_id,
+        "name": preset.name,
+        **json.loads(preset.config),
+        "created_at": preset.created_at,
+        "updated_at": preset.updated_at,
+    }
 
 
 def price_snapshot(row: PriceRow) -> Snapshot:

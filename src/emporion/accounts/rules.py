@@ -30,11 +30,11 @@ def known_tier(settings: Settings, tier: str | None) -> None:
         raise InvalidRequest(f"Unknown tier `{tier}`; the tiers are {names}.", param="tier", code="invalid_value")
 
 
-def known_models(catalog: Catalog, models: list[str] | None) -> None:
-    """A key's allowed models exist (the first that does not is named)."""
+def known_models(catalog: Catalog, models: list[str] | None, param: str = "allowed_models") -> None:
+    """A key's allowed models (a preset's models) exist (the first that does not is named)."""
     for model in models or []:
         if not catalog.has(model):
-            raise NotFound(f"The model `{model}` does not exist.", param="allowed_models", code="model_not_found")
+            raise NotFound(f"The model `{model}` does not exist.", param=param, code="model_not_found")
 
 
 def deployed_on(catalog: Catalog, model_id: str, upstream: str) -> None:

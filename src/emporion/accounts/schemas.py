@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import time
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationError,
     model_validator,
 )
 
 from emporion.core.money import NANOS_PER_USD, Nanos, format_usd, to_nanos
-from emporion.errors import InvalidRequest
+from emporion.core.requests import ChatCompletionRequest
+from emporion.errors import InvalidRequest, invalid_request
 from emporion.store.orgs import KeyColumns
 
 MAX_USD = Decimal(1_000_000_000)  # a budget or a markup's fixed fee
@@ -227,3 +230,41 @@ class AuditQuery(BaseModel):
     until: Annotated[Decimal, Field(ge=0, le=MAX_EPOCH_S, allow_inf_nan=False)] | None = None
     limit: Annotated[int, Field(ge=1, le=MAX_AUDIT_PAGE)] = 50
     after: Annotated[int, Field(ge=1, le=2**63 - 1)] | None = None
+
+
+PresetName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
+# What a preset may set beside the model: the request's parameters, never its input or how it is sent.
+PRESET_EXCLUDED = frozenset({"model", "messages", "prompt", "input", "stream", "stream_options", "n"})
+
+
+class SetPreset(Body):
+    """``model: "@preset/NAME"`` then means these settings: the request's own fields win over the
+    preset's parameters; the system prompt goes before the request's messages."""
+
+    name: PresetName
+    model: Id | None = None
+    models: Annotated[list[Id], Field(min_length=1, max_length=8)] | None = None
+    provider: dict[str, Any] | None = None
+    system: Annotated[str, StringConstraints(max_length=100_000)] | None = None
+    parameters: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _usable(self) -> SetPreset:
+        if self.model is None and self.models is None:
+            raise InvalidRequest("A preset names a `model`, or `models` to try in order.", param="model")
+        excluded = sorted(PRESET_EXCLUDED & set(self.parameters))
+        if excluded:
+            raise InvalidRequest(f"A preset's parameters cannot set {', '.join(excluded)}: the request does.", param="parameters")
+        probe = {"model": "preset", "messages": [{"role": "user", "content": "x"}], **self.parameters}
+        if self.provider is not None:
+            probe["provider"] = self.provider
+        try:  # what a chat request would refuse, the preset refuses now rather than on every call
+            ChatCompletionRequest.model_validate_json(orjson.dumps(probe))
+        except ValidationError as exc:
+            error = invalid_request(exc)
+            where = error.param if error.param == "provider" or error.param is None else f"parameters.{error.param}"
+            raise InvalidRequest(error.message, param=where) from None
+        return self
+
+    def config(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"name"}, exclude_none=True)

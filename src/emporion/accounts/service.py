@@ -31,6 +31,7 @@ from emporion.accounts.audit import (
     margin_snapshot,
     member_snapshot,
     org_snapshot,
+    preset_snapshot,
     price_snapshot,
     record,
 )
@@ -46,10 +47,10 @@ from emporion.metering.ledger import Ledger
 from emporion.metering.pricebook import PriceBook, insert_margin, insert_price
 from emporion.settings import OPERATOR_TIER, Settings
 from emporion.store import audit as audit_store
-from emporion.store import orgs, repos
+from emporion.store import orgs, presets, repos
 from emporion.store.orgs import Balance
 from emporion.store.session import Database
-from emporion.store.tables import ApiKey, MarginRow, Member, Organization, PriceRow
+from emporion.store.tables import ApiKey, MarginRow, Member, Organization, Preset, PriceRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +260,44 @@ class Accounts:
                 raise Conflict("An organization keeps at least one owner.", param="member_id", code="last_owner")
             await record(session, actor, Change("member.remove", "organization.member", member.id, org.id, before, None))
             return member
+
+    # --- presets -----------------------------------------------------------------------------------
+
+    async def set_preset(self, actor: Actor, org_id: str, spec: schemas.SetPreset) -> Preset:
+        """Creates the preset, or replaces the one of that name."""
+        require_admin(actor.principal)
+        rules.known_models(self.catalog, [spec.model] if spec.model else None, "model")
+        rules.known_models(self.catalog, spec.models, "models")
+        async with self._change() as session:
+            org = await self._reach(session, actor, org_id, for_update=True)
+            preset, before = await presets.upsert(session, org.id, spec.name, spec.config())
+            old = preset_snapshot(before) if before is not None else None
+            await record(session, actor, Change("preset.set", "preset", preset.id, org.id, old, preset_snapshot(preset)))
+            return preset
+
+    async def list_presets(self, actor: Actor, org_id: str) -> list[Preset]:
+        require_admin(actor.principal)
+        async with self.db.session() as session:
+            return await presets.listed(session, (await self._reach(session, actor, org_id)).id)
+
+    async def get_preset(self, actor: Actor, org_id: str, name: str) -> Preset:
+        require_admin(actor.principal)
+        async with self.db.session() as session:
+            found = await presets.get(session, (await self._reach(session, actor, org_id)).id, name)
+        if found is None:
+            raise NotFound(f"No preset named `{name}` in this organization.", param="name", code="preset_not_found")
+        return found
+
+    async def delete_preset(self, actor: Actor, org_id: str, name: str) -> Preset:
+        require_admin(actor.principal)
+        async with self._change() as session:
+            org = await self._reach(session, actor, org_id, for_update=True)
+            found = await presets.get(session, org.id, name)
+            if found is None:
+                raise NotFound(f"No preset named `{name}` in this organization.", param="name", code="preset_not_found")
+            await session.delete(found)
+            await record(session, actor, Change("preset.delete", "preset", found.id, org.id, preset_snapshot(found), None))
+            return found
 
     # --- keys --------------------------------------------------------------------------------------
 

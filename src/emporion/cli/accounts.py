@@ -1,15 +1,16 @@
-"""``emporion orgs | members | credits | prices | margins``: the accounts service from the command
+"""``emporion orgs | members | presets | credits | prices | margins``: the accounts service from the command
 line, acting as the operator; options checked by the same schemas as the admin API's bodies."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 from emporion.accounts import rules, schemas
-from emporion.accounts.audit import Actor
+from emporion.accounts.audit import Actor, preset_snapshot
 from emporion.accounts.service import Accounts
 from emporion.cli.options import (
     ConfigFile,
@@ -35,6 +36,7 @@ members_app = typer.Typer(help="Members of an organization.", no_args_is_help=Tr
 credits_app = typer.Typer(help="Prepaid credit: top-ups, grants, refunds, balances.", no_args_is_help=True)
 prices_app = typer.Typer(help="Versioned model prices (USD per token).", no_args_is_help=True)
 margins_app = typer.Typer(help="The operator's versioned margins.", no_args_is_help=True)
+presets_app = typer.Typer(help='Presets: named request settings, called as model "@preset/NAME".', no_args_is_help=True)
 
 
 # --- organizations -------------------------------------------------------------------------------
@@ -215,6 +217,97 @@ def orgs_set_limits(
         "tier" if v is None else str(v) for v in (found.requests_per_minute, found.tokens_per_minute, found.max_concurrent)
     )
     err.print(f"'{found.name}' limits (rpm/tpm/concurrent): {shown}")
+
+
+# --- presets -----------------------------------------------------------------------------------
+
+
+@presets_app.command("set")
+def presets_set(
+    org: OrgRef,
+    name: Annotated[str, typer.Argument(help="Lower-case letters, digits, '.', '_' or '-'.")],
+    model: Annotated[str | None, typer.Option(help="The model the preset calls.")] = None,
+    models: Annotated[str | None, typer.Option(help="Models to try in order, comma-separated.")] = None,
+    system: Annotated[str | None, typer.Option(help="A system prompt put before the request's messages.")] = None,
+    param: Annotated[
+        list[str] | None, typer.Option("--param", help="A parameter as NAME=JSON (temperature=0.2), again for more.")
+    ] = None,
+    provider: Annotated[str | None, typer.Option(help="Provider preferences, as a JSON object.")] = None,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Create a preset, or replace the organization's preset of that name; its id is printed."""
+    settings = load(data_dir, config)
+    parameters: dict[str, Any] = {}
+    for given in param or []:
+        key, sep, value = given.partition("=")
+        if not sep or not key:
+            fail(f"--param takes NAME=JSON, not {given!r}", 2)
+        parameters[key] = _json(value, f"--param {key}")
+    spec = validated(
+        schemas.SetPreset,
+        name=name,
+        model=model,
+        models=[m.strip() for m in models.split(",") if m.strip()] if models else None,
+        system=system,
+        parameters=parameters,
+        provider=_json(provider, "--provider") if provider is not None else None,
+    )
+
+    async def work(accounts: Accounts, actor: Actor):
+        return await accounts.set_preset(actor, (await org_of(accounts, org)).id, spec)
+
+    preset = with_accounts(settings, work, catalog(settings))
+    err.print(f"preset '{preset.name}': call it as model \"@preset/{preset.name}\"")
+    print(preset.id)
+
+
+def _json(text: str, option: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        fail(f"{option} is not JSON: {text!r}", 2)
+
+
+@presets_app.command("list")
+def presets_list(org: OrgRef, data_dir: DataDir = None, config: ConfigFile = None) -> None:
+    """An organization's presets."""
+
+    async def work(accounts: Accounts, actor: Actor):
+        return await accounts.list_presets(actor, (await org_of(accounts, org)).id)
+
+    table = Table("name", "model", "system", "parameters", "updated")
+    for preset in with_accounts(load(data_dir, config), work):
+        shown = json.loads(preset.config)
+        table.add_row(
+            preset.name,
+            shown.get("model") or ", ".join(shown.get("models", [])),
+            (shown.get("system") or "")[:40],
+            json.dumps(shown.get("parameters", {})),
+            date(preset.updated_at),
+        )
+    out.print(table)
+
+
+@presets_app.command("show")
+def presets_show(org: OrgRef, name: str, data_dir: DataDir = None, config: ConfigFile = None) -> None:
+    """One preset, as JSON."""
+
+    async def work(accounts: Accounts, actor: Actor):
+        return await accounts.get_preset(actor, (await org_of(accounts, org)).id, name)
+
+    print(json.dumps(preset_snapshot(with_accounts(load(data_dir, config), work)), indent=2))
+
+
+@presets_app.command("delete")
+def presets_delete(org: OrgRef, name: str, data_dir: DataDir = None, config: ConfigFile = None) -> None:
+    """Delete a preset."""
+
+    async def work(accounts: Accounts, actor: Actor):
+        return await accounts.delete_preset(actor, (await org_of(accounts, org)).id, name)
+
+    gone = with_accounts(load(data_dir, config), work)
+    err.print(f"deleted preset '{gone.name}'")
 
 
 # --- members -----------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from emporion.cli.accounts import (
     margins_app,
     members_app,
     orgs_app,
+    presets_app,
     prices_app,
 )
 from emporion.cli.audit import audit_app
@@ -65,6 +66,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(engine_app, name="engine")
 app.add_typer(orgs_app, name="orgs")
 app.add_typer(members_app, name="members")
+app.add_typer(presets_app, name="presets")
 app.add_typer(credits_app, name="credits")
 app.add_typer(prices_app, name="prices")
 app.add_typer(margins_app, name="margins")

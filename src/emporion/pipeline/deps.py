@@ -11,6 +11,7 @@ from emporion.engine.llama_server import LlamaServer
 from emporion.limits import Limiter
 from emporion.metering.ledger import Ledger
 from emporion.metering.pricebook import PriceBook
+from emporion.pipeline.presets import Presets
 from emporion.pipeline.stages import Stages
 from emporion.providers.base import Adapter
 from emporion.routing.router import Router
@@ -32,3 +33,4 @@ class Deps:
     engines: dict[str, LlamaServer] = field(default_factory=dict)
     embedder: Embedder | None = None
     stages: Stages = field(default_factory=Stages)
+    presets: Presets | None = None  # None: "@preset/NAME" is an unknown model

@@ -1,7 +1,7 @@
 """The request path, top to bottom: every generation and embedding request goes through ``handle``.
 
-    authenticate (the route, before it reads the body) → screen → limit → plan → hold → execute
-    → settle → observe
+    authenticate (the route, before it reads the body) → preset → screen → limit → plan → hold
+    → execute → settle → observe
 
 Each step is one module of this package; the stages (``stages.py``) are the seam that later
 features plug into. What refuses a request does so as early as it can: a screen or a limit
@@ -55,6 +55,8 @@ async def handle(
     async with contextlib.AsyncExitStack() as path:
         path.push_async_callback(deps.stages.observe, call)  # last of all, however the request ends
         try:
+            if deps.presets is not None:  # "@preset/NAME": the organization's settings, before anything sees it
+                call.ask = await deps.presets.apply(principal, call.ask)
             await deps.stages.screen(call)
             sizing = size(call.ask, deps.settings.metering.image_tokens)
             limits = await path.enter_async_context(limited(deps, principal, sizing))

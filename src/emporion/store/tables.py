@@ -365,3 +365,18 @@ class BatchLine(Base):
     cached_input_tokens: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     output_tokens: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     cost_nanos: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+
+
+class Preset(Base):
+    """A named bundle of an organization's request settings (model or models, provider
+    preferences, a system prompt, parameters), called as ``model: "@preset/NAME"``. pipeline/presets.py."""
+
+    __tablename__ = "presets"
+    __table_args__ = (UniqueConstraint("org_id", "name", name="uq_presets_org_id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    org_id: Mapped[str] = mapped_column(String(40), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    config: Mapped[str] = mapped_column(Text)  # JSON: model, models, provider, system, parameters
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[int] = mapped_column(BigInteger)

@@ -26,6 +26,7 @@ from emporion.accounts.audit import (
     key_snapshot,
     margin_snapshot,
     member_snapshot,
+    preset_snapshot,
     price_snapshot,
 )
 from emporion.accounts.service import Accounts
@@ -36,7 +37,7 @@ from emporion.auth.scope import require_admin, require_operator
 from emporion.errors import InvalidRequest
 from emporion.pipeline import Deps
 from emporion.store import orgs
-from emporion.store.tables import ApiKey, MarginRow, Member, Organization, PriceRow
+from emporion.store.tables import ApiKey, MarginRow, Member, Organization, Preset, PriceRow
 
 PREFIX = "/admin/v1"
 
@@ -202,6 +203,46 @@ async def remove_member(request: Request) -> Response:
     return json_response({"object": "organization.member.deleted", "id": member_id, "deleted": True})
 
 
+# --- presets -----------------------------------------------------------------------------------
+
+
+def preset_object(preset: Preset) -> dict[str, Any]:
+    return {"object": "preset", **preset_snapshot(preset)}
+
+
+async def set_preset(request: Request) -> Response:
+    """Creates the preset, or replaces the organization's preset of that name."""
+    deps, accounts, actor = await _admin(request)
+    org = await _reached(accounts, actor, request)
+    body: schemas.SetPreset = await _body(request, deps, schemas.SetPreset)
+    preset = await accounts.set_preset(actor, org.id, body)
+    if deps.presets is not None:
+        deps.presets.forget()
+    return json_response(preset_object(preset))
+
+
+async def list_presets(request: Request) -> Response:
+    _, accounts, actor = await _admin(request)
+    return _list([preset_object(p) for p in await accounts.list_presets(actor, _org_id(request))])
+
+
+async def get_preset(request: Request) -> Response:
+    _, accounts, actor = await _admin(request)
+    return json_response(preset_object(await accounts.get_preset(actor, _org_id(request), _preset_name(request))))
+
+
+async def delete_preset(request: Request) -> Response:
+    deps, accounts, actor = await _admin(request)
+    gone = await accounts.delete_preset(actor, _org_id(request), _preset_name(request))
+    if deps.presets is not None:
+        deps.presets.forget()
+    return json_response({"object": "preset.deleted", "id": gone.id, "name": gone.name, "deleted": True})
+
+
+def _preset_name(request: Request) -> str:
+    return no_nul(request.path_params["name"], "name")
+
+
 # --- keys --------------------------------------------------------------------------------------
 
 
@@ -326,6 +367,10 @@ routes: list[Route] = [
     Route(ORG + "/members", add_member, methods=["POST"]),
     Route(ORG + "/members", list_members, methods=["GET"]),
     Route(ORG + "/members/{member_id}", remove_member, methods=["DELETE"]),
+    Route(ORG + "/presets", set_preset, methods=["POST"]),
+    Route(ORG + "/presets", list_presets, methods=["GET"]),
+    Route(ORG + "/presets/{name}", get_preset, methods=["GET"]),
+    Route(ORG + "/presets/{name}", delete_preset, methods=["DELETE"]),
     Route(ORG + "/keys", create_key, methods=["POST"]),
     Route(ORG + "/keys", list_keys, methods=["GET"]),
     Route(PREFIX + "/keys/{key_id}", revoke_key, methods=["DELETE"]),
