@@ -25,11 +25,12 @@ RANKS = {
     "routing": 6,
     "pipeline": 7,
     "accounts": 7,
-    "api": 8,
-    "live": 8,
-    "app": 9,
-    "cli": 10,  # `emporion serve` starts the app
-    "__main__": 11,
+    "batches": 8,  # the batch worker runs lines down the request path; the API creates batches
+    "api": 9,
+    "live": 9,
+    "app": 10,
+    "cli": 11,  # `emporion serve` starts the app
+    "__main__": 12,
 }
 NEVER = {("cli", "api")}  # the CLI is the accounts service's caller beside the API, not the API's
 
