@@ -10,6 +10,9 @@ import httpx
 import openai
 import pytest
 
+from emporion.core.requests import ChatCompletionRequest
+from emporion.core.usage import Usage
+from emporion.routing.affinity import AffinityBook, Conversation
 from tests.fakes.script import Script
 
 USER = [{"role": "user", "content": "hello"}]
@@ -160,3 +163,90 @@ def test_circuit_breaker_opens_then_one_probe_closes_it(gateway, fake_openai):
     time.sleep(2.2)  # the cooldown
     completion, _ = call(gateway, model="breaker-test")
     assert completion.choices[0].message.content and fake_openai.count() == calls + 1
+
+
+# --- prompt-cache affinity (routing/affinity.py) ----------------------------------------------------
+
+EPHEMERAL = {"type": "ephemeral"}
+
+
+def conversation(*turns: str, org: str = "org_1", system: str = "You help.") -> Conversation:
+    """A chat request of alternating user and assistant turns, its last marked for caching."""
+    messages: list[dict] = [{"role": "system", "content": system}]
+    for i, text in enumerate(turns):
+        messages.append({"role": "user" if i % 2 == 0 else "assistant", "content": text})
+    messages[-1] = {**messages[-1], "content": [{"type": "text", "text": turns[-1], "cache_control": EPHEMERAL}]}
+    ask = ChatCompletionRequest.model_validate({"model": "m", "messages": messages})
+    return Conversation(org, ask, ask.model_dump(exclude_none=True))
+
+
+def plain(*turns: str) -> Conversation:
+    messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": text} for i, text in enumerate(turns)]
+    ask = ChatCompletionRequest.model_validate({"model": "m", "messages": messages})
+    return Conversation("org_1", ask, ask.model_dump(exclude_none=True))
+
+
+def test_affinity_follows_a_conversation_whose_breakpoint_moves_on_until_its_time_is_up():
+    now = [1000.0]
+    book = AffinityBook(ttl_s=300, clock=lambda: now[0])
+    first = conversation("Read the repo.")
+    assert first.cacheable and book.pinned(first) is None
+    book.remember(first, "anthropic/claude-b")
+    second = conversation("Read the repo.", "Done.", "Now fix the bug.")  # the breakpoint moved to the newest message
+    now[0] += 299
+    assert book.pinned(second) == "anthropic/claude-b"
+    book.remember(second, "anthropic/claude-b")  # each turn renews it
+    third = conversation("Read the repo.", "Done.", "Now fix the bug.", "Fixed.", "Thanks.")
+    now[0] += 299
+    assert book.pinned(third) == "anthropic/claude-b"
+    now[0] += 2  # 301 s after its last turn
+    assert book.pinned(third) is None and len(book) == 0  # forgotten (expired entries are dropped when met)
+
+
+def test_affinity_is_per_organization_and_not_for_a_shared_system_prompt():
+    book = AffinityBook(ttl_s=300)
+    book.remember(conversation("Read the repo."), "x/a")
+    assert book.pinned(conversation("Read the repo.", "Done.", "Go on.", org="org_2")) is None
+    # another conversation of the same organization with the same (cached) system prompt: the split decides
+    assert book.pinned(conversation("Something else entirely.")) is None
+    assert conversation("Read the repo.").seed() == conversation("Read the repo.", "Done.", "Go on.").seed()
+    assert conversation("Read the repo.").seed() != conversation("Something else entirely.").seed()
+
+
+def test_a_request_without_caching_is_remembered_only_when_served_from_a_cache():
+    book = AffinityBook(ttl_s=300)
+    assert not plain("hello").cacheable
+    book.remember(plain("hello"), "x/a")
+    assert book.pinned(plain("hello", "hi", "more")) is None
+    book.remember(plain("hello"), "x/a", Usage(input_tokens=3, cached_input_tokens=1024))  # OpenAI's automatic cache
+    assert book.pinned(plain("hello", "hi", "more")) == "x/a"
+    assert AffinityBook(ttl_s=0).pinned(plain("hello", "hi", "more")) is None  # [routing] cache_affinity_s = 0: off
+
+
+def test_the_affinity_book_forgets_the_least_recently_used_beyond_its_size():
+    book = AffinityBook(ttl_s=300, max_entries=4)
+    for i in range(6):
+        book.remember(conversation(f"conversation {i}"), f"x/{i}")
+    assert len(book) == 4
+    assert book.pinned(conversation("conversation 0", "a", "b")) is None
+    assert book.pinned(conversation("conversation 5", "a", "b")) == "x/5"
+
+
+def test_a_cached_conversation_on_the_openai_api_sticks_to_the_deployment_it_fell_back_to(gateway, fake_openai, fake_anthropic):
+    """OpenRouter's convention (cache_control on a content part): after a fallback to Anthropic,
+    the conversation's next turn goes to Anthropic again, though the primary answers again; one
+    without cache_control goes back to the primary."""
+    for cached, second_upstream in ((True, "anthropic-fake"), (False, "fake")):
+        marker = {"cache_control": EPHEMERAL} if cached else {}
+        system = {"role": "system", "content": [{"type": "text", "text": f"A long manual ({cached}).", **marker}]}
+        history = [system, {"role": "user", "content": "Chapter one?"}]
+        fake_openai.enqueue(Script(status=500), Script(status=500))
+        fake_anthropic.enqueue(Script(text="It begins.", cache_write_tokens=40 if cached else 0))
+        first = gateway.client().with_raw_response.chat.completions.create(model="assistant", messages=history)
+        assert first.headers["x-emporion-upstream"] == "anthropic-fake"
+        history += [
+            {"role": "assistant", "content": "It begins."},
+            {"role": "user", "content": [{"type": "text", "text": "Chapter two?", **marker}]},
+        ]
+        second = gateway.client().with_raw_response.chat.completions.create(model="assistant", messages=history)
+        assert second.headers["x-emporion-upstream"] == second_upstream

@@ -59,11 +59,13 @@ class Pricing(Strict):
 
     prompt: Decimal = Decimal(0)
     completion: Decimal = Decimal(0)
+    cached_prompt: Decimal | None = None  # a prompt token read from the provider's cache (default: prompt)
+    cache_write: Decimal | None = None  # a prompt token written to the provider's cache (default: prompt)
 
-    @field_validator("prompt", "completion")
+    @field_validator("prompt", "completion", "cached_prompt", "cache_write")
     @classmethod
-    def _non_negative(cls, value: Decimal) -> Decimal:
-        if not value.is_finite() or value < 0:
+    def _non_negative(cls, value: Decimal | None) -> Decimal | None:
+        if value is not None and (not value.is_finite() or value < 0):
             raise ValueError("a price is a non-negative decimal number of USD per token")
         return value
 
@@ -94,6 +96,9 @@ class RoutingSettings(Strict):
     max_backoff_s: Annotated[float, Field(ge=0)] = 2.0  # a longer Retry-After moves on to the next deployment
     breaker_threshold: Annotated[int, Field(ge=1)] = 5  # consecutive failures that take a deployment out
     breaker_cooldown_s: Annotated[float, Field(gt=0)] = 30.0
+    # A conversation served with prompt caching goes back to the deployment that holds its cache for
+    # this long after its last turn (Anthropic's default cache lives 5 minutes); 0: no such stickiness.
+    cache_affinity_s: Annotated[float, Field(ge=0)] = 300.0
 
 
 class OrgPolicy(Strict):

@@ -1,5 +1,8 @@
 """A fake Anthropic Messages upstream (``POST /v1/messages``, JSON and SSE events), scripted
-per test with the same Script as the other fakes."""
+per test with the same Script as the other fakes: text, tool use, thinking and redacted_thinking
+blocks (streamed as thinking_delta and signature_delta), usage with cache reads and writes. Like
+Anthropic, it refuses a request with thinking whose last assistant turn used a tool without
+giving its thinking back."""
 
 from __future__ import annotations
 
@@ -45,6 +48,8 @@ class FakeAnthropic(ScriptQueue):
         error = {"type": "error", "error": {"type": "api_error", "message": "fake failure"}}
         if (fault := fault_response(script, error)) is not None:
             return fault
+        if (refusal := _thinking_missing(body)) is not None:
+            return refusal
         usage = {
             "input_tokens": script.prompt_tokens - script.cached_tokens - script.cache_write_tokens,
             "cache_read_input_tokens": script.cached_tokens,
@@ -52,7 +57,8 @@ class FakeAnthropic(ScriptQueue):
             "output_tokens": script.completion_tokens,
         }
         stop = STOP_REASONS.get(script.finish_reason, "end_turn")
-        blocks: list[dict[str, Any]] = [{"type": "text", "text": script.text}] if script.text else []
+        blocks: list[dict[str, Any]] = [dict(block) for block in script.thinking]
+        blocks += [{"type": "text", "text": script.text}] if script.text else []
         blocks += [
             {"type": "tool_use", "id": f"toolu_{i}", "name": name, "input": args}
             for i, (name, args) in enumerate(script.tool_calls)
@@ -73,7 +79,9 @@ class FakeAnthropic(ScriptQueue):
         events.append(event("ping", {"type": "ping"}))
         content = []
         for index, block in enumerate(blocks):
-            if block["type"] == "text":
+            if block["type"] in ("thinking", "redacted_thinking"):
+                events += _thinking_events(index, block)
+            elif block["type"] == "text":
                 events.append(
                     event(
                         "content_block_start",
@@ -120,3 +128,35 @@ class FakeAnthropic(ScriptQueue):
         )
         events.append(event("message_stop", {"type": "message_stop"}))
         return StreamingResponse(paced(script, events, content, self), media_type="text/event-stream")
+
+
+def _thinking_events(index: int, block: dict[str, Any]) -> list[bytes]:
+    """A thinking block as Anthropic streams it (its text in two deltas, then its signature); a
+    redacted one whole in its content_block_start."""
+    if block["type"] == "redacted_thinking":
+        return [event("content_block_start", {"type": "content_block_start", "index": index, "content_block": block})]
+    start = {"type": "thinking", "thinking": "", "signature": ""}
+    events = [event("content_block_start", {"type": "content_block_start", "index": index, "content_block": start})]
+    text = block["thinking"]
+    half = len(text) // 2
+    for part in (text[:half], text[half:]):
+        delta = {"type": "thinking_delta", "thinking": part}
+        events.append(event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}))
+    delta = {"type": "signature_delta", "signature": block["signature"]}
+    events.append(event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}))
+    return events
+
+
+def _thinking_missing(body: dict[str, Any]) -> Response | None:
+    """Anthropic's 400 for a request with thinking on whose last assistant turn called a tool but
+    does not start with the thinking it came with."""
+    if (body.get("thinking") or {}).get("type") != "enabled":
+        return None
+    turns = [m for m in body.get("messages") or [] if m.get("role") == "assistant" and isinstance(m.get("content"), list)]
+    if not turns or not any(block.get("type") == "tool_use" for block in turns[-1]["content"]):
+        return None
+    if turns[-1]["content"][0].get("type") in ("thinking", "redacted_thinking"):
+        return None
+    message = "messages: Expected `thinking` or `redacted_thinking`, but found `tool_use`."
+    body = orjson.dumps({"type": "error", "error": {"type": "invalid_request_error", "message": message}})
+    return Response(body, status_code=400, media_type="application/json")

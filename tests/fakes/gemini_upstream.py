@@ -1,5 +1,7 @@
 """A fake Google Gemini upstream (``models/{model}:generateContent`` and
-``:streamGenerateContent?alt=sse``, ``:countTokens``), scripted per test with the same Script as the other fakes."""
+``:streamGenerateContent?alt=sse``, ``:countTokens``), scripted per test with the same Script as the other fakes.
+As Gemini does, every streamed response carries usageMetadata (the prompt's count from the first
+on, the output's in the last), and the script's thinking comes as a thought part."""
 
 from __future__ import annotations
 
@@ -38,14 +40,20 @@ class FakeGemini(ScriptQueue):
         }
         finish = FINISH.get(script.finish_reason, "STOP")
         calls = [{"functionCall": {"name": name, "args": args}} for name, args in script.tool_calls]
+        thoughts = [{"text": block["thinking"], "thought": True} for block in script.thinking if block.get("thinking")]
         if not request.path_params["call"].endswith(":streamGenerateContent"):
-            parts: list[dict[str, Any]] = ([{"text": script.text}] if script.text else []) + calls
+            parts: list[dict[str, Any]] = thoughts + ([{"text": script.text}] if script.text else []) + calls
             candidate = {"content": {"role": "model", "parts": parts}, "finishReason": finish, "index": 0}
             return Response(
                 orjson.dumps({"candidates": [candidate], "usageMetadata": usage, "modelVersion": "fake"}),
                 media_type="application/json",
             )
         events, content = [], []
+        prompt_usage = {k: usage[k] for k in ("promptTokenCount", "cachedContentTokenCount")}
+        prompt_usage["totalTokenCount"] = script.prompt_tokens
+        if thoughts:
+            candidate = {"content": {"role": "model", "parts": thoughts}, "index": 0}
+            events.append(sse({"candidates": [candidate], "usageMetadata": prompt_usage}))
         pieces = script.pieces()
         for i, piece in enumerate(pieces):
             content.append(len(events))
@@ -55,7 +63,7 @@ class FakeGemini(ScriptQueue):
                 "index": 0,
                 **({"finishReason": finish} if last else {}),
             }
-            events.append(sse({"candidates": [candidate], **({"usageMetadata": usage} if last else {})}))
+            events.append(sse({"candidates": [candidate], "usageMetadata": usage if last else prompt_usage}))
         if calls or not pieces:
             content.append(len(events))
             candidate = {"content": {"role": "model", "parts": calls}, "finishReason": finish, "index": 0}

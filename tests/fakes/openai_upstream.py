@@ -21,6 +21,19 @@ def sse(payload: Any) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
+def legacy_logprobs(script: Script, pieces: list[str], start: int = 0) -> dict[str, list[Any]] | None:
+    """OpenAI's legacy completions logprobs of ``pieces`` (each one token), when the script has a logprob."""
+    if script.logprob is None:
+        return None
+    offsets = [start + sum(len(piece) for piece in pieces[:i]) for i in range(len(pieces))]
+    return {
+        "tokens": pieces,
+        "token_logprobs": [script.logprob] * len(pieces),
+        "top_logprobs": [{piece: script.logprob} for piece in pieces],
+        "text_offset": offsets,
+    }
+
+
 def fault_response(script: Script, error: dict[str, Any]) -> Response | None:
     """The response for a script's fault before any output, or None when it has none."""
     if script.raw_body is not None:
@@ -73,7 +86,8 @@ class FakeOpenAI(ScriptQueue):
                     message["tool_calls"] = calls
                 choice = {"index": 0, "message": message, "finish_reason": script.finish_reason}
             else:
-                choice = {"index": 0, "text": script.text, "finish_reason": script.finish_reason}
+                logprobs = legacy_logprobs(script, script.pieces())
+                choice = {"index": 0, "text": script.text, "logprobs": logprobs, "finish_reason": script.finish_reason}
             obj = "chat.completion" if chat else "text_completion"
             return Response(
                 orjson.dumps({**head, "object": obj, "choices": [choice], "usage": usage}), media_type="application/json"
@@ -91,13 +105,15 @@ class FakeOpenAI(ScriptQueue):
                     }
                 )
             )
+        offset = 0
         for piece in script.pieces():
             content.append(len(events))
             choice = (
                 {"index": 0, "delta": {"content": piece}, "finish_reason": None}
                 if chat
-                else {"index": 0, "text": piece, "finish_reason": None}
+                else {"index": 0, "text": piece, "logprobs": legacy_logprobs(script, [piece], offset), "finish_reason": None}
             )
+            offset += len(piece)
             events.append(sse({**head, "object": obj, "choices": [choice]}))
         for i, call in enumerate(calls):
             arguments = call["function"]["arguments"]

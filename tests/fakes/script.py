@@ -18,6 +18,11 @@ class Script:
     prompt_tokens: int = 7
     cached_tokens: int = 0
     cache_write_tokens: int = 0
+    # thinking before the answer: Anthropic's thinking / redacted_thinking blocks, which the fake
+    # Anthropic sends as they are (streamed: thinking_delta and signature_delta), the fake Gemini the
+    # text of as a thought part
+    thinking: list[dict[str, Any]] = field(default_factory=list)
+    logprob: float | None = None  # completions: each piece a token of this logprob, in OpenAI's legacy shape
     # faults
     status: int = 200
     error: dict[str, Any] | None = None  # the error body to send with status >= 400

@@ -20,6 +20,10 @@ class ListPrice(Protocol):
     @property
     def completion(self) -> Decimal: ...
     @property
+    def cached_prompt(self) -> Decimal | None: ...
+    @property
+    def cache_write(self) -> Decimal | None: ...
+    @property
     def request(self) -> Decimal: ...
 
 
@@ -67,11 +71,15 @@ class Model:
     def to_openai(self, price: ListPrice | None = None) -> dict[str, Any]:
         """OpenAI's model object plus the marketplace fields OpenRouter users expect; ``price``:
         what the caller pays (default: the configured price)."""
-        pricing = {"prompt": _usd(self.pricing.prompt), "completion": _usd(self.pricing.completion)}
-        if price is not None:
-            pricing = {"prompt": _usd(price.prompt), "completion": _usd(price.completion)}
-            if price.request:
-                pricing["request"] = _usd(price.request)
+        shown: ListPrice | Pricing = self.pricing if price is None else price
+        pricing = {"prompt": _usd(shown.prompt), "completion": _usd(shown.completion)}
+        # prompt-cache reads and writes, where they have their own price (OpenRouter's names)
+        if shown.cached_prompt is not None:
+            pricing["input_cache_read"] = _usd(shown.cached_prompt)
+        if shown.cache_write is not None:
+            pricing["input_cache_write"] = _usd(shown.cache_write)
+        if price is not None and price.request:
+            pricing["request"] = _usd(price.request)
         return {
             "id": self.id,
             "object": "model",

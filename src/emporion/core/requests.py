@@ -17,14 +17,22 @@ class Wire(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 
 
+# Prompt-cache breakpoints (Anthropic's ``cache_control``; on the OpenAI API, OpenRouter's convention
+# puts it on a content part) and Anthropic's own fields: read by the Anthropic adapter, never dumped
+# into the OpenAI body that other upstreams get (formats/anthropic.py ``with_hints``).
+CacheControl = Annotated[dict[str, Any] | None, Field(exclude=True)]
+
+
 class TextPart(Wire):
     type: Literal["text"]
     text: str
+    cache_control: CacheControl = None
 
 
 class ImagePart(Wire):
     type: Literal["image_url"]
     image_url: dict[str, Any]
+    cache_control: CacheControl = None
 
 
 ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
@@ -36,6 +44,10 @@ class ChatMessage(Wire):
     name: str | None = None
     tool_call_id: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
+    cache_control: CacheControl = None  # on the message's last block (a tool message: its tool_result)
+    # An assistant turn as an Anthropic client sent it, thinking blocks and their signatures included:
+    # what an Anthropic upstream gets back, unchanged (Anthropic requires it for tool use with thinking).
+    anthropic_content: Annotated[list[dict[str, Any]] | None, Field(exclude=True)] = None
 
     @model_validator(mode="after")
     def _content_where_required(self) -> ChatMessage:
@@ -56,6 +68,7 @@ class FunctionDefinition(Wire):
 class Tool(Wire):
     type: Literal["function"]
     function: FunctionDefinition
+    cache_control: CacheControl = None
 
 
 class ResponseFormat(Wire):
@@ -119,6 +132,9 @@ class ChatCompletionRequest(Sampling):
     tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
+    # Anthropic's: extended thinking, and automatic caching (a breakpoint on the last cacheable block).
+    thinking: Annotated[dict[str, Any] | None, Field(exclude=True)] = None
+    cache_control: CacheControl = None
 
     def output_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -136,6 +152,16 @@ class CompletionRequest(Sampling):
     logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
     suffix: str | None = None
     best_of: Annotated[int, Field(ge=1, le=1)] | None = None
+
+    @model_validator(mode="after")
+    def _defaults_as_unset(self) -> CompletionRequest:
+        """``echo: false`` and an empty ``suffix`` ask for nothing (OpenAI's defaults): unset, so
+        that no deployment is refused for a parameter the request does not really use."""
+        if self.echo is False:
+            self.echo = None
+        if self.suffix == "":
+            self.suffix = None
+        return self
 
     def prompts(self) -> list[str] | list[list[int]]:
         """Each prompt: a text, or a list of token ids in the model's own vocabulary."""

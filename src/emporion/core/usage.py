@@ -26,23 +26,36 @@ class Usage:
         )
 
     def to_openai(self) -> dict[str, Any]:
+        """OpenAI's usage; tokens written to a prompt cache, where there were any, as OpenRouter
+        reports them (``prompt_tokens_details.cache_write_tokens``)."""
+        details = {"cached_tokens": self.cached_input_tokens}
+        if self.cache_write_tokens:
+            details["cache_write_tokens"] = self.cache_write_tokens
         return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.output_tokens,
             "total_tokens": self.prompt_tokens + self.output_tokens,
-            "prompt_tokens_details": {"cached_tokens": self.cached_input_tokens},
+            "prompt_tokens_details": details,
         }
 
 
 def usage_from_openai(wire: dict[str, Any] | None) -> Usage | None:
-    """OpenAI's ``usage``: prompt_tokens includes cached ones (prompt_tokens_details.cached_tokens);
+    """OpenAI's ``usage``: prompt_tokens includes cached ones (prompt_tokens_details.cached_tokens)
+    and, where an upstream reports them as OpenRouter does, cache writes (``cache_write_tokens``);
     completion_tokens includes reasoning tokens."""
     if not isinstance(wire, dict):
         return None
     prompt = _count(wire.get("prompt_tokens"))
-    details = wire.get("prompt_tokens_details") or {}
-    cached = min(prompt, _count(details.get("cached_tokens") if isinstance(details, dict) else 0))
-    return Usage(input_tokens=prompt - cached, cached_input_tokens=cached, output_tokens=_count(wire.get("completion_tokens")))
+    details = wire.get("prompt_tokens_details")
+    details = details if isinstance(details, dict) else {}
+    cached = min(prompt, _count(details.get("cached_tokens")))
+    written = min(prompt - cached, _count(details.get("cache_write_tokens")))
+    return Usage(
+        input_tokens=prompt - cached - written,
+        cached_input_tokens=cached,
+        cache_write_tokens=written,
+        output_tokens=_count(wire.get("completion_tokens")),
+    )
 
 
 def _count(value: Any) -> int:

@@ -26,6 +26,9 @@ from emporion.settings import EngineSettings
 log = logging.getLogger("emporion.engine")
 
 State = Literal["stopped", "starting", "ready", "restarting", "failed"]
+# What no local model honours: ``suffix`` (an insertion) would need /infill and fill-in-the-middle
+# tokens, which Gemma 3 has not. Refused at planning, so a remote deployment of the model may serve it.
+UNSUPPORTED = frozenset({"suffix"})
 
 
 class EngineFailed(RuntimeError):
@@ -59,6 +62,8 @@ class LlamaServer:
             local=True,
             data_collection="deny",
             developer_role=False,
+            unsupported_parameters=UNSUPPORTED,
+            llama_server=True,
         )
         self.admission = Admission(settings.parallel, settings.queue_size)
         self.state: State = "stopped"

@@ -20,6 +20,7 @@ class Tool(Wire):
     name: Annotated[str, Field(min_length=1, max_length=128)]
     description: str | None = None
     input_schema: dict[str, Any]
+    cache_control: dict[str, Any] | None = None
 
 
 class ToolChoice(Wire):
@@ -45,6 +46,8 @@ class MessagesRequest(Wire):
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None
     metadata: Metadata | None = None
+    thinking: dict[str, Any] | None = None  # sent on to an Anthropic upstream as it is; other upstreams have none
+    cache_control: dict[str, Any] | None = None  # automatic caching: a breakpoint on the last cacheable block
 
 
 class CountTokensRequest(Wire):

@@ -158,7 +158,8 @@ class PriceBook:
             if version is not None:
                 return version[1], version[0]  # type: ignore[return-value]
         pricing = deployment.pricing or model.pricing
-        return Price(prompt=pricing.prompt, completion=pricing.completion), None
+        price = Price(pricing.prompt, pricing.completion, cached_prompt=pricing.cached_prompt, cache_write=pricing.cache_write)
+        return price, None
 
     def margin(self, model_id: str, at: float) -> tuple[Margin, int | None]:
         for key in (model_id, GLOBAL):

@@ -21,6 +21,7 @@ from emporion.errors import ContextLengthExceeded, InvalidRequest, PermissionDen
 from emporion.metering.estimate import MEDIA_PARTS
 from emporion.pipeline.deps import Deps
 from emporion.providers.base import PARAMETERS, Endpoint, Request, Upstream
+from emporion.routing.affinity import Conversation
 from emporion.routing.candidates import Candidate, Preferences
 
 Kind = Literal["chat", "completion", "embedding"]
@@ -112,8 +113,9 @@ def plan(deps: Deps, principal: Principal, ask: Ask, body: dict[str, Any]) -> Pl
     policy = None if principal.resellers else deps.settings.policies.get(principal.org_name)
     used = {key for key in PARAMETERS if key in body}
     markups = [markup for _, markup in principal.resellers]
+    conversation = Conversation(principal.org_id, ask, body) if isinstance(ask, ChatCompletionRequest) else None
     candidates = deps.router.candidates(
-        models, prefs, policy, used, ask.user, lambda c: deps.pricebook.paid(c.model, c.deployment, markups)
+        models, prefs, policy, used, ask.user, lambda c: deps.pricebook.paid(c.model, c.deployment, markups), conversation
     )
     kind: Kind = "chat" if isinstance(ask, ChatCompletionRequest) else "completion"
     found = Plan(kind, tuple(models), tuple(candidates), ask, 0)

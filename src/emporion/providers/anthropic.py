@@ -7,8 +7,9 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from typing import Any, ClassVar
 
+from emporion.core.requests import ChatCompletionRequest
 from emporion.errors import ContextLengthExceeded, EmporionError, InvalidRequest, ServiceUnavailable, UpstreamError
-from emporion.formats.anthropic import UNSUPPORTED, StreamTranslator, from_anthropic, to_anthropic
+from emporion.formats.anthropic import UNSUPPORTED, StreamTranslator, from_anthropic, to_anthropic, with_hints
 from emporion.providers.base import Chunk, Completion, Request, Upstream
 from emporion.providers.http import (
     Transport,
@@ -102,9 +103,11 @@ def _url(upstream: Upstream) -> str:
 
 
 def _body(request: Request) -> dict[str, Any]:
-    if request.endpoint != "chat":
+    """The request as Anthropic's, with what only Anthropic reads (cache breakpoints, thinking, an
+    Anthropic client's own assistant blocks) where the client put it."""
+    if not isinstance(request.ask, ChatCompletionRequest):
         raise InvalidRequest("Anthropic models serve chat completions only; use /v1/chat/completions.", param="model")
-    return to_anthropic(request.body)
+    return to_anthropic(with_hints(request.ask, request.body))
 
 
 # --- errors -------------------------------------------------------------------------------------

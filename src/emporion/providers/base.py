@@ -26,6 +26,7 @@ class Upstream:
     data_collection: str = "allow"  # "deny": the host keeps no prompts
     developer_role: bool = True  # quirk: False where the upstream knows only system/user/assistant
     unsupported_parameters: frozenset[str] = frozenset()  # what it cannot honour (adapter's and host's)
+    llama_server: bool = False  # quirk: llama.cpp's server (legacy completions' logprobs and echo translated)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +60,8 @@ PARAMETERS = (
     "logit_bias",
     "logprobs",
     "top_logprobs",
+    "echo",  # legacy completions
+    "suffix",
     "response_format",
     "tools",
     "tool_choice",

@@ -13,6 +13,7 @@ import orjson
 from emporion.core.answers import Choice, Delta, ToolCall, ToolCallDelta
 from emporion.core.usage import Usage
 from emporion.errors import ContextLengthExceeded, EmporionError, InvalidRequest, UpstreamError
+from emporion.formats.anthropic import Opening
 from emporion.formats.openai_messages import arguments, data_url, texts
 from emporion.providers.base import Chunk, Completion, Request, Upstream
 from emporion.providers.http import (
@@ -30,7 +31,7 @@ from emporion.providers.redaction import upstream_text
 
 FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length", "MALFORMED_FUNCTION_CALL": "stop"}
 FILTERED = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"}
-UNSUPPORTED = ("logit_bias", "logprobs", "top_logprobs")
+UNSUPPORTED = ("logit_bias", "logprobs", "top_logprobs", "echo", "suffix")  # echo, suffix: legacy completions
 
 
 class GeminiAdapter:
@@ -294,7 +295,9 @@ def from_gemini(data: dict[str, Any]) -> Completion:
 
 
 class StreamTranslator:
-    """Gemini stream responses in, OpenAI chunks out. Function calls arrive whole, one tool call each."""
+    """Gemini stream responses in, OpenAI chunks out. Function calls arrive whole, one tool call
+    each. The first response's usageMetadata (the prompt's count) opens the stream; thoughts are
+    never shown (they are no Anthropic thinking block: there is no signature to give back)."""
 
     def __init__(self) -> None:
         self.usage = Usage()
@@ -304,11 +307,12 @@ class StreamTranslator:
 
     def feed(self, data: dict[str, Any]) -> list[Chunk]:
         chunks: list[Chunk] = []
-        if not self._started:
-            self._started = True
-            chunks.append(Chunk(choices=[Delta(role="assistant", text="")]))
         if data.get("usageMetadata"):
             self.usage = usage_from_gemini(data["usageMetadata"])
+        if not self._started:
+            self._started = True
+            prompt = Usage(self.usage.input_tokens, self.usage.cached_input_tokens, self.usage.cache_write_tokens)
+            chunks.append(Opening(choices=[Delta(role="assistant", text="")], prompt_usage=prompt))
         candidates = data.get("candidates") or []
         if not candidates:
             if (data.get("promptFeedback") or {}).get("blockReason"):

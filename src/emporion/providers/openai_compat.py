@@ -10,8 +10,10 @@ from collections.abc import AsyncGenerator, Mapping
 from typing import Any, ClassVar
 
 from emporion.core.answers import Choice, Delta
+from emporion.core.requests import CompletionRequest
 from emporion.core.usage import usage_from_openai
 from emporion.errors import ContextLengthExceeded, EmporionError, UpstreamError
+from emporion.providers import llama_legacy
 from emporion.providers.base import Chunk, Completion, Request, Upstream
 from emporion.providers.http import (
     Transport,
@@ -43,6 +45,8 @@ class OpenAICompatAdapter:
         return self.transport.session(upstream, headers)
 
     async def complete(self, request: Request, upstream: Upstream) -> Completion:
+        if (legacy := _llama_legacy(request, upstream)) is not None:
+            return await llama_legacy.folded(self._llama_legacy_chunks(legacy, request, upstream), legacy.logprobs is not None)
         body = {**request.body, "stream": False}
         body.pop("stream_options", None)
         with mapped_transport_errors(upstream):
@@ -61,11 +65,23 @@ class OpenAICompatAdapter:
             raise UpstreamError(f"upstream {upstream.name} answered without usage")
         return Completion(choices=[Choice.from_openai(choice) for choice in choices if isinstance(choice, dict)], usage=usage)
 
-    async def stream(self, request: Request, upstream: Upstream) -> AsyncGenerator[Chunk, None]:
-        body = {**request.body, "stream": True, "stream_options": {"include_usage": True}}
+    def stream(self, request: Request, upstream: Upstream) -> AsyncGenerator[Chunk, None]:
+        if (legacy := _llama_legacy(request, upstream)) is not None:
+            return self._llama_legacy_chunks(legacy, request, upstream)
+        return self._streamed(request, upstream, request.body)
+
+    async def _streamed(self, request: Request, upstream: Upstream, body: dict[str, Any]) -> AsyncGenerator[Chunk, None]:
+        body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+        # llama-server closes the connection after a stream, a moment after its end: were it pooled,
+        # the next request could be sent down it as it closes (seen after streams with logprobs).
+        headers = {"connection": "close"} if upstream.llama_server else None
         with mapped_transport_errors(upstream):
             async with self._session(upstream).post(
-                _url(upstream, request), data=encode_body(body), timeout=stream_timeout(upstream), allow_redirects=False
+                _url(upstream, request),
+                data=encode_body(body),
+                headers=headers,
+                timeout=stream_timeout(upstream),
+                allow_redirects=False,
             ) as response:
                 if response.status >= 300:
                     raise _upstream_status_error(upstream, response.status, await response.read(), response.headers)
@@ -78,6 +94,27 @@ class OpenAICompatAdapter:
                     deltas = [Delta.from_openai(choice) for choice in data.get("choices") or () if isinstance(choice, dict)]
                     yield Chunk(choices=deltas, usage=usage_from_openai(data.get("usage")))
                 raise UpstreamError(f"upstream {upstream.name} ended the stream before [DONE]")
+
+    def _llama_legacy_chunks(self, ask: CompletionRequest, request: Request, upstream: Upstream) -> AsyncGenerator[Chunk, None]:
+        """A legacy completion on llama-server, its logprobs and echo in OpenAI's shape (llama_legacy.py)."""
+
+        async def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
+            return await self._posted(upstream, _root(upstream) + path, body)
+
+        def stream_of(body: dict[str, Any]) -> AsyncGenerator[Chunk, None]:
+            return self._streamed(request, upstream, body)
+
+        return llama_legacy.chunks(ask, request.body, post, stream_of)
+
+    async def _posted(self, upstream: Upstream, url: str, body: dict[str, Any]) -> dict[str, Any]:
+        with mapped_transport_errors(upstream):
+            async with self._session(upstream).post(
+                url, data=encode_body(body), timeout=request_timeout(upstream), allow_redirects=False
+            ) as response:
+                raw = await response.read()
+                if response.status >= 300:
+                    raise _upstream_status_error(upstream, response.status, raw, response.headers)
+        return parse_json(upstream, raw)
 
     async def count_tokens(self, request: Request, upstream: Upstream) -> int | None:
         """Exact on a local llama-server: the chat template applied as for a generation
@@ -117,6 +154,20 @@ class OpenAICompatAdapter:
 
 def _url(upstream: Upstream, request: Request) -> str:
     return upstream.base_url.rstrip("/") + PATHS[request.endpoint]
+
+
+def _root(upstream: Upstream) -> str:
+    """llama-server's root, where /tokenize and /detokenize are (its OpenAI routes are under /v1)."""
+    return upstream.base_url.rstrip("/").removesuffix("/v1")
+
+
+def _llama_legacy(request: Request, upstream: Upstream) -> CompletionRequest | None:
+    """The legacy completion that llama-server cannot answer in OpenAI's shape itself (logprobs,
+    echo); None for any other request, which goes as it is."""
+    ask = request.ask
+    if upstream.llama_server and isinstance(ask, CompletionRequest) and llama_legacy.wants(ask):
+        return ask
+    return None
 
 
 def _upstream_status_error(upstream: Upstream, status: int, raw: bytes, headers: Mapping[str, str]) -> EmporionError:

@@ -1,8 +1,9 @@
 """Candidate ordering: which deployments may serve a request, and in what order they are tried.
 
-Inputs: the model's deployments (with its split: ordered or weighted, sticky per end user), the
-request's OpenRouter-style ``provider`` preferences and ``:floor``/``:nitro`` suffix, the
-organization's policy, the parameters the request uses, and each deployment's measured health.
+Inputs: the model's deployments (with its split: ordered or weighted, sticky per end user, or per
+conversation where it asks for prompt caching), the request's OpenRouter-style ``provider``
+preferences and ``:floor``/``:nitro`` suffix, the organization's policy, the parameters the request
+uses, and each deployment's measured health.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
@@ -18,6 +19,7 @@ from emporion.catalog.models import Deployment, Model
 from emporion.core.prices import Price
 from emporion.errors import InvalidRequest, NotFound, PermissionDenied, ServiceUnavailable
 from emporion.providers.base import Upstream
+from emporion.routing.affinity import Conversation
 from emporion.routing.health import HealthBook
 from emporion.settings import OrgPolicy
 
@@ -107,6 +109,8 @@ class Candidate:
     model: Model
     deployment: Deployment
     upstream: Upstream
+    # the request's conversation, where the deployment that serves it is to be remembered (affinity.py)
+    conversation: Conversation | None = field(default=None, compare=False, repr=False)
 
     @property
     def key(self) -> str:
@@ -129,8 +133,11 @@ def order(
     used_parameters: set[str],
     user: str | None,
     price_of: PriceOf,
+    conversation: str | None = None,
 ) -> list[Candidate]:
-    """The deployments to try, best first. Raises when none may serve, saying why."""
+    """The deployments to try, best first. Raises when none may serve, saying why. ``conversation``:
+    the seed of a conversation that asks for prompt caching (``Conversation.seed``), which a
+    weighted split sticks to where no sticky ``user`` decides."""
     candidates = resolved
     if policy is not None:
         if policy.allowed_upstreams is not None:
@@ -161,7 +168,7 @@ def order(
             param=missing[0],
             code="unsupported_parameter",
         )
-    ranked = _rank(model, supported, prefs, health, user, price_of)
+    ranked = _rank(model, supported, prefs, health, user if model.sticky and user else conversation, price_of)
     available = [c for c in ranked if health[c.key].breaker.available()]
     if not available:
         raise ServiceUnavailable(f"Every deployment of `{model.id}` is cooling down after failures.", retry_after_s=5)
@@ -187,8 +194,9 @@ def _allowed_by(prefs: Preferences, candidate: Candidate, price_of: PriceOf) -> 
 
 
 def _rank(
-    model: Model, candidates: list[Candidate], prefs: Preferences, health: HealthBook, user: str | None, price_of: PriceOf
+    model: Model, candidates: list[Candidate], prefs: Preferences, health: HealthBook, sticky: str | None, price_of: PriceOf
 ) -> list[Candidate]:
+    """``sticky``: what a weighted split picks by (a sticky user, a cached conversation); None: at random."""
     if prefs.order:
         position = {name: i for i, name in enumerate(prefs.order)}
 
@@ -203,7 +211,7 @@ def _rank(
     if prefs.sort == "throughput":
         return sorted(candidates, key=lambda c: -(health[c.key].tokens_per_s or 0.0))
     if model.split == "weighted" and len(candidates) > 1:
-        first = _weighted_pick(model, candidates, user if model.sticky else None)
+        first = _weighted_pick(model, candidates, sticky)
         return [first] + [c for c in candidates if c is not first]
     return candidates
 

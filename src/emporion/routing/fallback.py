@@ -12,9 +12,11 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 
+from emporion.core.usage import Usage
 from emporion.errors import EmporionError, EngineOverloaded, UpstreamError, UpstreamNotFound
 from emporion.limits.gate import Admission
 from emporion.providers.base import Adapter, Chunk, Completion, Request
+from emporion.routing.affinity import AffinityBook
 from emporion.routing.candidates import Candidate
 from emporion.routing.health import Health, HealthBook
 from emporion.settings import RoutingSettings
@@ -34,12 +36,18 @@ class Executor:
         admissions: dict[str, Admission],
         health: HealthBook,
         sleep: Callable[[float], object] = asyncio.sleep,
+        affinity: AffinityBook | None = None,
     ) -> None:
         self.settings = settings
         self.adapters = adapters
         self.admissions = admissions
         self.health = health
         self.sleep = sleep
+        self.affinity = affinity  # told which deployment served a conversation asking for caching
+
+    def _served(self, candidate: Candidate, usage: Usage | None) -> None:
+        if self.affinity is not None and candidate.conversation is not None:
+            self.affinity.remember(candidate.conversation, candidate.key, usage)
 
     async def complete(
         self, candidates: list[Candidate], request_for: Callable[[Candidate], Request]
@@ -68,6 +76,7 @@ class Executor:
                 raise
             elapsed = time.monotonic() - began
             health.record_success(elapsed, completion.usage.output_tokens, elapsed)
+            self._served(candidate, completion.usage)
             return Attempted(candidate, attempt.number), completion
         raise AssertionError("unreachable: _attempts raises when every attempt failed")
 
@@ -110,19 +119,21 @@ class Executor:
                 raise
             resources.push_async_exit(attempt_resources)
             ttft = time.monotonic() - began
-            return Attempted(candidate, attempt.number), self._watched(held, chunks, health, began, ttft)
+            self._served(candidate, None)  # a request that asked for caching: known at once
+            return Attempted(candidate, attempt.number), self._watched(held, chunks, candidate, began, ttft)
         raise AssertionError("unreachable: _attempts raises when every attempt failed")
 
     async def _watched(
-        self, held: list[Chunk], rest: AsyncIterator[Chunk], health: Health, began: float, ttft: float
+        self, held: list[Chunk], rest: AsyncIterator[Chunk], candidate: Candidate, began: float, ttft: float
     ) -> AsyncIterator[Chunk]:
-        output_tokens = 0
+        health = self.health[candidate.key]
+        usage: Usage | None = None
         try:
             for chunk in held:
+                usage = chunk.usage or usage
                 yield chunk
             async for chunk in rest:
-                if chunk.usage is not None:
-                    output_tokens = chunk.usage.output_tokens
+                usage = chunk.usage or usage
                 yield chunk
         except UpstreamError:
             health.record_failure()
@@ -130,7 +141,8 @@ class Executor:
         except BaseException:
             health.breaker.released()
             raise
-        health.record_success(ttft, output_tokens, time.monotonic() - began)
+        health.record_success(ttft, usage.output_tokens if usage else 0, time.monotonic() - began)
+        self._served(candidate, usage)  # one that the upstream served from (or into) its cache
 
     async def _attempts(self, candidates: list[Candidate]) -> AsyncGenerator[tuple[Candidate, _Attempt], None]:
         """Yields (candidate, attempt) until the caller returns; raises the last failure when the

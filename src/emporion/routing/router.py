@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from emporion.catalog.models import Model
@@ -11,6 +11,7 @@ from emporion.errors import EmporionError, ServiceUnavailable
 from emporion.limits.gate import Admission
 from emporion.providers.base import Adapter, Upstream
 from emporion.routing import candidates as ranking
+from emporion.routing.affinity import AffinityBook, Conversation
 from emporion.routing.candidates import Candidate, Preferences, PriceOf
 from emporion.routing.fallback import Executor
 from emporion.routing.health import HealthBook
@@ -54,8 +55,9 @@ class Router:
         self.engines = engines
         self.upstreams = {**upstreams, **{name: engine.upstream for name, engine in engines.items()}}
         self.health = HealthBook(settings.breaker_threshold, settings.breaker_cooldown_s)
+        self.affinity = AffinityBook(settings.cache_affinity_s)
         admissions = {engine.upstream.name: engine.admission for engine in engines.values()}
-        self.executor = Executor(settings, adapters, admissions, self.health)
+        self.executor = Executor(settings, adapters, admissions, self.health, affinity=self.affinity)
 
     def add_engine(self, name: str, engine: LocalEngine) -> None:
         """A local engine started at run time (a model added while serving)."""
@@ -77,8 +79,13 @@ class Router:
         used_parameters: set[str],
         user: str | None,
         price_of: PriceOf,
+        conversation: Conversation | None = None,
     ) -> list[Candidate]:
-        """Every model's deployments in turn (``models`` is the fallback list), each ranked."""
+        """Every model's deployments in turn (``models`` is the fallback list), each ranked; a
+        conversation that asks for prompt caching first to the deployment holding its cache."""
+        split = any(model.split == "weighted" and len(model.deployments) > 1 for model in models)
+        cached = conversation is not None and self.affinity.enabled and split and conversation.cacheable
+        seed = conversation.seed() if cached and conversation is not None else None
         found: list[Candidate] = []
         restarting: list[str] = []
         refusals: list[EmporionError] = []
@@ -94,7 +101,7 @@ class Router:
                     resolved.append(Candidate(model, deployment, upstream))
             if resolved:
                 try:
-                    found += ranking.order(model, resolved, prefs, policy, self.health, used_parameters, user, price_of)
+                    found += ranking.order(model, resolved, prefs, policy, self.health, used_parameters, user, price_of, seed)
                 except EmporionError as exc:  # this model cannot serve; a fallback model may
                     refusals.append(exc)
         if not found and refusals:
@@ -102,7 +109,17 @@ class Router:
         if not found:
             what = ", ".join(restarting) or models[0].id
             raise ServiceUnavailable(f"No deployment can serve {what} right now; retry shortly.", retry_after_s=2)
+        if conversation is not None and self.affinity.enabled and len(found) > 1:
+            found = self._cache_first(found, conversation)
         return found
+
+    def _cache_first(self, found: list[Candidate], conversation: Conversation) -> list[Candidate]:
+        """The deployment that holds the conversation's cache first, where it is among those that
+        may serve (policy, preferences, parameters and breaker allowing); each candidate told the
+        conversation, so that the one that serves it is remembered."""
+        pinned = self.affinity.pinned(conversation)
+        ordered = sorted(found, key=lambda c: c.key != pinned)  # stable: the rest keep their order
+        return [replace(c, conversation=conversation) for c in ordered]
 
     def status(self) -> dict[str, object]:
         return {key: health.snapshot() for key, health in sorted(self.health.items())}
