@@ -244,3 +244,47 @@ def test_stream_silent_past_the_timeout_falls_back(gateway, fake_openai, fake_an
     fake_anthropic.enqueue(Script(text="on time"))
     stream = gateway.client().chat.completions.create(model="soak", messages=[{"role": "user", "content": "x"}], stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "on time"
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_response_format_on_anthropic_is_answered_through_one_forced_tool(gateway, fake_anthropic, streamed):
+    from emporion.formats.anthropic import ANSWER_TOOL
+
+    fake_anthropic.scripts.clear()
+    fake_anthropic.enqueue(
+        Script(text="", tool_calls=[(ANSWER_TOOL, {"city": "Lyon", "sunny": True})], finish_reason="tool_calls")
+    )
+    schema = {"type": "object", "properties": {"city": {"type": "string"}, "sunny": {"type": "boolean"}}, "required": ["city"]}
+    ask = {
+        "model": "conf-anthropic",
+        "messages": [{"role": "user", "content": "Weather?"}],
+        "max_tokens": 50,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "weather", "schema": schema}},
+    }
+    if streamed:
+        chunks = list(gateway.client().chat.completions.create(stream=True, **ask))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+        assert not any(c.choices[0].delta.tool_calls for c in chunks if c.choices)
+    else:
+        completion = gateway.client().chat.completions.create(**ask)
+        text, finish = completion.choices[0].message.content, [completion.choices[0].finish_reason]
+        assert completion.choices[0].message.tool_calls is None
+    assert json.loads(text) == {"city": "Lyon", "sunny": True} and finish == ["stop"]
+    sent = fake_anthropic.received[-1]
+    assert sent["tools"] == [
+        {"name": ANSWER_TOOL, "description": "Give your answer as this tool's input.", "input_schema": schema}
+    ]
+    assert sent["tool_choice"] == {"type": "tool", "name": ANSWER_TOOL}
+
+
+def test_response_format_with_tools_on_anthropic_is_a_400(gateway, fake_anthropic):
+    calls = fake_anthropic.count()
+    with pytest.raises(openai.BadRequestError) as info:
+        gateway.client().chat.completions.create(
+            model="conf-anthropic",
+            messages=[{"role": "user", "content": "x"}],
+            tools=[WEATHER_TOOL],
+            response_format={"type": "json_object"},
+        )
+    assert info.value.body["param"] == "response_format" and fake_anthropic.count() == calls

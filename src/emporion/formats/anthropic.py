@@ -52,10 +52,12 @@ UNSUPPORTED = (
     "logit_bias",
     "logprobs",
     "top_logprobs",
-    "response_format",
     "echo",  # legacy completions: Anthropic serves chat only
     "suffix",
 )
+# response_format json_schema / json_object: Anthropic is made to answer through one forced tool whose
+# input schema is the format's; its input comes back as the answer's text (LiteLLM does the same).
+ANSWER_TOOL = "emporion_structured_answer"
 # OpenAI's reasoning_effort (and OpenRouter's reasoning.effort) as a share of max_tokens for
 # Anthropic's thinking budget, as OpenRouter maps them; the budget is 1024 to 32000 tokens.
 EFFORT_SHARES = {"minimal": 0.1, "low": 0.2, "medium": 0.5, "high": 0.8, "xhigh": 0.95}
@@ -175,7 +177,28 @@ def to_anthropic(body: dict[str, Any]) -> dict[str, Any]:
         out["thinking"] = thinking
     if body.get("cache_control"):
         out["cache_control"] = body["cache_control"]
+    answer = _answer_tool(body)
+    if answer is not None:
+        out["tools"], out["tool_choice"] = [answer], {"type": "tool", "name": ANSWER_TOOL}
+        out.pop("thinking", None)  # Anthropic takes no thinking with a forced tool
     return out
+
+
+def _answer_tool(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The tool that carries a ``response_format`` answer (None: the request asks for text)."""
+    fmt = body.get("response_format") or {}
+    if fmt.get("type") not in ("json_schema", "json_object"):
+        return None
+    if body.get("tools"):
+        raise InvalidRequest(
+            "On this model `response_format` cannot be combined with `tools`.", param="response_format", code="unsupported_value"
+        )
+    schema = (fmt.get("json_schema") or {}).get("schema") if fmt["type"] == "json_schema" else None
+    return {
+        "name": ANSWER_TOOL,
+        "description": "Give your answer as this tool's input.",
+        "input_schema": schema if isinstance(schema, dict) and schema else {"type": "object"},
+    }
 
 
 def _thinking(body: dict[str, Any], max_tokens: int) -> dict[str, Any] | None:
@@ -356,12 +379,16 @@ def from_anthropic(data: dict[str, Any]) -> Completion:
     """Anthropic's message as a typed answer (the adapter's way back), its blocks kept as they came."""
     blocks = tuple(block for block in data.get("content") or [] if isinstance(block, dict))
     text = "".join(block.get("text", "") for block in blocks if block.get("type") == "text")
+    answers = [block for block in blocks if block.get("type") == "tool_use" and block.get("name") == ANSWER_TOOL]
+    text += "".join(orjson.dumps(block.get("input", {})).decode() for block in answers)
     tool_calls = tuple(
         ToolCall(block.get("id"), block.get("name") or "", orjson.dumps(block.get("input", {})).decode())
         for block in blocks
-        if block.get("type") == "tool_use"
+        if block.get("type") == "tool_use" and block.get("name") != ANSWER_TOOL
     )
     finish = FINISH_REASONS.get(data.get("stop_reason") or "end_turn", "stop")
+    if answers and finish == "tool_calls":
+        finish = "stop"  # the structured answer, not a call for the client to make
     choice = AnthropicChoice(
         text=text or (None if tool_calls else ""), tool_calls=tool_calls, finish_reason=finish, blocks=blocks
     )
@@ -378,6 +405,7 @@ class StreamTranslator:
         self.finished = False
         self._usage_wire: dict[str, Any] = {}
         self._tool_index: dict[int, int] = {}  # content block index -> OpenAI tool call index
+        self._answer_blocks: set[int] = set()  # content blocks of the structured answer's tool: text
 
     def feed(self, event: dict[str, Any]) -> list[Chunk]:
         kind = event.get("type")
@@ -387,6 +415,9 @@ class StreamTranslator:
             return [Opening(choices=[Delta(role="assistant", text="")], prompt_usage=self.usage)]
         if kind == "content_block_start":
             block = event.get("content_block") or {}
+            if block.get("type") == "tool_use" and block.get("name") == ANSWER_TOOL:
+                self._answer_blocks.add(event.get("index", 0))
+                return []
             if block.get("type") == "tool_use":
                 position = len(self._tool_index)
                 self._tool_index[event.get("index", 0)] = position
@@ -403,6 +434,8 @@ class StreamTranslator:
             delta = event.get("delta") or {}
             if delta.get("type") == "text_delta":
                 return [_delta(text=delta.get("text", ""))]
+            if delta.get("type") == "input_json_delta" and event.get("index", 0) in self._answer_blocks:
+                return [_delta(text=delta.get("partial_json", ""))] if delta.get("partial_json") else []
             if delta.get("type") == "input_json_delta":
                 position = self._tool_index.get(event.get("index", 0), 0)
                 return [_delta(tool_calls=(ToolCallDelta(position, arguments=delta.get("partial_json", "")),))]
@@ -417,6 +450,8 @@ class StreamTranslator:
             self._usage_wire = {**self._usage_wire, **update}
             self.usage = usage_from_anthropic(self._usage_wire)
             reason = (event.get("delta") or {}).get("stop_reason")
+            if reason == "tool_use" and self._answer_blocks and not self._tool_index:
+                reason = "end_turn"  # the structured answer, not a call for the client to make
             if reason:
                 return [Chunk(choices=[Delta(finish_reason=FINISH_REASONS.get(reason, "stop"))])]
             return []

@@ -17,8 +17,8 @@ from emporion.providers.http import (
     error_json,
     mapped_transport_errors,
     parse_json,
+    post_json,
     read_events,
-    request_timeout,
     status_error,
     stream_timeout,
 )
@@ -41,15 +41,7 @@ class AnthropicAdapter:
         return self.transport.session(upstream, headers)
 
     async def complete(self, request: Request, upstream: Upstream) -> Completion:
-        body = _body(request)
-        with mapped_transport_errors(upstream):
-            async with self._session(upstream).post(
-                _url(upstream), data=encode_body(body), timeout=request_timeout(upstream), allow_redirects=False
-            ) as response:
-                raw = await response.read()
-                if response.status >= 300:
-                    raise _status_error(upstream, response.status, raw, response.headers)
-        return from_anthropic(parse_json(upstream, raw))
+        return from_anthropic(await post_json(self._session(upstream), upstream, _url(upstream), _body(request), _status_error))
 
     async def stream(self, request: Request, upstream: Upstream) -> AsyncGenerator[Chunk, None]:
         body = {**_body(request), "stream": True}
@@ -78,14 +70,9 @@ class AnthropicAdapter:
             for k, v in _body(request).items()
             if k not in ("max_tokens", "stream", "temperature", "top_p", "top_k", "stop_sequences", "metadata")
         }
-        with mapped_transport_errors(upstream):
-            async with self._session(upstream).post(
-                _count_url(upstream), data=encode_body(body), timeout=request_timeout(upstream), allow_redirects=False
-            ) as response:
-                raw = await response.read()
-                if response.status >= 300:
-                    raise _status_error(upstream, response.status, raw, response.headers)
-        counted = parse_json(upstream, raw).get("input_tokens")
+        counted = (await post_json(self._session(upstream), upstream, _count_url(upstream), body, _status_error)).get(
+            "input_tokens"
+        )
         if not isinstance(counted, int):
             raise UpstreamError(f"upstream {upstream.name} counted no input_tokens")
         return counted

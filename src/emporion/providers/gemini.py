@@ -22,8 +22,8 @@ from emporion.providers.http import (
     error_json,
     mapped_transport_errors,
     parse_json,
+    post_json,
     read_events,
-    request_timeout,
     status_error,
     stream_timeout,
 )
@@ -50,14 +50,7 @@ class GeminiAdapter:
     async def complete(self, request: Request, upstream: Upstream) -> Completion:
         body = to_gemini(request)
         url = f"{upstream.base_url.rstrip('/')}/models/{request.ask.model}:generateContent"
-        with mapped_transport_errors(upstream):
-            async with self._session(upstream).post(
-                url, data=encode_body(body), timeout=request_timeout(upstream), allow_redirects=False
-            ) as response:
-                raw = await response.read()
-                if response.status >= 300:
-                    raise _status_error(upstream, response.status, raw, response.headers)
-        return from_gemini(parse_json(upstream, raw))
+        return from_gemini(await post_json(self._session(upstream), upstream, url, body, _status_error))
 
     async def stream(self, request: Request, upstream: Upstream) -> AsyncGenerator[Chunk, None]:
         body = to_gemini(request)
@@ -86,14 +79,7 @@ class GeminiAdapter:
         model = f"models/{request.ask.model}"
         body = {"generateContentRequest": {"model": model, **to_gemini(request)}}
         url = f"{upstream.base_url.rstrip('/')}/{model}:countTokens"
-        with mapped_transport_errors(upstream):
-            async with self._session(upstream).post(
-                url, data=encode_body(body), timeout=request_timeout(upstream), allow_redirects=False
-            ) as response:
-                raw = await response.read()
-                if response.status >= 300:
-                    raise _status_error(upstream, response.status, raw, response.headers)
-        counted = parse_json(upstream, raw).get("totalTokens")
+        counted = (await post_json(self._session(upstream), upstream, url, body, _status_error)).get("totalTokens")
         if not isinstance(counted, int):
             raise UpstreamError(f"upstream {upstream.name} counted no totalTokens")
         return counted

@@ -4,7 +4,7 @@ events read line by line, and transport failures mapped onto Emporion's errors i
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -177,3 +177,21 @@ def status_error(
     return UpstreamError(
         f"upstream {upstream.name} failed with HTTP {status}: {message}", retryable=status >= 500, retry_after_s=retry_after
     )
+
+
+StatusError = Callable[[Upstream, int, bytes, Mapping[str, str]], EmporionError]
+
+
+async def post_json(
+    session: aiohttp.ClientSession, upstream: Upstream, url: str, body: dict[str, Any], status_error: StatusError
+) -> dict[str, Any]:
+    """One JSON request and its JSON answer (a whole one, not a stream): a transport failure, or a
+    status of 300 or more (worded by the adapter's ``status_error``), is the upstream's error."""
+    with mapped_transport_errors(upstream):
+        async with session.post(
+            url, data=encode_body(body), timeout=request_timeout(upstream), allow_redirects=False
+        ) as response:
+            raw = await response.read()
+            if response.status >= 300:
+                raise status_error(upstream, response.status, raw, response.headers)
+    return parse_json(upstream, raw)

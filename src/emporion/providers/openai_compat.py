@@ -21,8 +21,8 @@ from emporion.providers.http import (
     error_json,
     mapped_transport_errors,
     parse_json,
+    post_json,
     read_events,
-    request_timeout,
     status_error,
     stream_timeout,
 )
@@ -49,14 +49,7 @@ class OpenAICompatAdapter:
             return await llama_legacy.folded(self._llama_legacy_chunks(legacy, request, upstream), legacy.logprobs is not None)
         body = {**request.body, "stream": False}
         body.pop("stream_options", None)
-        with mapped_transport_errors(upstream):
-            async with self._session(upstream).post(
-                _url(upstream, request), data=encode_body(body), timeout=request_timeout(upstream), allow_redirects=False
-            ) as response:
-                raw = await response.read()
-                if response.status >= 300:
-                    raise _upstream_status_error(upstream, response.status, raw, response.headers)
-        data = parse_json(upstream, raw)
+        data = await post_json(self._session(upstream), upstream, _url(upstream, request), body, _upstream_status_error)
         choices = data.get("choices")
         if not isinstance(choices, list):
             raise UpstreamError(f"upstream {upstream.name} answered without choices")
@@ -107,14 +100,7 @@ class OpenAICompatAdapter:
         return llama_legacy.chunks(ask, request.body, post, stream_of)
 
     async def _posted(self, upstream: Upstream, url: str, body: dict[str, Any]) -> dict[str, Any]:
-        with mapped_transport_errors(upstream):
-            async with self._session(upstream).post(
-                url, data=encode_body(body), timeout=request_timeout(upstream), allow_redirects=False
-            ) as response:
-                raw = await response.read()
-                if response.status >= 300:
-                    raise _upstream_status_error(upstream, response.status, raw, response.headers)
-        return parse_json(upstream, raw)
+        return await post_json(self._session(upstream), upstream, url, body, _upstream_status_error)
 
     async def count_tokens(self, request: Request, upstream: Upstream) -> int | None:
         """Exact on a local llama-server: the chat template applied as for a generation
@@ -122,28 +108,12 @@ class OpenAICompatAdapter:
         A remote OpenAI-compatible API has no counting endpoint: None."""
         if not upstream.local or request.endpoint != "chat":
             return None
-        root = upstream.base_url.rstrip("/").removesuffix("/v1")
-        session = self._session(upstream)
-        with mapped_transport_errors(upstream):
-            async with session.post(
-                root + "/apply-template",
-                data=encode_body({"messages": request.body["messages"]}),
-                timeout=request_timeout(upstream),
-            ) as response:
-                raw = await response.read()
-                if response.status >= 300:
-                    raise _upstream_status_error(upstream, response.status, raw, response.headers)
-            prompt = parse_json(upstream, raw).get("prompt")
-            if not isinstance(prompt, str):
-                raise UpstreamError(f"upstream {upstream.name} applied no chat template")
-            tokenize = {"content": prompt, "add_special": True, "parse_special": True}
-            async with session.post(
-                root + "/tokenize", data=encode_body(tokenize), timeout=request_timeout(upstream)
-            ) as response:
-                raw = await response.read()
-                if response.status >= 300:
-                    raise _upstream_status_error(upstream, response.status, raw, response.headers)
-        tokens = parse_json(upstream, raw).get("tokens")
+        applied = await self._posted(upstream, _root(upstream) + "/apply-template", {"messages": request.body["messages"]})
+        prompt = applied.get("prompt")
+        if not isinstance(prompt, str):
+            raise UpstreamError(f"upstream {upstream.name} applied no chat template")
+        tokenize = {"content": prompt, "add_special": True, "parse_special": True}
+        tokens = (await self._posted(upstream, _root(upstream) + "/tokenize", tokenize)).get("tokens")
         if not isinstance(tokens, list):
             raise UpstreamError(f"upstream {upstream.name} answered /tokenize without tokens")
         return len(tokens)

@@ -12,7 +12,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from emporion.api.body import no_nul, parse_body
-from emporion.api.openai.routes import authenticate, authenticate_caller, json_response
+from emporion.api.openai.routes import authenticate, authenticate_caller, json_response, list_page
 from emporion.batches.lines import SCHEMAS
 from emporion.errors import InvalidRequest, NotFound
 from emporion.formats.responses_schemas import MetadataKey, MetadataValue
@@ -90,15 +90,7 @@ async def listed(request: Request) -> Response:
     after = request.query_params.get("after")
     page, more = await stored.listed(deps.db, principal.org_id, int(raw_limit), no_nul(after, "after") if after else None)
     data = [stored.to_openai(batch, await stored.usage(deps.db, batch.id)) for batch in page]
-    return json_response(
-        {
-            "object": "list",
-            "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-            "has_more": more,
-        }
-    )
+    return list_page(data, more)
 
 
 async def _own(deps: Deps, org_id: str, batch_id: str) -> Batch:

@@ -13,7 +13,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from emporion.api.body import no_nul, read_body
-from emporion.api.openai.routes import authenticate, authenticate_caller, json_response
+from emporion.api.openai.routes import authenticate, authenticate_caller, json_response, list_page
 from emporion.batches import lines as batch_lines
 from emporion.errors import Conflict, InvalidRequest, NotFound
 from emporion.formats import training_data
@@ -108,15 +108,7 @@ async def listed(request: Request) -> Response:
         after=no_nul(after, "after") if after else None,
     )
     data = [info.to_openai() for info in page]
-    return json_response(
-        {
-            "object": "list",
-            "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-            "has_more": more,
-        }
-    )
+    return list_page(data, more)
 
 
 async def retrieve(request: Request) -> Response:

@@ -16,7 +16,7 @@ from starlette.routing import Route
 from emporion.api.body import invalid_request, no_nul, parse_body
 from emporion.api.idempotency import idempotent
 from emporion.api.openai.render import provenance
-from emporion.api.openai.routes import authenticate, authenticate_caller, json_response
+from emporion.api.openai.routes import authenticate, authenticate_caller, json_response, list_page
 from emporion.api.openai.sse import EventStream
 from emporion.auth.principal import Principal
 from emporion.core.money import format_usd
@@ -149,15 +149,7 @@ async def input_items(request: Request) -> Response:
             raise InvalidRequest(f"Invalid 'after': no input item '{after}' in this response.", param="after")
         items = items[ids.index(after) + 1 :]
     page = items[: int(raw_limit)]
-    return json_response(
-        {
-            "object": "list",
-            "data": page,
-            "first_id": page[0].get("id") if page else None,
-            "last_id": page[-1].get("id") if page else None,
-            "has_more": len(items) > len(page),
-        }
-    )
+    return list_page(page, len(items) > len(page))
 
 
 def _response_id(request: Request) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+from typing import Any
 
 import numpy as np
 import orjson
@@ -27,6 +28,19 @@ from emporion.providers.base import Completion, Endpoint
 
 def json_response(payload: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(payload), status_code=status, headers=headers, media_type="application/json")
+
+
+def list_page(data: list[dict[str, Any]], has_more: bool) -> Response:
+    """A page of a list as OpenAI's cursor-paginated routes answer it."""
+    return json_response(
+        {
+            "object": "list",
+            "data": data,
+            "first_id": data[0].get("id") if data else None,
+            "last_id": data[-1].get("id") if data else None,
+            "has_more": has_more,
+        }
+    )
 
 
 async def authenticate(request: Request) -> tuple[Deps, Principal]:
