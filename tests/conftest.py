@@ -161,6 +161,16 @@ data_collection = "deny"
 upstream = "fake"
 upstream_model = "conformance-model"
 
+[[upstreams]]
+name = "fake-responses"
+base_url = "{fake_openai.url}/v1"
+api_key_env = "FAKE_UPSTREAM_KEY"
+responses_api = true
+
+[models."conf-responses"]
+upstream = "fake-responses"
+upstream_model = "responses-upstream-model"
+
 [models."conf-anthropic"]
 upstream = "anthropic-fake"
 upstream_model = "claude-fake-1"

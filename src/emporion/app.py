@@ -147,6 +147,7 @@ async def start_deps(settings: Settings) -> Deps:
             local=u.local,
             data_collection=u.data_collection,
             developer_role=u.developer_role,
+            responses_api=u.responses_api,
             unsupported_parameters=adapters[u.adapter].unsupported_parameters,
         )
         for u in settings.upstreams

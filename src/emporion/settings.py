@@ -80,6 +80,7 @@ class UpstreamConfig(Strict):
     local: bool = False  # on the operator's own infrastructure (a vLLM or llama.cpp server, say)
     data_collection: Literal["allow", "deny"] = "allow"  # "deny": the host keeps no prompts
     developer_role: bool = True  # quirk: false where the host knows only system/user/assistant
+    responses_api: bool = False  # it serves /v1/responses itself (OpenAI, vLLM): Responses requests pass through
 
 
 class DeploymentConfig(Strict):

@@ -1,5 +1,5 @@
-"""A fake OpenAI-compatible upstream speaking the real wire format (Chat Completions and
-Completions, JSON and SSE), scripted per test with ``enqueue``; it records what it received."""
+"""A fake OpenAI-compatible upstream speaking the real wire format (Chat Completions,
+Completions and OpenAI's own Responses API, JSON and SSE), scripted per test with ``enqueue``; it records what it received."""
 
 from __future__ import annotations
 
@@ -58,8 +58,77 @@ class FakeOpenAI(ScriptQueue):
             routes=[
                 Route("/v1/chat/completions", self._handle, methods=["POST"]),
                 Route("/v1/completions", self._handle, methods=["POST"]),
+                Route("/v1/responses", self._responses, methods=["POST"]),
             ]
         )
+
+    async def _responses(self, request: Request) -> Response:
+        """OpenAI's own Responses API (for upstreams with ``responses_api = true``): a reasoning
+        item, the message, the function calls; streamed as OpenAI's typed events."""
+        body = orjson.loads(await request.body())
+        script = await self.next(request, body)
+        error = {"error": {"message": "fake failure", "type": "server_error", "param": None, "code": None}}
+        if (fault := fault_response(script, error)) is not None:
+            return fault
+        items: list[dict[str, Any]] = [{"type": "reasoning", "id": "rs_fake", "summary": []}]
+        if script.text or not script.tool_calls:
+            part = {"type": "output_text", "text": script.text, "annotations": []}
+            items.append({"type": "message", "id": "msg_fake", "role": "assistant", "status": "completed", "content": [part]})
+        items += [
+            {
+                "type": "function_call",
+                "id": f"fc_fake_{i}",
+                "call_id": f"call_fake_{i}",
+                "name": name,
+                "arguments": orjson.dumps(args).decode(),
+                "status": "completed",
+            }
+            for i, (name, args) in enumerate(script.tool_calls)
+        ]
+        incomplete = script.finish_reason == "length"
+        response = {
+            "id": "resp_upstream",
+            "object": "response",
+            "created_at": int(time.time()),
+            "model": body.get("model"),
+            "status": "incomplete" if incomplete else "completed",
+            "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
+            "output": items,
+            "usage": {
+                "input_tokens": script.prompt_tokens,
+                "input_tokens_details": {"cached_tokens": script.cached_tokens},
+                "output_tokens": script.completion_tokens,
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": script.prompt_tokens + script.completion_tokens,
+            },
+        }
+        if not body.get("stream"):
+            return Response(orjson.dumps(response), media_type="application/json")
+
+        def named(kind: str, **payload: Any) -> bytes:
+            return f"event: {kind}\n".encode() + sse({"type": kind, **payload})
+
+        events = [named("response.created", response={**response, "status": "in_progress", "output": [], "usage": None})]
+        content: list[int] = []
+        for index, item in enumerate(items):
+            if item["type"] == "message":
+                events.append(named("response.output_item.added", output_index=index, item={**item, "content": []}))
+                for piece in script.pieces():
+                    content.append(len(events))
+                    events.append(named("response.output_text.delta", item_id=item["id"], output_index=index, delta=piece))
+            elif item["type"] == "function_call":
+                content.append(len(events))
+                events.append(named("response.output_item.added", output_index=index, item={**item, "arguments": ""}))
+                events.append(
+                    named(
+                        "response.function_call_arguments.delta", item_id=item["id"], output_index=index, delta=item["arguments"]
+                    )
+                )
+            else:
+                events.append(named("response.output_item.added", output_index=index, item=item))
+            events.append(named("response.output_item.done", output_index=index, item=item))
+        events.append(named("response.incomplete" if incomplete else "response.completed", response=response))
+        return StreamingResponse(paced(script, events, content, self), media_type="text/event-stream")
 
     async def _handle(self, request: Request) -> Response:
         body = orjson.loads(await request.body())

@@ -135,6 +135,9 @@ class ChatCompletionRequest(Sampling):
     # Anthropic's: extended thinking, and automatic caching (a breakpoint on the last cacheable block).
     thinking: Annotated[dict[str, Any] | None, Field(exclude=True)] = None
     cache_control: CacheControl = None
+    # A Responses request as it came (formats/responses_upstream.py): what an upstream that serves
+    # /v1/responses itself is sent instead of this chat form. Never dumped into the chat body.
+    responses_body: Annotated[dict[str, Any] | None, Field(exclude=True)] = None
 
     def output_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens

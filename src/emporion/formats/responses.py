@@ -23,6 +23,7 @@ from emporion.core.money import Nanos, to_usd
 from emporion.core.usage import Usage
 from emporion.errors import EmporionError, InvalidRequest
 from emporion.formats.responses_schemas import ResponsesRequest
+from emporion.formats.responses_upstream import PassedChoice
 from emporion.formats.sse import sse
 
 LOGPROBS = "message.output_text.logprobs"
@@ -330,7 +331,10 @@ def finished(
 
 
 def output_items(choice: Choice) -> list[dict[str, Any]]:
-    """A whole answer's output: its message (text or refusal), then its function calls."""
+    """A whole answer's output: its message (text or refusal), then its function calls; an
+    upstream's own Responses output as it sent it (its reasoning items included)."""
+    if isinstance(choice, PassedChoice) and choice.items:
+        return [dict(item) for item in choice.items]
     status = "incomplete" if choice.finish_reason in INCOMPLETE else "completed"
     items: list[dict[str, Any]] = []
     if choice.text or choice.refusal or not choice.tool_calls:

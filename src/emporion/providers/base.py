@@ -26,6 +26,7 @@ class Upstream:
     data_collection: str = "allow"  # "deny": the host keeps no prompts
     developer_role: bool = True  # quirk: False where the upstream knows only system/user/assistant
     unsupported_parameters: frozenset[str] = frozenset()  # what it cannot honour (adapter's and host's)
+    responses_api: bool = False  # serves OpenAI's /v1/responses itself: Responses requests are passed through
     llama_server: bool = False  # quirk: llama.cpp's server (legacy completions' logprobs and echo translated)
 
 

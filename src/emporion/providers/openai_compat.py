@@ -10,9 +10,10 @@ from collections.abc import AsyncGenerator, Mapping
 from typing import Any, ClassVar
 
 from emporion.core.answers import Choice, Delta
-from emporion.core.requests import CompletionRequest
+from emporion.core.requests import ChatCompletionRequest, CompletionRequest
 from emporion.core.usage import usage_from_openai
 from emporion.errors import ContextLengthExceeded, EmporionError, UpstreamError
+from emporion.formats.responses_upstream import EventTranslator, from_responses, upstream_body
 from emporion.providers import llama_legacy
 from emporion.providers.base import Chunk, Completion, Request, Upstream
 from emporion.providers.http import (
@@ -47,6 +48,12 @@ class OpenAICompatAdapter:
     async def complete(self, request: Request, upstream: Upstream) -> Completion:
         if (legacy := _llama_legacy(request, upstream)) is not None:
             return await llama_legacy.folded(self._llama_legacy_chunks(legacy, request, upstream), legacy.logprobs is not None)
+        if (passed := _passed(request, upstream, streamed=False)) is not None:
+            reply = await post_json(self._session(upstream), upstream, _responses_url(upstream), passed, _upstream_status_error)
+            choice, used = from_responses(reply)
+            if used is None:
+                raise UpstreamError(f"upstream {upstream.name} answered without usage")
+            return Completion(choices=[choice], usage=used)
         body = {**request.body, "stream": False}
         body.pop("stream_options", None)
         data = await post_json(self._session(upstream), upstream, _url(upstream, request), body, _upstream_status_error)
@@ -61,7 +68,31 @@ class OpenAICompatAdapter:
     def stream(self, request: Request, upstream: Upstream) -> AsyncGenerator[Chunk, None]:
         if (legacy := _llama_legacy(request, upstream)) is not None:
             return self._llama_legacy_chunks(legacy, request, upstream)
+        if (passed := _passed(request, upstream, streamed=True)) is not None:
+            return self._passed_stream(upstream, passed)
         return self._streamed(request, upstream, request.body)
+
+    async def _passed_stream(self, upstream: Upstream, body: dict[str, Any]) -> AsyncGenerator[Chunk, None]:
+        """The upstream's own Responses stream, as chunks (formats/responses_upstream.py)."""
+        translator = EventTranslator()
+        with mapped_transport_errors(upstream):
+            async with self._session(upstream).post(
+                _responses_url(upstream), data=encode_body(body), timeout=stream_timeout(upstream), allow_redirects=False
+            ) as response:
+                if response.status >= 300:
+                    raise _upstream_status_error(upstream, response.status, await response.read(), response.headers)
+                async for event in read_events(response):
+                    data = parse_json(upstream, event.data)
+                    if data.get("type") in ("response.failed", "error"):
+                        raise UpstreamError(f"upstream {upstream.name} failed the response")
+                    deltas, used = translator.feed(data)
+                    if deltas:
+                        yield Chunk(choices=deltas)
+                    if used is not None:
+                        yield Chunk(choices=[], usage=used)
+                    if translator.finished:
+                        return
+                raise UpstreamError(f"upstream {upstream.name} ended the stream before response.completed")
 
     async def _streamed(self, request: Request, upstream: Upstream, body: dict[str, Any]) -> AsyncGenerator[Chunk, None]:
         body = {**body, "stream": True, "stream_options": {"include_usage": True}}
@@ -124,6 +155,18 @@ class OpenAICompatAdapter:
 
 def _url(upstream: Upstream, request: Request) -> str:
     return upstream.base_url.rstrip("/") + PATHS[request.endpoint]
+
+
+def _responses_url(upstream: Upstream) -> str:
+    return upstream.base_url.rstrip("/") + "/responses"
+
+
+def _passed(request: Request, upstream: Upstream, *, streamed: bool) -> dict[str, Any] | None:
+    """The body for the upstream's own /v1/responses: a Responses request to an upstream that
+    serves them (``responses_api``); None for every other request, which goes as chat."""
+    if not upstream.responses_api or not isinstance(request.ask, ChatCompletionRequest):
+        return None
+    return upstream_body(request.ask, request.body["model"], streamed)
 
 
 def _root(upstream: Upstream) -> str:

@@ -24,6 +24,7 @@ from emporion.core.requests import ChatCompletionRequest
 from emporion.errors import InvalidRequest, NotFound
 from emporion.formats import responses as wire
 from emporion.formats.responses_schemas import ResponsesRequest
+from emporion.formats.responses_upstream import passthrough
 from emporion.metering.attribution import HEADER, tags_of
 from emporion.pipeline import Answer, Deps, Streamed, handle
 from emporion.providers.base import Completion
@@ -93,9 +94,11 @@ async def _as_chat(
         history = found
     items = wire.input_items(body)
     try:
-        return ChatCompletionRequest.model_validate(wire.to_chat(body, history, items)), items
+        chat = ChatCompletionRequest.model_validate(wire.to_chat(body, history, items))
     except ValidationError as exc:
         raise invalid_request(exc) from None
+    chat.responses_body = passthrough(body, history + items)
+    return chat, items
 
 
 async def _save(deps: Deps, org_id: str, done: dict[str, Any], items: list[dict[str, Any]]) -> None:
