@@ -199,3 +199,35 @@ def test_embedding_inputs_given_as_token_ids_are_read_as_the_text_they_spell(gat
         response = gateway.http().post("/v1/embeddings", json={"model": MINILM, "input": bad})
         assert response.status_code == 400, (bad, response.text)
         assert "constrained" not in response.text and "pydantic" not in response.text
+
+
+def test_an_embeddings_batch_gives_the_vectors_a_live_request_gives(gateway):
+    """Batch lines of /v1/embeddings on the local embedding model, at the batch discount's price."""
+    import io
+    import time
+
+    import orjson
+
+    api = gateway.client()
+    texts = ["the first line", "and the second"]
+    lines = b"".join(
+        orjson.dumps({"custom_id": f"e{i}", "method": "POST", "url": "/v1/embeddings", "body": {"model": MINILM, "input": t}})
+        + b"\n"
+        for i, t in enumerate(texts)
+    )
+    made = api.files.create(file=("embed.jsonl", io.BytesIO(lines)), purpose="batch")
+    batch = api.batches.create(input_file_id=made.id, endpoint="/v1/embeddings", completion_window="24h")
+    deadline = time.monotonic() + 120
+    while (batch := api.batches.retrieve(batch.id)).status not in ("completed", "failed", "expired", "cancelled"):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert batch.status == "completed" and batch.request_counts.completed == 2
+    out = {
+        entry["custom_id"]: entry["response"]["body"]
+        for entry in map(orjson.loads, api.files.content(batch.output_file_id).content.splitlines())
+    }
+    for i, text in enumerate(texts):
+        live = api.embeddings.create(model=MINILM, input=text).data[0].embedding
+        batched = out[f"e{i}"]["data"][0]["embedding"]
+        assert out[f"e{i}"]["object"] == "list" and len(batched) == 384
+        assert max(abs(a - b) for a, b in zip(live, batched, strict=True)) < 1e-5
