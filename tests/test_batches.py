@@ -404,3 +404,29 @@ pricing = {{ prompt = "0.000001", completion = "0.001" }}
         assert held >= 0
     finally:
         stop_gateway(server.process)
+
+
+def test_a_batch_whose_input_expired_fails_naming_it(gateway, fake_openai):
+    api = client(gateway)
+    made = upload(api, jsonl(chat_line("x")))
+    with sqlite3.connect(gateway.data_dir / "emporion.db") as db:  # its expires_after is up
+        db.execute("UPDATE files SET expires_at = ? WHERE id = ?", [int(time.time()) - 1, made.id])
+    with pytest.raises(openai.BadRequestError):  # no longer there for a new batch
+        api.batches.create(input_file_id=made.id, endpoint="/v1/chat/completions", completion_window="24h")
+    with sqlite3.connect(gateway.data_dir / "emporion.db") as db:
+        db.execute("UPDATE files SET expires_at = NULL WHERE id = ?", [made.id])
+    # the worker takes one batch at a time: a slow one first, and the input expires while it waits
+    fake_openai.enqueue(*[Script(delay_s=0.5) for _ in range(8)])
+    busy = api.batches.create(
+        input_file_id=upload(api, jsonl(*[chat_line(f"b{i}") for i in range(8)])).id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+    wait_for(api, busy.id, statuses=("in_progress",))
+    batch = api.batches.create(input_file_id=made.id, endpoint="/v1/chat/completions", completion_window="24h")
+    with sqlite3.connect(gateway.data_dir / "emporion.db") as db:
+        db.execute("UPDATE files SET expires_at = ? WHERE id = ?", [int(time.time()) - 1, made.id])
+    assert api.batches.retrieve(batch.id).status == "validating"
+    done = wait_for(api, batch.id)
+    assert done.status == "failed" and [e.code for e in done.errors.data] == ["file_not_found"]
+    assert wait_for(api, busy.id).status == "completed"

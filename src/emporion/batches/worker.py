@@ -117,12 +117,12 @@ class BatchWorker:
         if batch is None or batch.status not in stored.ACTIVE:
             return
         content = await files.content(db, batch.org_id, batch.input_file_id)
-        lines, errors = ([], []) if content is None else parse(content, self.settings.max_lines, batch.endpoint)
+        if content is None:  # gone (expired) before the batch could read it, or while it ran
+            missing = {"code": "file_not_found", "message": f"No such File object: {batch.input_file_id}", "param": None}
+            await stored.failed_validation(db, batch_id, [{**missing, "line": None}], stored.ACTIVE)
+            return
+        lines, errors = parse(content, self.settings.max_lines, batch.endpoint)
         if batch.status == "validating":
-            if content is None:
-                missing = {"code": "file_not_found", "message": f"No such File object: {batch.input_file_id}", "param": None}
-                await stored.failed_validation(db, batch_id, [{**missing, "line": None}])
-                return
             if errors:
                 await stored.failed_validation(db, batch_id, [error.to_openai() for error in errors[:1000]])
                 return

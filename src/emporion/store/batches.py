@@ -196,9 +196,13 @@ async def started(db: Database, batch_id: str, total: int) -> bool:
     return await _set(db, batch_id, ("validating",), status="in_progress", in_progress_at=int(time.time()), total=total)
 
 
-async def failed_validation(db: Database, batch_id: str, errors: list[dict[str, Any]]) -> bool:
+async def failed_validation(
+    db: Database, batch_id: str, errors: list[dict[str, Any]], when: tuple[str, ...] = ("validating",)
+) -> bool:
     body = orjson.dumps({"object": "list", "data": errors}).decode()
-    return await _set(db, batch_id, ("validating",), status="failed", failed_at=int(time.time()), errors_json=body)
+    return await _set(
+        db, batch_id, when, status="failed", failed_at=int(time.time()), errors_json=body, owner=None, owner_until=0
+    )
 
 
 async def finalizing(db: Database, batch_id: str) -> bool:
