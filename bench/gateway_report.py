@@ -20,6 +20,7 @@ ROLES = {  # the report's roles for the gateway targets, and how the side-by-sid
     "pg_on": "PG+Redis, money on",
     "baseline": "baseline",
     "sqlite_on_normal": "SQLite NORMAL, money on",
+    "sqlite_on_unobserved": "SQLite, money on, no log/metrics",
     "litellm": "LiteLLM",  # with --peers: LiteLLM Proxy, the one role that is not Emporion
 }
 PEER_ROLES = ("litellm",)
@@ -201,6 +202,7 @@ def _side_by_side(results: Results, chat: dict[tuple[str, int], Measure], slow: 
     present = [role for role in ROLES if role in roles]
     comparisons = [
         ("sqlite_on", "sqlite_off", "money on / off"),
+        ("sqlite_on", "sqlite_on_unobserved", "request log + metrics on / off"),
         ("pg_on", "sqlite_on", "PG+Redis / SQLite"),
         ("sqlite_on", "baseline", "current / baseline"),
         ("sqlite_on_normal", "baseline", "current / baseline, both NORMAL"),
@@ -353,6 +355,14 @@ def _targets(results: Results, chat: dict[tuple[str, int], Measure], stream: dic
     def growth(name: str) -> tuple[str, bool] | None:
         return check(last[1] - middle[1], last[1] - middle[1] <= 5, "{:+.1f} MB") if name == soaked else None
 
+    unobserved = results.roles.get("sqlite_on_unobserved")
+
+    def observed_cost(name: str) -> tuple[str, bool] | None:
+        if name != soaked or unobserved is None:
+            return None
+        value = 1 - chat[(name, 16)].rps / chat[(unobserved, 16)].rps
+        return check(value, value <= 0.10, "{:.0%}", " of the req/s at concurrency 16")
+
     rows: list[Row] = [
         ("overhead at concurrency 1, p50 ≤ 1 ms", over(1, "p50_ms", 1)),
         ("overhead at concurrency 1, p99 ≤ 3 ms", over(1, "p99_ms", 3)),
@@ -362,6 +372,10 @@ def _targets(results: Results, chat: dict[tuple[str, int], Measure], stream: dic
         ("streaming TTFT overhead p50 ≤ 2 ms (concurrency 1)", ttft),
         (f"RSS without local models ≤ 150 MB after {last[0]:,} requests (soaked target only)", rss),
         ("no RSS growth over the second half of the soak (≤ 5 MB)", growth),
+        (
+            "request log + metrics cost ≤ 10% of throughput at concurrency 16 (against the same build with them off)",
+            observed_cost,
+        ),
     ]
     judged = [results.roles[role] for role in ("sqlite_on", "pg_on")]
     lines = [

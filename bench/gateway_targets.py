@@ -40,13 +40,15 @@ class Target:
     store: Literal["sqlite", "postgresql"] = "sqlite"  # postgresql: with Redis for the limits
     rev: str | None = None  # a git revision (its src/ is extracted); None: the working tree
     sqlite_synchronous: str | None = None  # "normal": as durable as revisions before da6014f (default: the code's own)
+    observed: bool = True  # False: the request log and metrics switched off (what they cost is the difference)
 
     def name(self, short_sha: str | None) -> str:
         where = "emporion" if short_sha is None else f"emporion@{short_sha}"
         store = "SQLite" if self.store == "sqlite" else "PG+Redis"
         if self.sqlite_synchronous:
             store += f" {self.sqlite_synchronous.upper()}"
-        return f"{where}, {store}, money {'on' if self.priced else 'off'}"
+        unobserved = "" if self.observed else ", no log/metrics"
+        return f"{where}, {store}, money {'on' if self.priced else 'off'}{unobserved}"
 
 
 def short_sha(rev: str) -> str:
@@ -102,6 +104,8 @@ def config_toml(target: Target, upstream_url: str, database_url: str | None, slo
         lines += ["[database]", f'sqlite_synchronous = "{target.sqlite_synchronous}"']
     if target.store == "postgresql":
         lines += ["[limits]", f'redis_url = "{REDIS_URL}"']
+    if not target.observed:
+        lines += ["[request_log]", "enabled = false", "[metrics]", "enabled = false"]
     return "\n".join(lines) + "\n"
 
 

@@ -418,6 +418,7 @@ def plan(baseline: str | None, current: str | None) -> list[tuple[str, targets.T
         ("sqlite_on", targets.Target(rev=current)),
         ("sqlite_off", targets.Target(priced=False, rev=current)),
         ("pg_on", targets.Target(store="postgresql", rev=current)),
+        ("sqlite_on_unobserved", targets.Target(rev=current, observed=False)),
     ]
     if baseline:
         planned.append(("baseline", targets.Target(rev=baseline)))

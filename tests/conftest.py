@@ -198,6 +198,18 @@ deployments = [
 upstream = "fake"
 upstream_model = "breaker-model"
 
+[models."gated"]
+upstream = "fake"
+upstream_model = "gated-model"
+license = "llama3.1"
+license_acceptance = true
+input_modalities = ["text", "image"]
+
+[models."gated".card]
+intended_uses = "Testing license gates."
+terms_url = "https://example.invalid/terms"
+evaluations = [{{ name = "Fake-Bench", metric = "accuracy", value = 42.5, source = "tests/conftest.py" }}]
+
 [[upstreams]]
 name = "soak-primary"
 base_url = "{fake_openai.url}/v1"

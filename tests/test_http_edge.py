@@ -243,6 +243,23 @@ def test_integers_beyond_64_bits_are_a_400_naming_the_parameter(served, fields, 
         assert again is not None and again.status == 200
 
 
+@pytest.mark.parametrize("path", [CHAT, "/v1/messages/count_tokens", "/v1/responses"])
+def test_an_unpaired_surrogate_escape_is_a_400_and_an_escaped_pair_is_text(served, fake_openai, path):
+    lone = b'{"model": "fake-gpt", "messages": [{"role": "user", "content": "hi"}], "input": "x", '
+    lone += b'"tools": [{"name": "t\\ud88f", "input_schema": {"type": "object"}}]}'
+    calls = fake_openai.count()
+    with connect(served.url) as sock:
+        answer = exchange(sock, request_bytes("POST", path, lone, auth(served)))
+        assert answer is not None and answer.status == 400, answer
+        assert "surrogate" in answer.json()["error"]["message"], answer  # in the route's own envelope
+    assert fake_openai.count() == calls
+    with connect(served.url) as sock:
+        paired = chat_body(messages=[{"role": "user", "content": "smile"}]).replace(b"smile", b"\\ud83d\\ude00")
+        answer = exchange(sock, request_bytes("POST", CHAT, paired, auth(served)))
+        assert answer is not None and answer.status == 200, answer
+    assert fake_openai.received[-1]["messages"][0]["content"] == "\U0001f600"
+
+
 def test_ordinary_requests_still_reach_the_upstream(served):
     with connect(served.url) as sock:
         answer = exchange(

@@ -25,7 +25,8 @@ RANKS = {
     "routing": 6,
     "pipeline": 7,
     "accounts": 7,
-    "batches": 8,  # the batch worker runs lines down the request path; the API creates batches
+    "batches": 8,
+    "observe": 8,  # stages on the request path: the request log, metrics  # the batch worker runs lines down the request path; the API creates batches
     "api": 9,
     "live": 9,
     "app": 10,

@@ -16,13 +16,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from emporion.api.admin.licenses import routes as license_routes
+from emporion.api.admin.requests import routes as request_log_routes
 from emporion.api.admin.routes import routes as admin_routes
 from emporion.api.anthropic.routes import routes as anthropic_routes
 from emporion.api.disconnect import CancelOnDisconnect
 from emporion.api.errors import handlers
+from emporion.api.metrics import routes as metrics_routes
 from emporion.api.middleware import Edge
 from emporion.api.openai.batch_lines import new_request_id, run_line
 from emporion.api.openai.batches import routes as batch_routes
+from emporion.api.openai.cards import routes as card_routes
 from emporion.api.openai.files import routes as file_routes
 from emporion.api.openai.responses import routes as responses_routes
 from emporion.api.openai.routes import json_response
@@ -44,6 +48,8 @@ from emporion.metering.credits import refresh_tiers
 from emporion.metering.leases import Leases
 from emporion.metering.ledger import Ledger
 from emporion.metering.pricebook import PriceBook
+from emporion.observe.metrics import Metrics
+from emporion.observe.request_log import RequestLog
 from emporion.pipeline import Deps
 from emporion.pipeline.presets import Presets
 from emporion.providers.base import Adapter, Upstream
@@ -52,6 +58,7 @@ from emporion.routing.router import Router
 from emporion.settings import Settings
 from emporion.store import files as stored_files
 from emporion.store import repos
+from emporion.store import request_log as request_log_store
 from emporion.store import responses as stored_responses
 from emporion.store.idempotency import purge_expired
 from emporion.store.session import Database, open_database
@@ -75,6 +82,8 @@ def build_app(settings: Settings) -> Starlette:
             asyncio.create_task(sweep(deps), name="sweeper"),
             asyncio.create_task(keep_live(live, settings.server.catalog_refresh_s), name="live-catalog"),
         ]
+        request_log = _request_log(deps)
+        app.state.request_log = request_log
         worker = BatchWorker(deps, run_line, new_request_id) if settings.batches.enabled else None
         batches = asyncio.create_task(worker.run(), name="batch-worker") if worker else None
         app.state.batch_worker = worker
@@ -88,17 +97,23 @@ def build_app(settings: Settings) -> Starlette:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await live.aclose()
+            if request_log is not None:
+                await request_log.aclose()  # what is queued is written
             await stop_deps(deps)
 
     routes = [
+        *card_routes,  # before openai_routes' /v1/models/{model_id:path}
         *openai_routes,
         *responses_routes,
         *file_routes,
         *batch_routes,
         *anthropic_routes,
         *admin_routes,
+        *license_routes,
+        *request_log_routes,
         *usage_routes,
         *openapi_routes,
+        *metrics_routes,
         Route("/healthz", healthz),
         Route("/readyz", readyz),
     ]
@@ -109,6 +124,17 @@ def build_app(settings: Settings) -> Starlette:
 def http_protocol(settings: Settings) -> type:
     """The HTTP/1.1 protocol uvicorn serves the app with: framing errors in the envelope, headers time-limited."""
     return edge_protocol(settings.server.header_timeout_s)
+
+
+def _request_log(deps: Deps) -> RequestLog | None:
+    """The request log's stage, registered and writing (None when ``[request_log] enabled`` is off)."""
+    settings = deps.settings.request_log
+    if not settings.enabled:
+        return None
+    request_log = RequestLog(deps.db, settings.flush_ms / 1000, settings.max_queued)
+    deps.stages.register(request_log)
+    request_log.start()
+    return request_log
 
 
 def _tune_gc() -> None:
@@ -180,6 +206,8 @@ async def start_deps(settings: Settings) -> Deps:
         embedder=embedder,
         presets=Presets(db, settings.server.auth_cache_s),
     )
+    if settings.metrics.enabled:
+        deps.stages.register(Metrics(deps))  # GET /metrics (api/metrics.py) renders it
     try:
         await asyncio.gather(
             *(_start(engine.model_id, engine.start()) for engine in engines.values()),
@@ -220,6 +248,7 @@ async def sweep(deps: Deps) -> None:
             await purge_expired(deps.db)
             await stored_responses.purge_expired(deps.db)
             await stored_files.purge_expired(deps.db)
+            await request_log_store.purge_expired(deps.db)
         except Exception as exc:
             log.warning("sweeper round failed: %s", exc)
 

@@ -109,6 +109,26 @@ class OrgPolicy(Strict):
     data_policy: Literal["any", "local-only"] = "any"
 
 
+class Evaluation(Strict):
+    """One published evaluation of a model, as its card lists it."""
+
+    name: str  # the benchmark: "MMLU", "MTEB STS"
+    metric: str  # what was measured: "accuracy (5-shot)", "Spearman"
+    value: str | float  # as published: 41.2, "68.06"
+    source: str | None = None  # where it was published (a URL written as text, a paper)
+
+
+class ModelCard(Strict):
+    """``[models."x".card]``: what GET /v1/models/{id}/card says beyond the catalog's fields. For a
+    model already known only the fields given are changed; null in the card: not published."""
+
+    intended_uses: str | None = None
+    limitations: str | None = None
+    training_data: str | None = None  # a summary, where the provider publishes one
+    evaluations: list[Evaluation] | None = None
+    terms_url: str | None = None  # the license's terms (default: the known URL of `license`, see catalog/cards.py)
+
+
 class ModelConfig(Strict):
     """A model in the config file. For a model already known (built-in or added with
     ``emporion models add``) only the fields given are changed."""
@@ -131,6 +151,9 @@ class ModelConfig(Strict):
     input_modalities: list[Modality] | None = None
     output_modalities: list[Modality] | None = None
     pricing: Pricing | None = None
+    card: ModelCard | None = None
+    # true: an organization is served only once one of its admin keys (or the operator) accepted the license
+    license_acceptance: bool | None = None
 
 
 class DatabaseSettings(Strict):
@@ -177,6 +200,12 @@ class ResponsesSettings(Strict):
     )
 
 
+class RequestLogSettings(Strict):
+    enabled: bool = True  # every call in the request log (GET /admin/v1/requests, emporion requests)
+    flush_ms: Annotated[int, Field(ge=10, le=60_000)] = 500  # how long an entry waits to be written with others
+    max_queued: Annotated[int, Field(ge=100)] = 10_000  # entries waiting beyond this: the oldest are dropped
+
+
 class FileSettings(Strict):
     max_bytes: Annotated[int, Field(gt=0)] = 200 * 1024 * 1024  # one uploaded file (OpenAI's batch input limit)
     output_days: Annotated[float, Field(gt=0, le=3650)] = 30.0  # how long a batch's output and error files are kept
@@ -191,6 +220,14 @@ class BatchSettings(Strict):
     max_lines: Annotated[int, Field(ge=1)] = 50_000
     poll_s: Annotated[float, Field(gt=0)] = 1.0  # how often an idle worker looks for a batch to run
     lease_s: Annotated[float, Field(ge=1)] = 60.0  # a batch its replica stopped renewing for this long is taken over
+
+
+class MetricsSettings(Strict):
+    """``GET /metrics`` (observe/metrics.py): this replica's Prometheus metrics."""
+
+    enabled: bool = True  # false: nothing is counted, and /metrics answers 404
+    token: str = ""  # set: a scrape sends `Authorization: Bearer <token>`; empty: only loopback clients may scrape
+    organizations: Annotated[int, Field(ge=0, le=10_000)] = 100  # organizations labelled by id (first seen); the rest: "other"
 
 
 class TierSettings(Strict):
@@ -244,7 +281,9 @@ class Settings(Strict):
     metering: MeteringSettings = MeteringSettings()
     responses: ResponsesSettings = ResponsesSettings()
     files: FileSettings = FileSettings()
+    request_log: RequestLogSettings = RequestLogSettings()
     batches: BatchSettings = BatchSettings()
+    metrics: MetricsSettings = MetricsSettings()
     tiers: dict[str, TierSettings] = DEFAULT_TIERS  # in order, lowest first; the first is where organizations start
 
     def tier(self, name: str) -> TierSettings | None:

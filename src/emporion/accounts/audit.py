@@ -85,6 +85,7 @@ def org_snapshot(org: Organization) -> Snapshot:
         "requests_per_minute": org.requests_per_minute,
         "tokens_per_minute": org.tokens_per_minute,
         "max_concurrent": org.max_concurrent,
+        "retention_days": org.retention_days,
     }
 
 

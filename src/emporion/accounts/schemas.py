@@ -113,6 +113,8 @@ class UpdateOrganization(Body):
     requests_per_minute: PerMinute | None = None
     tokens_per_minute: PerMinute | None = None
     max_concurrent: PerMinute | None = None
+    # how long the request log keeps prompt and completion bodies; 0 or null: not at all (the default)
+    retention_days: Annotated[int, Field(ge=0, le=3650)] | None = None
 
     @model_validator(mode="after")
     def _no_null_markup(self) -> UpdateOrganization:
@@ -268,3 +270,27 @@ class SetPreset(Body):
 
     def config(self) -> dict[str, Any]:
         return self.model_dump(exclude={"name"}, exclude_none=True)
+
+
+class RequestLogQuery(BaseModel):
+    """``GET /admin/v1/requests``'s query (and ``emporion requests list``'s options): entries
+    newest first, ``after`` the id of the last one of the previous page; ``since`` (inclusive) and
+    ``until`` (exclusive) in epoch seconds."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    org_id: Id | None = None
+    key_id: Id | None = None
+    model: Id | None = None
+    status: Literal["completed", "partial", "cancelled", "failed", "refused"] | None = None
+    user: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
+    since: Annotated[Decimal, Field(ge=0, le=MAX_EPOCH_S, allow_inf_nan=False)] | None = None
+    until: Annotated[Decimal, Field(ge=0, le=MAX_EPOCH_S, allow_inf_nan=False)] | None = None
+    limit: Annotated[int, Field(ge=1, le=MAX_AUDIT_PAGE)] = 50
+    after: Annotated[str, StringConstraints(min_length=1, max_length=80)] | None = None
+
+
+class AcceptLicense(Body):
+    """An organization accepts the license of a model whose terms require it (``license_acceptance``)."""
+
+    model: Id

@@ -47,10 +47,10 @@ from emporion.metering.ledger import Ledger
 from emporion.metering.pricebook import PriceBook, insert_margin, insert_price
 from emporion.settings import OPERATOR_TIER, Settings
 from emporion.store import audit as audit_store
-from emporion.store import orgs, presets, repos
+from emporion.store import licenses, orgs, presets, repos
 from emporion.store.orgs import Balance
 from emporion.store.session import Database
-from emporion.store.tables import ApiKey, MarginRow, Member, Organization, Preset, PriceRow
+from emporion.store.tables import ApiKey, LicenseAcceptance, MarginRow, Member, Organization, Preset, PriceRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +171,8 @@ class Accounts:
                 org.resale_fixed = str(spec.resale_fixed_usd)
             for name in given & schemas.LIMIT_FIELDS:
                 setattr(org, name, getattr(spec, name))
+            if "retention_days" in given:
+                org.retention_days = spec.retention_days or None
             await self._changed_org(session, actor, "organization.update", org, before)
         self.forget()
         return org
@@ -469,6 +471,47 @@ class Accounts:
         async with self.db.session() as session:
             return await orgs.margin_rows(session, model_id)
 
+    # --- license acceptances -----------------------------------------------------------------------
+
+    async def accept_license(self, actor: Actor, org_id: str, spec: schemas.AcceptLicense) -> LicenseAcceptance:
+        """An organization accepts a model's license, which that model's terms require before it
+        serves the organization (``license_acceptance``). Accepting is the organization's own act:
+        an admin key of the organization itself, or the operator (a key or the CLI, recorded as
+        such); a reseller's admin key may not accept for its customers. The same license accepted
+        again changes nothing; a license the model changed to is accepted anew."""
+        principal = actor.principal
+        require_admin(principal)
+        model = self.catalog.get(spec.model)
+        async with self._change() as session:
+            org = await self._reach(session, actor, org_id, for_update=True)
+            if principal.key_kind != "operator" and org.id != principal.org_id:
+                raise PermissionDenied(
+                    "A license is accepted by the organization itself: an admin key of this organization, or the operator.",
+                    code="own_organization_only",
+                )
+            if not model.license_acceptance:
+                raise InvalidRequest(
+                    f"The model `{model.id}` serves without accepting its license: there is nothing to accept.",
+                    param="model",
+                    code="license_acceptance_not_required",
+                )
+            found = await licenses.find(session, org.id, model.id)
+            if found is not None and found.license == model.license:
+                return found
+            by = actor.name if actor.kind != "key" else f"key:{principal.key_id}"
+            row, before = await licenses.accept(session, org.id, model.id, model.license, by or actor.kind)
+            old = None if before is None else license_snapshot(before)
+            await record(
+                session, actor, Change("license.accept", "license_acceptance", row.id, org.id, old, license_snapshot(row))
+            )
+        self.forget()
+        return row
+
+    async def list_licenses(self, actor: Actor, org_id: str) -> list[LicenseAcceptance]:
+        require_admin(actor.principal)
+        async with self.db.session() as session:
+            return await licenses.of_org(session, (await self._reach(session, actor, org_id)).id)
+
     # --- the audit trail and the first start ---------------------------------------------------------
 
     async def audit(self, actor: Actor, query: schemas.AuditQuery) -> AuditPage:
@@ -565,3 +608,14 @@ class Accounts:
     async def _changed_org(self, session: AsyncSession, actor: Actor, action: str, org: Organization, before: Snapshot) -> None:
         await session.flush()
         await record(session, actor, Change(action, "organization", org.id, org.id, before, org_snapshot(org)))
+
+
+def license_snapshot(row: LicenseAcceptance) -> Snapshot:
+    return {
+        "id": row.id,
+        "org_id": row.org_id,
+        "model": row.model_id,
+        "license": row.license,
+        "accepted_by": row.accepted_by,
+        "accepted_at": row.accepted_at,
+    }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import TypeVar
 
+import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
@@ -34,10 +35,27 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 async def parse_body(request: Request, schema: type[Schema], limit: int) -> Schema:
     raw = await read_body(request, limit)
+    valid_unicode(raw)
     try:
         return schema.model_validate_json(raw)
     except ValidationError as exc:
         raise invalid_request(exc) from None
+
+
+def valid_unicode(raw: bytes) -> None:
+    """A 400 for a body whose JSON escapes a lone UTF-16 surrogate (``"\\ud800"``): valid JSON
+    syntax, but no text — no upstream, database or encoder takes it. Checked only when the body has
+    such an escape at all (a pair, an emoji written escaped, is fine)."""
+    if b"\\ud" not in raw and b"\\uD" not in raw:
+        return
+    try:
+        orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        if "surrogate" in str(exc):
+            raise InvalidRequest(
+                "The request body contains an unpaired UTF-16 surrogate escape (\\ud800-\\udfff): it is not text.",
+                code="invalid_unicode",
+            ) from None
 
 
 def no_nul(text: str, param: str) -> str:

@@ -12,6 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from emporion.api.errors import INTERNAL_ERROR, render
 from emporion.errors import EmporionError
+from emporion.pipeline.stages import CLIENT_ADDRESS
 
 log = logging.getLogger("emporion.api")
 
@@ -57,6 +58,9 @@ class Edge:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+
+        client = scope.get("client")
+        CLIENT_ADDRESS.set(client[0] if client else None)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -109,6 +109,12 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("GET", "/v1/models", "The catalog, at the caller's prices.", "OpenAI"),
     Operation("GET", "/v1/models/{model_id:path}", "One model of the catalog, at the caller's price.", "OpenAI"),
     Operation(
+        "GET",
+        "/v1/models/{model_id:path}/card",
+        "A model's card: license and its terms, intended uses, limitations, training data, evaluations, price.",
+        "OpenAI",
+    ),
+    Operation(
         "POST",
         "/v1/responses",
         "Create a response (OpenAI's Responses API; streamed with `stream`).",
@@ -195,6 +201,8 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("GET", ORG + "/presets", "The organization's presets.", "Admin"),
     Operation("GET", ORG + "/presets/{name}", "One preset.", "Admin"),
     Operation("DELETE", ORG + "/presets/{name}", "Delete a preset.", "Admin"),
+    Operation("POST", ORG + "/licenses", "Accept a model's license for the organization.", "Admin", admin.AcceptLicense),
+    Operation("GET", ORG + "/licenses", "The licenses the organization accepted.", "Admin"),
     Operation("POST", ORG + "/keys", "Create a key (its secret is shown once).", "Admin", admin.CreateKey),
     Operation("GET", ORG + "/keys", "The keys, without their secrets.", "Admin"),
     Operation("DELETE", "/admin/v1/keys/{key_id}", "Revoke a key.", "Admin"),
@@ -228,6 +236,23 @@ OPERATIONS: tuple[Operation, ...] = (
             Query("after", "The `last_id` of the previous page.", {"type": "integer", "minimum": 1}),
         ),
     ),
+    Operation(
+        "GET",
+        "/admin/v1/requests",
+        "The request log, newest first.",
+        "Admin",
+        query=(
+            Query("org_id", "Only this organization's (default: every one for the operator, its own for an admin key)."),
+            Query("key_id", "Only this key's."),
+            Query("model", "Only requests for this model."),
+            Query("status", "completed, partial, cancelled, failed or refused."),
+            Query("user", "Only this end user's."),
+            Query("since", "From this time on (epoch seconds)."),
+            Query("until", "Before this time (epoch seconds)."),
+            *PAGE,
+        ),
+    ),
+    Operation("GET", "/admin/v1/requests/{request_id}", "One request of the log, with its bodies where kept.", "Admin"),
     Operation("GET", ORG + "/usage", "An organization's usage.", "Admin", query=USAGE),
     Operation(
         "GET",
@@ -239,6 +264,14 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation("GET", "/healthz", "Liveness, and the state of the engine.", "Service", authenticated=False),
     Operation("GET", "/readyz", "Readiness: 200 once the server takes requests.", "Service", authenticated=False),
+    Operation(
+        "GET",
+        "/metrics",
+        "Prometheus metrics of this replica (a `[metrics] token` as bearer, or from loopback).",
+        "Service",
+        authenticated=False,
+        media=("text/plain",),
+    ),
     Operation("GET", PATH, "This description.", "Service", authenticated=False),
 )
 

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from emporion.auth.keys import hash_key, redact
 from emporion.core.prices import Margin
 from emporion.errors import AuthenticationFailed, PermissionDenied
-from emporion.store import repos
+from emporion.store import licenses, repos
 from emporion.store.session import Database
 from emporion.store.tables import ApiKey, Organization
 
@@ -43,7 +43,9 @@ class Principal:
     key_limits: KeyLimits = KeyLimits()
     org_limits: KeyLimits = KeyLimits()
     resellers: tuple[tuple[str, Margin], ...] = ()  # (reseller org id, its markup), outermost first
+    retention_days: int | None = None  # how long the request log keeps its bodies; None: not at all
     suspended: str | None = field(default=None, compare=False)  # why, when the key's organization (or its reseller) is suspended
+    accepted_licenses: frozenset[tuple[str, str]] = frozenset()  # (model id, license) its organization accepted
 
 
 class Authenticator:
@@ -118,11 +120,14 @@ class Authenticator:
         key, org = found
         if key.expires_at is not None and key.expires_at <= time.time():
             return None
-        return principal_of(key, org, await repos.org_ancestors(session, org))
+        accepted = frozenset((row.model_id, row.license) for row in await licenses.of_org(session, org.id))
+        return principal_of(key, org, await repos.org_ancestors(session, org), accepted)
 
 
-def principal_of(key: ApiKey, org: Organization, ancestors: list[Organization]) -> Principal:
-    """``ancestors``: the organization's resellers, its parent first."""
+def principal_of(
+    key: ApiKey, org: Organization, ancestors: list[Organization], accepted: frozenset[tuple[str, str]] = frozenset()
+) -> Principal:
+    """``ancestors``: the organization's resellers, its parent first; ``accepted``: the licenses it accepted."""
     suspended: str | None
     if org.suspended_at:
         suspended = org.suspended_reason or "suspended by the operator"
@@ -142,7 +147,9 @@ def principal_of(key: ApiKey, org: Organization, ancestors: list[Organization]) 
         key_limits=KeyLimits(key.requests_per_minute, key.tokens_per_minute, key.max_concurrent),
         org_limits=KeyLimits(org.requests_per_minute, org.tokens_per_minute, org.max_concurrent),
         resellers=resellers,
+        retention_days=org.retention_days or None,
         suspended=suspended,
+        accepted_licenses=accepted,
     )
 
 

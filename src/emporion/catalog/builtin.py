@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Protocol
 
+from emporion.catalog.cards import GEMMA_CARD, MINILM_CARD
 from emporion.catalog.models import LOCAL_PROVIDER, Catalog, Deployment, Model
 from emporion.settings import ModelConfig, Pricing, Settings
 
@@ -62,6 +63,7 @@ def builtin_models(settings: Settings, gemma_file: str) -> list[Model]:
             ),
             gguf=gemma_file,
             chat_template="gemma",
+            card=GEMMA_CARD,  # license_acceptance: the operator's to turn on (`[models."gemma-3-270m"]`)
         ),
         Model(
             id=MINILM_ID,
@@ -77,6 +79,7 @@ def builtin_models(settings: Settings, gemma_file: str) -> list[Model]:
             created=1630281600,  # 2021-08-30
             description="384-dimensional sentence embeddings, computed on this machine's CPU.",
             output_modalities=("embeddings",),
+            card=MINILM_CARD,
         ),
     ]
 

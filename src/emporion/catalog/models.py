@@ -7,7 +7,7 @@ from decimal import Decimal
 from typing import Any, Literal, Protocol
 
 from emporion.errors import InvalidRequest, ModelNotFound
-from emporion.settings import ModelConfig, Pricing
+from emporion.settings import ModelCard, ModelConfig, Pricing
 
 ModelKind = Literal["chat", "embedding"]
 
@@ -62,6 +62,8 @@ class Model:
     split: Literal["ordered", "weighted"] = "ordered"
     sticky: bool = False
     supported_parameters: tuple[str, ...] = ()
+    card: ModelCard = ModelCard()  # intended uses, limitations, training data, evaluations (catalog/cards.py)
+    license_acceptance: bool = False  # an organization is served once it accepted the license
 
     @property
     def upstream(self) -> str:
@@ -101,7 +103,7 @@ class Model:
 
     def with_config(self, config: ModelConfig) -> Model:
         """This model with the fields a config file sets for it."""
-        changes = config.model_dump(exclude_none=True, exclude={"upstream", "upstream_model", "deployments", "pricing"})
+        changes = config.model_dump(exclude_none=True, exclude={"upstream", "upstream_model", "deployments", "pricing", "card"})
         for key in ("input_modalities", "output_modalities"):
             if key in changes:
                 changes[key] = tuple(changes[key])
@@ -109,6 +111,10 @@ class Model:
             changes["gguf"] = str(changes["gguf"])
         if config.pricing is not None:
             changes["pricing"] = config.pricing
+        if config.card is not None:  # field by field over the card the model has
+            changes["card"] = self.card.model_copy(update=config.card.model_dump(exclude_none=True, exclude={"evaluations"}))
+            if config.card.evaluations is not None:
+                changes["card"] = changes["card"].model_copy(update={"evaluations": config.card.evaluations})
         if config.deployments:
             changes["deployments"] = tuple(
                 Deployment(d.upstream, d.model or self.id, d.weight, d.pricing) for d in config.deployments

@@ -219,6 +219,20 @@ def orgs_set_limits(
     err.print(f"'{found.name}' limits (rpm/tpm/concurrent): {shown}")
 
 
+@orgs_app.command("set-retention")
+def orgs_set_retention(
+    org: OrgRef,
+    days: Annotated[int, typer.Argument(help="Days the request log keeps prompt and completion bodies; 0: none.")],
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Set how long the request log keeps an organization's prompts and completions (0: not at all, the default)."""
+    settings = load(data_dir, config)
+    found = _update(settings, org, validated(schemas.UpdateOrganization, retention_days=days))
+    kept = f"{found.retention_days} days" if found.retention_days else "not at all (zero data retention)"
+    err.print(f"'{found.name}' request bodies are kept {kept}")
+
+
 # --- presets -----------------------------------------------------------------------------------
 
 

@@ -31,6 +31,7 @@ from emporion.cli.accounts import (
     prices_app,
 )
 from emporion.cli.audit import audit_app
+from emporion.cli.licenses import licenses_app
 from emporion.cli.options import (
     ConfigFile,
     DataDir,
@@ -46,6 +47,7 @@ from emporion.cli.options import (
     with_db,
     worded,
 )
+from emporion.cli.requests import requests_app
 from emporion.cli.usage import usage_app
 from emporion.engine.build import build_llama_server, find_llama_server
 from emporion.engine.gemma import ensure_gemma
@@ -71,7 +73,9 @@ app.add_typer(credits_app, name="credits")
 app.add_typer(prices_app, name="prices")
 app.add_typer(margins_app, name="margins")
 app.add_typer(usage_app, name="usage")
+app.add_typer(requests_app, name="requests")
 app.add_typer(audit_app, name="audit")
+app.add_typer(licenses_app, name="licenses")
 
 
 @app.command()

@@ -1,10 +1,11 @@
 """Planning: everything that can refuse a request without calling an upstream, decided before the
 ledger is touched — so a 4xx from here holds nothing, settles nothing and records nothing.
 
-Unknown model (404), the key's model scope (403), an image for a text-only local model (400),
-``max_tokens`` beyond the context (400), bad ``provider`` preferences (400), the organization's
-policy (403), no deployment left (404), a parameter no deployment honours (400), every deployment
-cooling down or restarting (503), and for embeddings the embedder's state and limits. What it
+Unknown model (404), the key's model scope (403), a license the organization has not accepted
+(403), an image for a text-only local model (400), ``max_tokens`` beyond the context (400), bad
+``provider`` preferences (400), the organization's policy (403), no deployment left (404), a
+parameter no deployment honours (400), every deployment cooling down or restarting (503), and
+for embeddings the embedder's state and limits. What it
 keeps — the deployments that may serve, in order — is what the hold prices."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any, Literal
 
 from emporion.auth.principal import Principal
 from emporion.catalog.builtin import EMBEDDINGS_UPSTREAM
+from emporion.catalog.cards import terms_url
 from emporion.catalog.models import Catalog, Model
 from emporion.core.requests import INT64_MAX, Ask, ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Generate
 from emporion.errors import ContextLengthExceeded, InvalidRequest, PermissionDenied, ServiceUnavailable
@@ -106,6 +108,7 @@ def plan(deps: Deps, principal: Principal, ask: Ask, body: dict[str, Any]) -> Pl
     fallbacks = [deps.catalog.require(m, "chat") for m in ask.models or [] if m != name]
     models = [model, *fallbacks]
     _in_scope(principal, models)
+    _licensed(principal, models)
     _check_inputs(models, body)
     _check_context(model, ask)
     prefs = Preferences.from_wire(ask.provider, suffix)
@@ -125,6 +128,7 @@ def plan(deps: Deps, principal: Principal, ask: Ask, body: dict[str, Any]) -> Pl
 def _embedding(deps: Deps, principal: Principal, ask: EmbeddingRequest) -> Plan:
     model = deps.catalog.require(ask.model, "embedding")
     _in_scope(principal, [model])
+    _licensed(principal, [model])
     embedder = deps.embedder
     if embedder is None or embedder.state != "ready":
         raise ServiceUnavailable(f"The embedding model `{model.id}` is not loaded; retry shortly.", retry_after_s=2)
@@ -141,6 +145,22 @@ def _in_scope(principal: Principal, models: Iterable[Model]) -> None:
     for model in models:
         if model.id not in principal.allowed_models:
             raise PermissionDenied(f"This API key may not use the model `{model.id}`.", param="model", code="model_not_allowed")
+
+
+def _licensed(principal: Principal, models: Iterable[Model]) -> None:
+    """A model whose license must be accepted serves an organization that accepted that license
+    (carried on the principal, cached with its key): before, 403 with the terms and how to accept."""
+    for model in models:
+        if model.license_acceptance and (model.id, model.license) not in principal.accepted_licenses:
+            terms = terms_url(model)
+            raise PermissionDenied(
+                f"The model `{model.id}` is licensed under `{model.license}`"
+                + (f" ({terms})" if terms else "")
+                + ", whose terms your organization must accept before using it: an admin key of your organization "
+                f'accepts them with POST /admin/v1/organizations/{principal.org_id}/licenses {{"model": "{model.id}"}}.',
+                param="model",
+                code="license_not_accepted",
+            )
 
 
 def _check_inputs(models: list[Model], body: dict[str, Any]) -> None:

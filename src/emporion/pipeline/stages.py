@@ -18,10 +18,12 @@ Stages run in the order they were registered.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from emporion.auth.principal import Principal
 from emporion.core.money import Nanos
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
     from emporion.routing.router import Route
 
 log = logging.getLogger("emporion.stages")
+# The address of the client whose request this task serves, set at the HTTP edge (api/middleware.py).
+CLIENT_ADDRESS: ContextVar[str | None] = ContextVar("client_address", default=None)
 
 
 @dataclass
@@ -54,6 +58,8 @@ class Call:
     cost: Nanos | None = None  # what the customer was charged
     error: BaseException | None = None  # what refused or failed it
     extra: dict[str, object] = field(default_factory=dict)  # for stages to leave notes to each other
+    client: str | None = field(default_factory=CLIENT_ADDRESS.get)  # the client's address (none for batch lines)
+    started_at: float = field(default_factory=time.monotonic)
 
 
 class Stage:
@@ -69,6 +75,9 @@ class Stage:
         return None
 
 
+S = TypeVar("S", bound=Stage)
+
+
 class Stages:
     def __init__(self, stages: Iterable[Stage] = ()) -> None:
         self._stages: list[Stage] = list(stages)
@@ -78,6 +87,10 @@ class Stages:
 
     def __bool__(self) -> bool:
         return bool(self._stages)
+
+    def find(self, kind: type[S]) -> S | None:
+        """The first stage of this kind registered (the one the metrics route renders), else None."""
+        return next((stage for stage in self._stages if isinstance(stage, kind)), None)
 
     async def screen(self, call: Call) -> None:
         for stage in self._stages:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -57,6 +58,8 @@ class Organization(Base):
     requests_per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True)  # null: the tier's (org) / none (key)
     tokens_per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True)
     max_concurrent: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Prompt and completion bodies in the request log: kept this many days; null: none (zero retention)
+    retention_days: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class Member(Base):
@@ -380,3 +383,69 @@ class Preset(Base):
     config: Mapped[str] = mapped_column(Text)  # JSON: model, models, provider, system, parameters
     created_at: Mapped[int] = mapped_column(BigInteger)
     updated_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class RequestLogEntry(Base):
+    """One call as the operator sees it (observe/request_log.py): refused ones too, written off the
+    request path, never in the ledger's transaction. The billing record (``requests``) is separate."""
+
+    __tablename__ = "request_log"
+    __table_args__ = (Index("ix_request_log_org_id_created_ms", "org_id", "created_ms"),)
+
+    id: Mapped[str] = mapped_column(String(80), primary_key=True)  # the request id
+    org_id: Mapped[str] = mapped_column(String(40))
+    key_id: Mapped[str] = mapped_column(String(40))
+    end_user: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    tags: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON array
+    endpoint: Mapped[str] = mapped_column(String(20))
+    model: Mapped[str] = mapped_column(String(200))  # as asked
+    served_model: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    deployment: Mapped[str | None] = mapped_column(String(400), nullable=True)
+    upstream: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    provider: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20), index=True)  # completed, partial, cancelled, failed, refused
+    http_status: Mapped[int] = mapped_column(Integer)
+    error_code: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    streamed: Mapped[bool] = mapped_column(Boolean)
+    input_tokens: Mapped[int] = mapped_column(Integer)
+    cached_input_tokens: Mapped[int] = mapped_column(Integer)
+    output_tokens: Mapped[int] = mapped_column(Integer)
+    cost_nanos: Mapped[int] = mapped_column(BigInteger)
+    latency_ms: Mapped[int] = mapped_column(Integer)
+    ttft_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tokens_per_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    finish_reason: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    flags: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON array: screening flags
+    client_address: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class RequestBody(Base):
+    """A request's prompt and completion, kept only under its organization's retention policy and
+    purged by the sweeper at ``expires_at`` (its request log entry stays)."""
+
+    __tablename__ = "request_bodies"
+
+    request_id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    org_id: Mapped[str] = mapped_column(String(40))
+    prompt: Mapped[str] = mapped_column(Text)  # JSON: the request as it came
+    completion: Mapped[str | None] = mapped_column(Text, nullable=True)  # the answer's text
+    expires_at: Mapped[int] = mapped_column(BigInteger, index=True)
+
+
+class LicenseAcceptance(Base):
+    """An organization accepted a model's license (its terms require it: ``license_acceptance``);
+    until then the model does not serve it. ``license``: the license accepted (a model whose license
+    changes must be accepted again). ``accepted_by``: who, as the audit trail names actors."""
+
+    __tablename__ = "license_acceptances"
+    __table_args__ = (UniqueConstraint("org_id", "model_id", name="uq_license_acceptances_org_id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    org_id: Mapped[str] = mapped_column(String(40), ForeignKey("organizations.id"), index=True)
+    model_id: Mapped[str] = mapped_column(String(200))
+    license: Mapped[str] = mapped_column(String(200))
+    accepted_by: Mapped[str] = mapped_column(String(200))
+    accepted_at: Mapped[int] = mapped_column(BigInteger)

@@ -30,7 +30,7 @@ from emporion.accounts.audit import (
     price_snapshot,
 )
 from emporion.accounts.service import Accounts
-from emporion.api.body import invalid_request, no_nul, read_body
+from emporion.api.body import invalid_request, no_nul, read_body, valid_unicode
 from emporion.api.openai.routes import authenticate, json_response
 from emporion.auth.principal import Principal
 from emporion.auth.scope import require_admin, require_operator
@@ -61,6 +61,7 @@ async def _operator(request: Request) -> tuple[Deps, Accounts, Actor]:
 async def _body(request: Request, deps: Deps, schema: type[schemas.Body], optional: bool = False) -> Any:
     """The body validated into ``schema``; ``optional``: no body at all means every default."""
     raw = await read_body(request, deps.settings.server.max_body_bytes)
+    valid_unicode(raw)
     if b"\\u0000" in raw:
         raise InvalidRequest("Invalid body: text cannot contain NUL characters (\\u0000).", code="invalid_value")
     if optional and not raw.strip():
@@ -103,6 +104,7 @@ def org_object(principal: Principal, org: Organization, balance: orgs.Balance | 
         "requests_per_minute": org.requests_per_minute,
         "tokens_per_minute": org.tokens_per_minute,
         "max_concurrent": org.max_concurrent,
+        "retention_days": org.retention_days or 0,
     }
     if balance is not None:
         body |= balance_snapshot(balance)
