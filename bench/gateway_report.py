@@ -20,7 +20,7 @@ ROLES = {  # the report's roles for the gateway targets, and how the side-by-sid
     "pg_on": "PG+Redis, money on",
     "baseline": "baseline",
     "sqlite_on_normal": "SQLite NORMAL, money on",
-    "sqlite_on_unobserved": "SQLite, money on, no log/metrics",
+    "sqlite_on_unobserved": "SQLite, money on, no log or metrics",
     "litellm": "LiteLLM",  # with --peers: LiteLLM Proxy, the one role that is not Emporion
 }
 PEER_ROLES = ("litellm",)

@@ -47,7 +47,7 @@ class Target:
         store = "SQLite" if self.store == "sqlite" else "PG+Redis"
         if self.sqlite_synchronous:
             store += f" {self.sqlite_synchronous.upper()}"
-        unobserved = "" if self.observed else ", no log/metrics"
+        unobserved = "" if self.observed else ", no log or metrics"
         return f"{where}, {store}, money {'on' if self.priced else 'off'}{unobserved}"
 
 

@@ -102,6 +102,10 @@ def test_every_call_is_logged_with_what_the_operator_needs(gateway, fake_openai)
         ("refused", 404, "model_not_found"),
     ]
     assert all("body" not in entry for entry in entries)  # zero data retention by default
+    with sqlite3.connect(gateway.data_dir / "request_log.db") as log, sqlite3.connect(gateway.data_dir / "emporion.db") as db:
+        logged = log.execute("SELECT count(*) FROM request_log WHERE org_id = ?", [org]).fetchone()[0]
+        beside = db.execute("SELECT count(*) FROM request_log").fetchone()[0]
+    assert (logged, beside) == (5, 0)  # on SQLite the log has a file of its own: no wait on the ledger's write lock
     assert admin.get(f"/admin/v1/requests/{done.id}").json().get("body") is None
 
 
@@ -144,9 +148,9 @@ def test_bodies_are_kept_only_under_a_retention_policy_and_purged_when_due(gatew
     assert admin.get(f"/admin/v1/requests/{streamed}").json()["body"]["completion"] == "streamed kept answer"
 
     async def purge():  # the sweeper's step, once the bodies are due
-        with sqlite3.connect(gateway.data_dir / "emporion.db") as db:
+        with sqlite3.connect(gateway.data_dir / "request_log.db") as db:  # the log's own file, beside the ledger's
             db.execute("UPDATE request_bodies SET expires_at = ? WHERE org_id = ?", [int(time.time()) - 1, org])
-        db = await open_database(f"sqlite+aiosqlite:///{gateway.data_dir / 'emporion.db'}")
+        db = await open_database(f"sqlite+aiosqlite:///{gateway.data_dir / 'request_log.db'}")
         try:
             return await store.purge_expired(db)
         finally:

@@ -131,7 +131,7 @@ def _request_log(deps: Deps) -> RequestLog | None:
     settings = deps.settings.request_log
     if not settings.enabled:
         return None
-    request_log = RequestLog(deps.db, settings.flush_ms / 1000, settings.max_queued)
+    request_log = RequestLog(deps.request_log_db, settings.flush_ms / 1000, settings.max_queued)
     deps.stages.register(request_log)
     request_log.start()
     return request_log
@@ -205,6 +205,7 @@ async def start_deps(settings: Settings) -> Deps:
         engines=engines,
         embedder=embedder,
         presets=Presets(db, settings.server.auth_cache_s),
+        log_db=await _log_database(settings),
     )
     if settings.metrics.enabled:
         deps.stages.register(Metrics(deps))  # GET /metrics (api/metrics.py) renders it
@@ -248,7 +249,7 @@ async def sweep(deps: Deps) -> None:
             await purge_expired(deps.db)
             await stored_responses.purge_expired(deps.db)
             await stored_files.purge_expired(deps.db)
-            await request_log_store.purge_expired(deps.db)
+            await request_log_store.purge_expired(deps.request_log_db)
         except Exception as exc:
             log.warning("sweeper round failed: %s", exc)
 
@@ -260,6 +261,14 @@ async def _start(what: str, starting) -> None:
     log.info("%s ready in %.1fs", what, time.monotonic() - began)
 
 
+async def _log_database(settings: Settings) -> Database | None:
+    """The request log's own database (SQLite: a file of its own, written at synchronous NORMAL: a
+    power loss may cost its last entries, never the ledger's); None when it is the ledger's."""
+    if not settings.request_log.enabled or settings.request_log_url == settings.database_url:
+        return None
+    return await open_database(settings.request_log_url, "normal")
+
+
 async def stop_deps(deps: Deps) -> None:
     await asyncio.gather(*(engine.stop() for engine in deps.engines.values()), return_exceptions=True)
     if deps.embedder is not None:
@@ -268,6 +277,8 @@ async def stop_deps(deps: Deps) -> None:
         await adapter.aclose()
     await deps.limiter.aclose()
     await deps.ledger.aclose()
+    if deps.log_db is not None:
+        await deps.log_db.close()
     await deps.db.close()
 
 

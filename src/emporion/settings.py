@@ -204,6 +204,10 @@ class RequestLogSettings(Strict):
     enabled: bool = True  # every call in the request log (GET /admin/v1/requests, emporion requests)
     flush_ms: Annotated[int, Field(ge=10, le=60_000)] = 500  # how long an entry waits to be written with others
     max_queued: Annotated[int, Field(ge=100)] = 10_000  # entries waiting beyond this: the oldest are dropped
+    # where it is written: by default a SQLite file of its own beside SQLite's ledger (so that its
+    # writes never wait for the ledger's write lock, nor the ledger's for them), the database itself
+    # on PostgreSQL (row locks: no such wait)
+    database_url: str = ""
 
 
 class FileSettings(Strict):
@@ -305,6 +309,14 @@ class Settings(Strict):
     def database_url(self) -> str:
         url = os.environ.get("EMPORION_DATABASE_URL") or self.database.url
         return url or f"sqlite+aiosqlite:///{self.data_dir / 'emporion.db'}"
+
+    @property
+    def request_log_url(self) -> str:
+        url = os.environ.get("EMPORION_REQUEST_LOG_URL") or self.request_log.database_url
+        if url:
+            return url
+        main = self.database_url
+        return f"sqlite+aiosqlite:///{self.data_dir / 'request_log.db'}" if main.startswith("sqlite") else main
 
     @property
     def redis_url(self) -> str | None:

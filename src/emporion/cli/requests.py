@@ -21,12 +21,17 @@ requests_app = typer.Typer(help="The request log: every call, refused ones inclu
 T = TypeVar("T")
 
 
-def _run(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
+def _run(settings: Settings, work: Callable[[Database, Database], Awaitable[T]]) -> T:
+    """Runs ``work`` with the database (organizations) and the request log's (its entries)."""
+
     async def run() -> T:
         db = await open_database(settings.database_url)
+        log_db = db if settings.request_log_url == settings.database_url else await open_database(settings.request_log_url)
         try:
-            return await work(db)
+            return await work(db, log_db)
         finally:
+            if log_db is not db:
+                await log_db.close()
             await db.close()
 
     return asyncio.run(run())
@@ -46,13 +51,13 @@ def requests_list(
     settings = load(data_dir, config)
     spec = validated(schemas.RequestLogQuery, model=model, status=status, user=user, limit=limit)
 
-    async def work(db: Database):
+    async def work(db: Database, log_db: Database):
         org_ids = None
         if org is not None:
             async with db.session() as session:
                 org_ids = ((await find_org(session, org)).id,)
         filters = store.Filters(org_ids=org_ids, model=spec.model, status=spec.status, end_user=spec.user)
-        return (await store.page(db, filters, spec.limit, None))[0]
+        return (await store.page(log_db, filters, spec.limit, None))[0]
 
     table = Table("id", "time", "org", "model", "status", "tokens in/out", "cost $", "ms", "ttft ms")
     for entry in _run(settings, work):
@@ -78,7 +83,7 @@ def requests_show(
 ) -> None:
     """One request as JSON, with its prompt and completion where its organization keeps them."""
     settings = load(data_dir, config)
-    found = _run(settings, lambda db: store.get(db, request_id))
+    found = _run(settings, lambda _, log_db: store.get(log_db, request_id))
     if found is None:
         fail(f"no request {request_id!r} in the log")
     print(json.dumps(store.to_wire(*found), indent=2))

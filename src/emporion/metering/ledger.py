@@ -37,12 +37,12 @@ from emporion.core.money import Nanos, format_usd
 from emporion.core.prices import Charge
 from emporion.errors import EmporionError, InvalidRequest
 from emporion.metering.leases import IDLE_S, Lease, Leases, Take
+from emporion.store.bulk import insert_rows
 from emporion.store.group_commit import GroupCommit
 from emporion.store.session import Database
 from emporion.store.tables import Account, Budget, Entry, Hold, Posting, RequestRecord
 
 CASH, GRANTS, OPERATOR = "cash", "grants", "operator"
-SQLITE_PARAMETERS = 30_000  # parameters in one statement (SQLite allows 32,766)
 log = logging.getLogger("emporion.ledger")
 
 
@@ -512,7 +512,7 @@ class Ledger:
                 results[index] = refusal
         now = int(self.clock())
         if admitted:
-            await _insert_rows(
+            await insert_rows(
                 conn,
                 Hold,
                 [
@@ -653,15 +653,15 @@ class Ledger:
                 for request_id, lines in postings
                 for account, amount in lines.items()
             ]
-            await _insert_rows(conn, Entry, entries)
+            await insert_rows(conn, Entry, entries)
             for _, lines in postings:
                 for account, amount in lines.items():
                     deltas.balance[account] += amount
         if records:
-            await _insert_rows(conn, RequestRecord, records)
+            await insert_rows(conn, RequestRecord, records)
         if leased:
             now = int(self.clock())
-            await _insert_rows(
+            await insert_rows(
                 conn,
                 Hold,
                 [
@@ -842,32 +842,11 @@ async def _insert_postings(conn: AsyncConnection, request_ids: list[str], now: i
     if conn.dialect.name == "sqlite":
         first = int((await conn.execute(select(func.coalesce(func.max(Posting.id), 0)))).scalar_one()) + 1
         ids = {request_id: first + offset for offset, request_id in enumerate(request_ids)}
-        await _insert_rows(conn, Posting, [{"id": ids[row["request_id"]], **row} for row in rows])
+        await insert_rows(conn, Posting, [{"id": ids[row["request_id"]], **row} for row in rows])
         return ids
-    await _insert_rows(conn, Posting, rows)
+    await insert_rows(conn, Posting, rows)
     query = select(Posting.request_id, Posting.id).where(Posting.kind == "charge", Posting.request_id.in_(request_ids))
     return dict((await conn.execute(query)).all())  # type: ignore[arg-type]
-
-
-async def _insert_rows(conn: AsyncConnection, table: Any, rows: list[dict[str, Any]]) -> None:
-    """Rows in bulk. On SQLite as multi-row INSERTs written here (the values as parameters), not an
-    executemany: the sqlite3 driver steps an executemany row by row, letting go of the GIL around
-    each step, and under load every step then waits for the busy event loop's thread to give the
-    GIL back (a batch of 256 settlements took seconds). PostgreSQL's driver is asynchronous, with
-    no thread: an executemany there is one round trip."""
-    if not rows:
-        return
-    if conn.dialect.name != "sqlite":
-        await conn.execute(insert(table), rows)
-        return
-    columns = list(rows[0])
-    per = max(1, SQLITE_PARAMETERS // len(columns))
-    name = table.__table__.name
-    for start in range(0, len(rows), per):
-        chunk = rows[start : start + per]
-        row = "(" + ",".join("?" * len(columns)) + ")"
-        sql = f"INSERT INTO {name} ({','.join(columns)}) VALUES " + ",".join([row] * len(chunk))
-        await conn.exec_driver_sql(sql, tuple(value for item in chunk for value in item.values()))
 
 
 def _amounts(amounts: dict[str, int], key: Any) -> Any:

@@ -34,3 +34,8 @@ class Deps:
     embedder: Embedder | None = None
     stages: Stages = field(default_factory=Stages)
     presets: Presets | None = None  # None: "@preset/NAME" is an unknown model
+    log_db: Database | None = None  # where the request log is (None: db itself)
+
+    @property
+    def request_log_db(self) -> Database:
+        return self.log_db or self.db

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import delete, insert, select, tuple_
+from sqlalchemy import delete, select, tuple_
 
 from emporion.core.money import Nanos, format_usd
+from emporion.store.bulk import insert_rows
 from emporion.store.session import Database
 from emporion.store.tables import RequestBody, RequestLogEntry
 
@@ -34,10 +35,8 @@ async def write(db: Database, entries: list[dict[str, Any]], bodies: list[dict[s
     async with db.engine.connect() as conn:
         await conn.execution_options(writer=True)
         async with conn.begin():
-            if entries:
-                await conn.execute(insert(RequestLogEntry), entries)
-            if bodies:
-                await conn.execute(insert(RequestBody), bodies)
+            await insert_rows(conn, RequestLogEntry, entries)
+            await insert_rows(conn, RequestBody, bodies)
 
 
 async def page(db: Database, filters: Filters, limit: int, after: str | None) -> tuple[list[RequestLogEntry], bool]:

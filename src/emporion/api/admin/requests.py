@@ -41,7 +41,7 @@ async def list_requests(request: Request) -> Response:
         since_ms=int(spec.since * 1000) if spec.since is not None else None,
         until_ms=int(spec.until * 1000) if spec.until is not None else None,
     )
-    rows, more = await store.page(deps.db, filters, spec.limit, spec.after)
+    rows, more = await store.page(deps.request_log_db, filters, spec.limit, spec.after)
     return list_page([store.to_wire(row) for row in rows], more)
 
 
@@ -50,7 +50,7 @@ async def get_request(request: Request) -> Response:
     require_admin(principal)
     request_id = no_nul(request.path_params["request_id"], "request_id")
     await _flushed(request)
-    found = await store.get(deps.db, request_id)
+    found = await store.get(deps.request_log_db, request_id)
     missing = NotFound(f"No request with id `{request_id}` in reach.", param="request_id", code="request_not_found")
     if found is None:
         raise missing
