@@ -22,10 +22,16 @@ async def insert_rows(conn: AsyncConnection, table: Any, rows: list[dict[str, An
         await conn.execute(insert(table), rows)
         return
     columns = list(rows[0])
-    per = max(1, SQLITE_PARAMETERS // len(columns))
+    # Statements of a power of two rows each: SQLite keeps each statement text it prepared (the
+    # driver's cache, per connection), and a statement of every batch size ever seen (hundreds of
+    # rows, thousands of parameters each) held ~80 MB for the request log. So: at most a dozen shapes.
+    most = 1 << (max(1, SQLITE_PARAMETERS // len(columns)).bit_length() - 1)
     name = table.__table__.name
-    for start in range(0, len(rows), per):
-        chunk = rows[start : start + per]
-        row = "(" + ",".join("?" * len(columns)) + ")"
-        sql = f"INSERT INTO {name} ({','.join(columns)}) VALUES " + ",".join([row] * len(chunk))
+    row = "(" + ",".join("?" * len(columns)) + ")"
+    start = 0
+    while start < len(rows):
+        size = min(most, 1 << ((len(rows) - start).bit_length() - 1))
+        chunk = rows[start : start + size]
+        sql = f"INSERT INTO {name} ({','.join(columns)}) VALUES " + ",".join([row] * size)
         await conn.exec_driver_sql(sql, tuple(value for item in chunk for value in item.values()))
+        start += size
