@@ -111,6 +111,15 @@ def fake_openai():
         yield fake
 
 
+@pytest.fixture
+def clean_fake_openai(fake_openai):
+    """The fake OpenAI's script queue empty before and after the test (modules that script it:
+    ``pytestmark = pytest.mark.usefixtures("clean_fake_openai")``)."""
+    fake_openai.scripts.clear()
+    yield fake_openai
+    fake_openai.scripts.clear()
+
+
 @pytest.fixture(scope="session")
 def fake_anthropic():
     fake = FakeAnthropic()

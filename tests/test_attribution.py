@@ -14,19 +14,15 @@ import pytest
 from tests.fakes.script import Script
 from tests.test_metering import generation, nanos, new_key
 
+pytestmark = pytest.mark.usefixtures("clean_fake_openai")
+
+
 USER = [{"role": "user", "content": "hello"}]
 
 
 @pytest.fixture(scope="module")
 def gateway(remote_gateway):
     return remote_gateway
-
-
-@pytest.fixture(autouse=True)
-def clean_fake(fake_openai):
-    fake_openai.scripts.clear()
-    yield
-    fake_openai.scripts.clear()
 
 
 def usage(gateway, key: str, **params) -> dict:

@@ -20,6 +20,9 @@ from tests.conftest import emporion, start_gateway, stop_gateway
 from tests.fakes.script import Script
 from tests.test_metering import COMPLETION, PROMPT, nanos, new_key
 
+pytestmark = pytest.mark.usefixtures("clean_fake_openai")
+
+
 USER = [{"role": "user", "content": "hello"}]
 FAKE_PRICE = (Decimal("0.00000015"), Decimal("0.0000006"))  # fake-gpt, USD per prompt / completion token
 
@@ -27,13 +30,6 @@ FAKE_PRICE = (Decimal("0.00000015"), Decimal("0.0000006"))  # fake-gpt, USD per 
 @pytest.fixture(scope="module")
 def gateway(remote_gateway):
     return remote_gateway
-
-
-@pytest.fixture(autouse=True)
-def clean_fake(fake_openai):
-    fake_openai.scripts.clear()
-    yield
-    fake_openai.scripts.clear()
 
 
 def client(gateway, key: str | None = None) -> openai.OpenAI:

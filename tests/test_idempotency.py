@@ -41,16 +41,12 @@ from emporion.store.tables import RequestRecord
 from tests.conftest import emporion
 from tests.fakes.script import Script
 
+pytestmark = pytest.mark.usefixtures("clean_fake_openai")
+
+
 USER = [{"role": "user", "content": "hello"}]
 MINILM = "all-minilm-l6-v2"
 REPLAYED = "idempotent-replayed"
-
-
-@pytest.fixture(autouse=True)
-def clean_fake(fake_openai):
-    fake_openai.scripts.clear()
-    yield
-    fake_openai.scripts.clear()
 
 
 def idem() -> dict[str, str]:

@@ -14,6 +14,9 @@ import pytest
 from tests.conftest import emporion
 from tests.fakes.script import Script
 
+pytestmark = pytest.mark.usefixtures("clean_fake_openai")
+
+
 USER = [{"role": "user", "content": "hello"}]
 PROMPT, COMPLETION = Decimal("0.000001"), Decimal("0.001")  # the `luxury` model's price, USD per token
 
@@ -26,13 +29,6 @@ def gateway(remote_gateway):
 
 def nanos(prompt_tokens: int, completion_tokens: int) -> int:
     return int((prompt_tokens * PROMPT + completion_tokens * COMPLETION) * 10**9)
-
-
-@pytest.fixture(autouse=True)
-def clean_fake(fake_openai):
-    fake_openai.scripts.clear()
-    yield
-    fake_openai.scripts.clear()
 
 
 def new_key(gateway, org: str, **columns) -> str:

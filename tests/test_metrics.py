@@ -19,16 +19,12 @@ from emporion.settings import load_settings
 from tests.conftest import emporion
 from tests.fakes.script import Script
 
+pytestmark = pytest.mark.usefixtures("clean_fake_openai")
+
+
 USER = [{"role": "user", "content": "hello"}]
 NON_STREAMED, STREAMED = 3, 2
 Samples = dict[str, dict[tuple[tuple[str, str], ...], float]]
-
-
-@pytest.fixture(autouse=True)
-def clean_fake(fake_openai):
-    fake_openai.scripts.clear()
-    yield
-    fake_openai.scripts.clear()
 
 
 def new_key(gateway, org: str, **columns) -> tuple[str, str, str]:

@@ -19,19 +19,15 @@ from tests.conftest import emporion
 from tests.fakes.script import Script
 from tests.test_metering import nanos
 
+pytestmark = pytest.mark.usefixtures("clean_fake_openai")
+
+
 USER = [{"role": "user", "content": "hello"}]
 
 
 @pytest.fixture(scope="module")
 def gateway(remote_gateway):
     return remote_gateway
-
-
-@pytest.fixture(autouse=True)
-def clean_fake(fake_openai):
-    fake_openai.scripts.clear()
-    yield
-    fake_openai.scripts.clear()
 
 
 def org_of(gateway, key: str) -> str:

@@ -11,19 +11,15 @@ import pytest
 
 from tests.fakes.script import Script
 
+pytestmark = pytest.mark.usefixtures("clean_fake_openai")
+
+
 MODEL = "conf-responses"  # on the upstream "fake-responses" (responses_api = true)
 
 
 @pytest.fixture(scope="module")
 def gateway(remote_gateway):
     return remote_gateway
-
-
-@pytest.fixture(autouse=True)
-def clean_fake(fake_openai):
-    fake_openai.scripts.clear()
-    yield
-    fake_openai.scripts.clear()
 
 
 def client(gateway) -> openai.OpenAI:
